@@ -1,0 +1,12 @@
+"""nets: a deep-learning stack in plain numpy, one readable layer at a time."""
+from nets.layers import (Layer, Linear, Flatten, ReLU, LeakyReLU, Tanh, Sigmoid, Dropout, Embedding)
+from nets.losses import MSE, Huber, SoftmaxCrossEntropy, BCEWithLogits, softmax, log_softmax
+from nets.optim import SGD, RMSProp, Adam, clip_grad_norm
+from nets.model import Sequential, CheckpointError, save, load, build
+
+__all__ = [
+    "Layer", "Linear", "Flatten", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Dropout", "Embedding",
+    "MSE", "Huber", "SoftmaxCrossEntropy", "BCEWithLogits", "softmax", "log_softmax",
+    "SGD", "RMSProp", "Adam", "clip_grad_norm",
+    "Sequential", "CheckpointError", "save", "load", "build",
+]

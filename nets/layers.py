@@ -1,0 +1,192 @@
+"""Dense layers and activations: the book's chapters on forward and back propagation.
+
+Every layer keeps one contract:
+    y = layer.forward(x)        caches what backward needs
+    dx = layer.backward(dy)     returns dL/dx and fills layer.grads[name] (same keys and shapes
+                                as layer.params) for the batch last forwarded
+Gradients are written into arrays allocated once, so an optimizer can hold on to them.
+"""
+import numpy as np
+
+
+def check_input(layer, x, ndim, features=None, axis=-1):
+    """Raise ValueError naming the shapes when x does not fit the layer."""
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"{type(layer).__name__} expects a numpy array, got {type(x).__name__}")
+    if x.ndim != ndim or (features is not None and x.shape[axis] != features):
+        want = f"{ndim}-d input" + (f" with {features} features on axis {axis}" if features is not None else "")
+        raise ValueError(f"{type(layer).__name__} expects {want}, got shape {x.shape}")
+
+
+class Layer:
+    """Base class: no parameters, training flag, config for rebuilding from a checkpoint."""
+
+    def __init__(self, dtype=np.float32):
+        self.dtype = np.dtype(dtype)
+        self.params = {}
+        self.grads = {}
+        self.training = True
+
+    def add_param(self, name, value):
+        self.params[name] = np.ascontiguousarray(value, dtype=self.dtype)
+        self.grads[name] = np.zeros_like(self.params[name])
+
+    def config(self):
+        """Constructor arguments (JSON-able) that rebuild this layer."""
+        return {}
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def default_rng(rng):
+    return rng if rng is not None else np.random.default_rng()
+
+
+class Linear(Layer):
+    """y = x @ W + b, W: (in, out). Init uniform(-1/sqrt(in), 1/sqrt(in)) as PyTorch does."""
+
+    def __init__(self, in_features, out_features, *, rng=None, dtype=np.float32):
+        super().__init__(dtype)
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        bound = 1.0 / np.sqrt(self.in_features)
+        rng = default_rng(rng)
+        self.add_param("W", rng.uniform(-bound, bound, (self.in_features, self.out_features)))
+        self.add_param("b", rng.uniform(-bound, bound, self.out_features))
+        self.x = None
+
+    def config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features}
+
+    def forward(self, x):
+        check_input(self, x, 2, self.in_features)
+        self.x = x  # (N, in)
+        return x @ self.params["W"] + self.params["b"]  # (N, out)
+
+    def backward(self, dy):
+        np.matmul(self.x.T, dy, out=self.grads["W"])  # (in, out)
+        np.sum(dy, axis=0, out=self.grads["b"])  # (out,)
+        return dy @ self.params["W"].T  # (N, in)
+
+
+class Flatten(Layer):
+    """(N, ...) -> (N, prod(...))."""
+
+    def forward(self, x):
+        self.shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(self.shape)
+
+
+class ReLU(Layer):
+    def forward(self, x):
+        self.mask = x > 0
+        return x * self.mask
+
+    def backward(self, dy):
+        return dy * self.mask
+
+
+class LeakyReLU(Layer):
+    def __init__(self, slope=0.01, dtype=np.float32):
+        super().__init__(dtype)
+        self.slope = float(slope)
+
+    def config(self):
+        return {"slope": self.slope}
+
+    def forward(self, x):
+        self.scale = np.where(x > 0, 1.0, self.slope).astype(x.dtype)
+        return x * self.scale
+
+    def backward(self, dy):
+        return dy * self.scale
+
+
+class Tanh(Layer):
+    def forward(self, x):
+        self.y = np.tanh(x)
+        return self.y
+
+    def backward(self, dy):
+        return dy * (1.0 - self.y * self.y)
+
+
+def sigmoid(x):
+    """Numerically stable logistic function (no overflow warning for large |x|)."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+
+
+class Sigmoid(Layer):
+    def forward(self, x):
+        self.y = sigmoid(x)
+        return self.y
+
+    def backward(self, dy):
+        return dy * self.y * (1.0 - self.y)
+
+
+class Dropout(Layer):
+    """Inverted dropout: scale kept units by 1/(1-p) in training, identity in eval."""
+
+    def __init__(self, p=0.5, *, rng=None, dtype=np.float32):
+        super().__init__(dtype)
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout p must be in [0, 1), got {p}")
+        self.p = float(p)
+        self.rng = default_rng(rng)
+        self.mask = None
+
+    def config(self):
+        return {"p": self.p}
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            self.mask = None
+            return x
+        keep = self.rng.random(x.shape, dtype=np.float32) >= self.p
+        self.mask = keep.astype(x.dtype) / (1.0 - self.p)
+        return x * self.mask
+
+    def backward(self, dy):
+        return dy if self.mask is None else dy * self.mask
+
+
+class Embedding(Layer):
+    """Integer ids (...) -> vectors (..., dim). backward returns None: ids have no gradient."""
+
+    def __init__(self, num_embeddings, dim, *, rng=None, dtype=np.float32):
+        super().__init__(dtype)
+        self.num_embeddings, self.dim = int(num_embeddings), int(dim)
+        self.add_param("W", default_rng(rng).normal(0.0, 1.0, (self.num_embeddings, self.dim)))
+
+    def config(self):
+        return {"num_embeddings": self.num_embeddings, "dim": self.dim}
+
+    def forward(self, ids):
+        ids = np.asarray(ids)
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"Embedding expects integer ids, got dtype {ids.dtype} shape {ids.shape}")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.num_embeddings):
+            raise ValueError(f"Embedding ids must be in [0, {self.num_embeddings}), got range "
+                             f"[{ids.min()}, {ids.max()}] in shape {ids.shape}")
+        self.ids = ids
+        return self.params["W"][ids]  # (..., dim)
+
+    def backward(self, dy):
+        self.grads["W"].fill(0)
+        np.add.at(self.grads["W"], self.ids.reshape(-1), dy.reshape(-1, self.dim))
+        return None

@@ -1,0 +1,97 @@
+"""Losses, each the mean over the batch: value = loss.forward(pred, target); dpred = loss.backward()."""
+import numpy as np
+
+
+def _check_same_shape(name, pred, target):
+    if pred.shape != target.shape:
+        raise ValueError(f"{name}: pred shape {pred.shape} and target shape {target.shape} differ")
+
+
+class MSE:
+    """mean((pred - target)^2) over every element."""
+
+    def forward(self, pred, target):
+        _check_same_shape("MSE", pred, target)
+        self.diff = pred - target
+        return float(np.mean(self.diff * self.diff))
+
+    def backward(self):
+        return (2.0 / self.diff.size) * self.diff
+
+
+class Huber:
+    """Smooth L1 with threshold delta (PyTorch's HuberLoss), mean over every element."""
+
+    def __init__(self, delta=1.0):
+        self.delta = float(delta)
+
+    def forward(self, pred, target):
+        _check_same_shape("Huber", pred, target)
+        self.diff = pred - target
+        a = np.abs(self.diff)
+        quad = np.minimum(a, self.delta)
+        return float(np.mean(0.5 * quad * quad + self.delta * (a - quad)))
+
+    def backward(self):
+        return np.clip(self.diff, -self.delta, self.delta) / self.diff.size
+
+
+def log_softmax(logits):
+    z = logits - logits.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def softmax(logits):
+    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+class SoftmaxCrossEntropy:
+    """Logits (N, K) and integer labels (N,): mean of -log softmax(logits)[label].
+
+    Optional per-example weights (N,) scale each term (policy gradient uses advantages here)."""
+
+    def forward(self, logits, labels, weights=None):
+        labels = np.asarray(labels)
+        if logits.ndim != 2 or labels.shape != logits.shape[:1]:
+            raise ValueError(f"SoftmaxCrossEntropy: logits shape {logits.shape} needs labels of shape "
+                             f"({logits.shape[0] if logits.ndim else '?'},), got {labels.shape}")
+        n = logits.shape[0]
+        logp = log_softmax(logits)  # (N, K)
+        self.probs = np.exp(logp)
+        self.labels = labels
+        self.weights = None if weights is None else np.asarray(weights, dtype=logits.dtype)
+        nll = -logp[np.arange(n), labels]  # (N,)
+        if self.weights is not None:
+            nll = nll * self.weights
+        return float(nll.mean())
+
+    def backward(self):
+        n = self.probs.shape[0]
+        d = self.probs.copy()
+        d[np.arange(n), self.labels] -= 1.0
+        if self.weights is not None:
+            d *= self.weights[:, None]
+        return d / n
+
+
+class BCEWithLogits:
+    """Binary cross-entropy on logits, numerically stable, mean over every element."""
+
+    def forward(self, logits, target, weights=None):
+        _check_same_shape("BCEWithLogits", logits, target)
+        self.logits, self.target = logits, target
+        self.weights = None if weights is None else np.asarray(weights, dtype=logits.dtype)
+        # log(1 + exp(-|x|)) + max(x, 0) - x*t
+        loss = np.logaddexp(0.0, -np.abs(logits)) + np.maximum(logits, 0) - logits * target
+        if self.weights is not None:
+            loss = loss * self.weights
+        return float(np.mean(loss))
+
+    def backward(self):
+        e = np.exp(-np.abs(self.logits))
+        sig = np.where(self.logits >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+        d = (sig - self.target).astype(self.logits.dtype, copy=False)
+        if self.weights is not None:
+            d = d * self.weights
+        return d / self.logits.size

@@ -1,0 +1,182 @@
+"""Sequential models and their files: save a model with its architecture, load it back from the file alone."""
+import json
+
+import numpy as np
+
+from nets.layers import Layer
+from nets.npzfile import read_npz, write_npz
+
+FORMAT = "grok-arcade.nets"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A model or checkpoint file that is missing, truncated, corrupt, foreign or mismatched."""
+
+
+def layer_types():
+    """Every Layer subclass by class name: the registry used to rebuild models from files."""
+    found, todo = {}, [Layer]
+    while todo:
+        cls = todo.pop()
+        for sub in cls.__subclasses__():
+            found.setdefault(sub.__name__, sub)
+            todo.append(sub)
+    return found
+
+
+class Sequential(Layer):
+    """Layers applied in order; keeps the layer contract and names parameters '<index>.<name>'."""
+
+    def __init__(self, *layers, dtype=np.float32):
+        super().__init__(dtype)
+        self.layers = list(layers)
+
+    def config(self):
+        return {}
+
+    def spec(self):
+        """JSON description that rebuilds this model (types and constructor arguments)."""
+        return {"type": "Sequential", "layers": [layer_spec(layer) for layer in self.layers]}
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dy):
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy
+
+    def train(self):
+        return self._set_training(True)
+
+    def eval(self):
+        return self._set_training(False)
+
+    def _set_training(self, flag):
+        self.training = flag
+        for layer in self.layers:
+            if isinstance(layer, Sequential):
+                layer._set_training(flag)
+            layer.training = flag
+        return self
+
+    def parameters(self):
+        """[(dotted_name, param, grad)]: the arrays themselves, so updates land in the model."""
+        out = []
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Sequential):
+                out += [(f"{i}.{n}", p, g) for n, p, g in layer.parameters()]
+            else:
+                out += [(f"{i}.{n}", layer.params[n], layer.grads[n]) for n in layer.params]
+        return out
+
+    def state_dict(self):
+        return {name: p for name, p, _ in self.parameters()}
+
+    def load_state_dict(self, state):
+        """Copy arrays into the existing parameters (in place, so optimizers keep their references)."""
+        own = {name: p for name, p, _ in self.parameters()}
+        missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or extra:
+            raise ValueError(f"state_dict mismatch: missing {missing[:5]}, unexpected {extra[:5]}")
+        for name, p in own.items():
+            value = np.asarray(state[name])
+            if value.shape != p.shape:
+                raise ValueError(f"parameter {name}: file has shape {value.shape}, model has {p.shape}")
+            p[...] = value
+
+    def __repr__(self):
+        inner = ",\n  ".join(repr(layer) for layer in self.layers)
+        return f"Sequential(\n  {inner}\n)"
+
+
+def layer_spec(layer):
+    if isinstance(layer, Sequential):
+        return layer.spec()
+    return {"type": type(layer).__name__, "config": layer.config()}
+
+
+def build(spec, dtype=np.float32):
+    """Rebuild a model from its spec (raises ValueError on anything unknown)."""
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise ValueError("model spec must be an object with a 'type'")
+    if spec["type"] == "Sequential":
+        layers = spec.get("layers")
+        if not isinstance(layers, list):
+            raise ValueError("Sequential spec needs a list of layers")
+        return Sequential(*[build(s, dtype) for s in layers], dtype=dtype)
+    cls = layer_types().get(spec["type"])
+    if cls is None:
+        raise ValueError(f"unknown layer type {spec['type']!r}")
+    config = spec.get("config", {})
+    if not isinstance(config, dict):
+        raise ValueError(f"config of {spec['type']} must be an object")
+    return cls(**config, dtype=dtype)
+
+
+def package_versions(*names):
+    """Versions of numpy and any importable named packages (for provenance in files)."""
+    from importlib import metadata
+    out = {"numpy": np.__version__}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def model_header(model, meta=None):
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "architecture": model.spec(),
+        "dtype": str(model.dtype),
+        "versions": package_versions("grok-arcade"),
+        "meta": meta or {},
+    }
+
+
+def save(path, model, meta=None):
+    """Write model (arrays + architecture + meta) to one .npz, atomically."""
+    json.dumps(meta or {})  # fail before writing if meta is not JSON-able
+    arrays = {f"model.{name}": p for name, p in model.state_dict().items()}
+    write_npz(path, arrays, model_header(model, meta))
+
+
+def model_from_arrays(arrays, header, path="file", prefix="model."):
+    """Rebuild a model from a header's architecture and the arrays under prefix; CheckpointError if off."""
+    try:
+        dtype = np.dtype(header.get("dtype", "float32"))
+        if dtype.kind != "f":
+            raise ValueError(f"dtype {dtype} is not a float type")
+        model = build(header["architecture"], dtype=dtype)
+        state = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+        for name, value in state.items():
+            if value.dtype != dtype:
+                raise ValueError(f"parameter {name} has dtype {value.dtype}, expected {dtype}")
+        model.load_state_dict(state)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: architecture does not match its arrays ({e})") from None
+    return model
+
+
+def check_header(header, path, fmt=FORMAT, version=FORMAT_VERSION):
+    if header.get("format") != fmt:
+        raise CheckpointError(f"{path}: not a {fmt} file (format {header.get('format')!r})")
+    if header.get("version") != version:
+        raise CheckpointError(f"{path}: format version {header.get('version')!r}, this program reads {version}")
+
+
+def load(path):
+    """Return (model, meta) from a file written by save. Anything wrong raises CheckpointError."""
+    arrays, header = read_npz(path, error=CheckpointError)
+    check_header(header, path)
+    model = model_from_arrays(arrays, header, path)
+    meta = header.get("meta", {})
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: meta is not a JSON object")
+    return model, meta

@@ -1,0 +1,110 @@
+"""Safe .npz files: arrays plus one JSON header, written atomically, read without pickle.
+
+Every file this project writes (models, agent checkpoints, recordings) goes through here, so the
+defences live in one place: object arrays are refused before anything is read, every declared
+array size is checked against the archive's own directory and a cap (no memory blow-up from a
+forged header), and any failure becomes the caller's own one-line error.
+"""
+import io
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+HEADER_KEY = "__header__"
+MAX_ARRAY_BYTES = 4 << 30  # 4 GiB per array: larger than anything we write
+SAFE_KINDS = set("biufcSU")  # bool, ints, floats, complex, bytes, str: never object ('O') or void
+
+
+def write_npz(path, arrays, header, compress=False):
+    """Write arrays and a JSON header to path atomically (temp file in the same dir, then replace)."""
+    path = os.fspath(path)
+    for name, a in arrays.items():
+        if name == HEADER_KEY or np.asarray(a).dtype.hasobject:
+            raise ValueError(f"array {name!r} cannot be stored (reserved name or object dtype)")
+    payload = dict(arrays)
+    payload[HEADER_KEY] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            (np.savez_compressed if compress else np.savez)(f, **payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _read_member(zf, info, error):
+    name = info.filename[:-4]
+    if info.file_size > MAX_ARRAY_BYTES + 4096:
+        raise error(f"array {name!r} declares {info.file_size} bytes, more than allowed")
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise error(f"array {name!r} has unsupported npy version {version}")
+        if dtype.hasobject or dtype.kind not in SAFE_KINDS:
+            raise error(f"array {name!r} has dtype {dtype}, which is not allowed")
+        count = 1
+        for d in shape:
+            count *= int(d)
+        nbytes = count * dtype.itemsize
+        if nbytes > MAX_ARRAY_BYTES or nbytes > info.file_size:
+            raise error(f"array {name!r} declares shape {shape} ({nbytes} bytes) but holds {info.file_size}")
+        data = f.read(nbytes)
+        if len(data) != nbytes:
+            raise error(f"array {name!r} is truncated")
+    array = np.frombuffer(data, dtype=dtype)
+    if fortran:
+        return array.reshape(shape[::-1]).T.copy()
+    return array.reshape(shape).copy()
+
+
+def read_npz(path, error=ValueError):
+    """Return (arrays, header) from an .npz written by write_npz. Anything off raises error(msg)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise error(f"{path} is a directory, not a file")
+    if not os.path.exists(path):
+        raise error(f"{path}: no such file")
+    try:
+        with open(path, "rb") as raw:
+            blob = raw.read()
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+            arrays = {}
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    raise error(f"{path}: unexpected member {info.filename!r}")
+                arrays[info.filename[:-4]] = _read_member(zf, info, error)
+    except error:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile):
+        raise error(f"{path}: not a valid .npz archive (corrupt or truncated)") from None
+    except MemoryError:
+        raise error(f"{path}: declares more data than fits in memory") from None
+    except Exception as e:  # zlib.error, EOFError, ValueError from a damaged member, ...
+        raise error(f"{path}: damaged archive ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    raw_header = arrays.pop(HEADER_KEY, None)
+    if raw_header is None or raw_header.dtype != np.uint8 or raw_header.ndim != 1:
+        raise error(f"{path}: not a grok-arcade file (no header)")
+    try:
+        header = json.loads(raw_header.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise error(f"{path}: header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise error(f"{path}: header is not a JSON object")
+    return arrays, header
