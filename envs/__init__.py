@@ -1,1 +1,6 @@
-"""envs"""
+"""envs: Atari through Gymnasium and ale-py, vector envs, and recorded games."""
+from envs.atari import (PRESETS, UnknownGameError, ale_games, env_spec, make, make_vector, resolve,
+                        karpathy_preprocess, karpathy_preprocess_batch, default_preset)
+
+__all__ = ["PRESETS", "UnknownGameError", "ale_games", "env_spec", "make", "make_vector", "resolve",
+           "karpathy_preprocess", "karpathy_preprocess_batch", "default_preset"]

@@ -1,0 +1,302 @@
+"""One environment factory: Atari through Gymnasium and ale-py, with the two standard preprocessings.
+
+Wrapper order (fixed and documented, CleanRL's habit):
+  karpathy:  ALE v5 (frameskip 4, rgb) -> KarpathyPong (crop, downsample, binarize, frame difference,
+             actions restricted to up/down)
+  deepmind:  ALE v5 with frameskip=1 -> [EpisodicLife, FireReset when training] -> AtariPreprocessing
+             (no-op starts, skip 4 with max-pool, 84x84 grayscale) -> [ClipReward when training]
+             -> FrameStackObservation(4, zero padding)
+  classic:   gymnasium's classic-control env as it is (CartPole-v1 and friends)
+Protocol: sticky=True is ALE v5 (repeat_action_probability 0.25); sticky=False is the
+NoFrameskip-v4 protocol (no sticky actions) that CleanRL and SB3 report on.
+"""
+import difflib
+
+import ale_py
+import gymnasium as gym
+import numpy as np
+
+gym.register_envs(ale_py)
+
+PRESETS = ("karpathy", "deepmind", "classic")
+STICKY_PROB = 0.25
+
+
+class UnknownGameError(ValueError):
+    """A game name that is neither an ALE game nor a registered Gymnasium id."""
+
+
+def ale_games():
+    """{short name: env id} for every ALE game, e.g. {'pong': 'ALE/Pong-v5', ...}."""
+    games = {}
+    for env_id, spec in gym.registry.items():
+        if env_id.startswith("ALE/") and env_id.endswith("-v5"):
+            games[spec.kwargs.get("game")] = env_id
+    return dict(sorted(games.items()))
+
+
+def classic_games():
+    return sorted(k for k, s in gym.registry.items()
+                  if isinstance(s.entry_point, str) and "classic_control" in s.entry_point)
+
+
+def resolve(game):
+    """Return the full env id for a short name or id; UnknownGameError with close names otherwise."""
+    if not isinstance(game, str) or not game:
+        raise UnknownGameError(f"game must be a non-empty name, got {game!r}")
+    games = ale_games()
+    key = game.strip().lower().replace("-", "_").replace(" ", "_")
+    if key in games:
+        return games[key]
+    if game in gym.registry:
+        return game
+    for env_id in games.values():  # 'Pong', 'pong-v5', 'ALE/pong-v5'
+        if env_id.lower() in (game.lower(), f"ale/{game.lower()}") or env_id.lower() == f"ale/{key}-v5":
+            return env_id
+    names = list(games) + list(games.values()) + classic_games()
+    close = difflib.get_close_matches(game, names, n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise UnknownGameError(f"unknown game {game!r}{hint} (python -m scripts.train --list-games lists them all)")
+
+
+def is_atari(env_id):
+    return env_id.startswith("ALE/")
+
+
+def default_preset(env_id):
+    if not is_atari(env_id):
+        return "classic"
+    return "karpathy" if env_id == "ALE/Pong-v5" else "deepmind"
+
+
+def env_spec(game, preset, sticky=True, training=False):
+    """Everything that defines what the agent sees: recorded in run configs, checkpoints, recordings."""
+    env_id = resolve(game)
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    if preset == "classic" and is_atari(env_id):
+        raise ValueError(f"preset 'classic' is for classic-control tasks, not {env_id}")
+    if preset != "classic" and not is_atari(env_id):
+        raise ValueError(f"preset {preset!r} needs an Atari game, not {env_id}")
+    spec = {"env_id": env_id, "preset": preset}
+    if is_atari(env_id):
+        spec.update({
+            "protocol": "v5-sticky" if sticky else "v4-nosticky",
+            "repeat_action_probability": STICKY_PROB if sticky else 0.0,
+            "frameskip": 4,
+        })
+        if preset == "deepmind":
+            spec.update({"frame_stack": 4, "screen_size": 84, "noop_max": 30,
+                         "training_wrappers": bool(training)})
+    else:
+        spec["protocol"] = "gymnasium"
+    return spec
+
+
+# ----------------------------------------------------------------------------- Karpathy's preset
+
+def karpathy_preprocess(frame):
+    """210x160x3 uint8 Pong frame -> (6400,) float32 of 0/1: crop, downsample by 2, drop background."""
+    img = frame[35:195:2, ::2, 0]  # (80, 80): crop the score and borders, keep every 2nd pixel, red channel
+    return ((img != 144) & (img != 109) & (img != 0)).astype(np.float32).ravel()  # (6400,)
+
+
+def up_down_actions(env):
+    """Indices of the game's up and down moves in its minimal action set (Pong: RIGHT is up)."""
+    meanings = env.unwrapped.get_action_meanings()
+    for up, down in (("UP", "DOWN"), ("RIGHT", "LEFT")):
+        if up in meanings and down in meanings:
+            return meanings.index(up), meanings.index(down)
+    raise ValueError(f"{env.spec.id if env.spec else env} has no up/down moves for the karpathy preset")
+
+
+def karpathy_preprocess_batch(frames):
+    """(N, 210, 160, 3) uint8 -> (N, 6400) float32: karpathy_preprocess on a whole batch at once."""
+    img = frames[:, 35:195:2, ::2, 0]  # (N, 80, 80)
+    return ((img != 144) & (img != 109) & (img != 0)).astype(np.float32).reshape(len(frames), 6400)
+
+
+class KarpathyPong(gym.Wrapper):
+    """Karpathy's "Pong from Pixels" input: the difference of consecutive preprocessed frames.
+
+    Observation (6400,) float32 in {-1, 0, 1}; action 0 = up, 1 = down."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.actions = up_down_actions(env)
+        self.action_space = gym.spaces.Discrete(2)
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (6400,), np.float32)
+        self.prev = None
+
+    def reset(self, **kwargs):
+        frame, info = self.env.reset(**kwargs)
+        self.prev = karpathy_preprocess(frame)
+        return np.zeros(6400, np.float32), info
+
+    def step(self, action):
+        frame, reward, terminated, truncated, info = self.env.step(self.actions[int(action)])
+        cur = karpathy_preprocess(frame)
+        obs = cur - self.prev
+        self.prev = cur
+        return obs, reward, terminated, truncated, info
+
+
+class KarpathyVector:
+    """Karpathy's preprocessing over ale-py's C++ AtariVectorEnv returning raw RGB frames.
+
+    The emulators step on C++ threads, the preprocessing is one numpy call for the whole batch;
+    frames are bit-identical to the single-env path (tests/test_envs.py checks it)."""
+
+    def __init__(self, env_id, num_envs, repeat_action_probability):
+        from ale_py.vector_env import AtariVectorEnv
+        self.env = AtariVectorEnv(
+            game=gym.registry[env_id].kwargs["game"], num_envs=num_envs,
+            repeat_action_probability=repeat_action_probability, frameskip=4, stack_num=1,
+            img_height=210, img_width=160, grayscale=False, maxpool=False, noop_max=0,
+            episodic_life=False, use_fire_reset=False, reward_clipping=False,
+            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        probe = gym.make(env_id)
+        self.actions = np.array(up_down_actions(probe))
+        probe.close()
+        self.num_envs = num_envs
+        self.single_action_space = gym.spaces.Discrete(2)
+        self.action_space = gym.spaces.MultiDiscrete([2] * num_envs)
+        self.single_observation_space = gym.spaces.Box(-1.0, 1.0, (6400,), np.float32)
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (num_envs, 6400), np.float32)
+        self.prev = None
+
+    def _frames(self, obs):
+        return obs.reshape(self.num_envs, 210, 160, 3)
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        self.prev = karpathy_preprocess_batch(self._frames(obs))
+        return np.zeros((self.num_envs, 6400), np.float32), info
+
+    def step(self, actions):
+        obs, reward, terminated, truncated, info = self.env.step(self.actions[np.asarray(actions)])
+        cur = karpathy_preprocess_batch(self._frames(obs))  # (N, 6400)
+        diff = cur - self.prev
+        done = terminated | truncated
+        diff[done] = 0.0  # same-step autoreset: a new episode starts from a zero difference
+        self.prev = cur
+        return diff, reward.astype(np.float64), terminated, truncated, info
+
+    def close(self):
+        self.env.close()
+
+
+# ----------------------------------------------------------------------------- DeepMind's preset
+
+class EpisodicLife(gym.Wrapper):
+    """Life loss ends the episode for the learner; the game itself resets only when it is over."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.lives = 0
+        self.game_over = True
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.game_over = terminated or truncated
+        lives = self.env.unwrapped.ale.lives()
+        if 0 < lives < self.lives:
+            terminated = True
+        self.lives = lives
+        return obs, reward, terminated, truncated, info
+
+    def reset(self, **kwargs):
+        if self.game_over:
+            obs, info = self.env.reset(**kwargs)
+        else:  # continue the same game after a lost life with one no-op step
+            obs, _, terminated, truncated, info = self.env.step(0)
+            if terminated or truncated:
+                obs, info = self.env.reset(**kwargs)
+        self.lives = self.env.unwrapped.ale.lives()
+        return obs, info
+
+
+class FireReset(gym.Wrapper):
+    """Press FIRE after reset in games that wait for it (Breakout), so the agent need not learn to."""
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        for action in (1, 2):
+            obs, _, terminated, truncated, info = self.env.step(action)
+            if terminated or truncated:
+                obs, info = self.env.reset(**kwargs)
+        return obs, info
+
+
+def needs_fire(env):
+    meanings = env.unwrapped.get_action_meanings()
+    return len(meanings) >= 3 and meanings[1] == "FIRE"
+
+
+# ----------------------------------------------------------------------------- factories
+
+def make(game, preset=None, *, seed=None, render_mode=None, sticky=True, training=False, noop_max=30):
+    """One env with a preset's preprocessing. Seeded once here when seed is given."""
+    env_id = resolve(game)
+    preset = preset or default_preset(env_id)
+    spec = env_spec(env_id, preset, sticky, training)
+    if preset == "classic":
+        env = gym.make(env_id, render_mode=render_mode)
+    elif preset == "karpathy":
+        env = gym.make(env_id, frameskip=4, repeat_action_probability=spec["repeat_action_probability"],
+                       render_mode=render_mode)
+        env = KarpathyPong(env)
+    else:
+        env = gym.make(env_id, frameskip=1, repeat_action_probability=spec["repeat_action_probability"],
+                       render_mode=render_mode)
+        if training:
+            env = EpisodicLife(env)
+            if needs_fire(env):
+                env = FireReset(env)
+        env = gym.wrappers.AtariPreprocessing(env, noop_max=noop_max, frame_skip=4, screen_size=84,
+                                              grayscale_obs=True, scale_obs=False)
+        if training:
+            env = gym.wrappers.ClipReward(env, -1.0, 1.0)
+        # zero padding: identical first stacks to ale-py's AtariVectorEnv (see FACTS.md)
+        env = gym.wrappers.FrameStackObservation(env, 4, padding_type="zero")
+    env.grok_spec = spec
+    if seed is not None:
+        env.reset(seed=int(seed))
+        env.action_space.seed(int(seed))
+    return env
+
+
+def make_vector(game, preset=None, num_envs=1, *, seed=None, sticky=True, training=False,
+                asynchronous=False, noop_max=30):
+    """num_envs envs stepped as one, autoreset in same-step mode (the obs after a done is the new
+    episode's first). Atari presets run on ale-py's C++ AtariVectorEnv (its threads step the
+    emulators; measured faster than gymnasium's AsyncVectorEnv on 2 cores); classic-control tasks
+    on gymnasium's vector envs (asynchronous=True asks for AsyncVectorEnv)."""
+    env_id = resolve(game)
+    preset = preset or default_preset(env_id)
+    spec = env_spec(env_id, preset, sticky, training)
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    if preset == "deepmind":
+        from ale_py.vector_env import AtariVectorEnv
+        venv = AtariVectorEnv(
+            game=gym.registry[env_id].kwargs["game"], num_envs=num_envs,
+            repeat_action_probability=spec["repeat_action_probability"], frameskip=4, stack_num=4,
+            img_height=84, img_width=84, grayscale=True, maxpool=True, noop_max=noop_max,
+            episodic_life=training, use_fire_reset=training, reward_clipping=False,
+            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    elif preset == "karpathy" and not asynchronous:
+        venv = KarpathyVector(env_id, num_envs, spec["repeat_action_probability"])
+    else:
+        fns = [lambda: make(env_id, preset, sticky=sticky, training=training, noop_max=noop_max)
+               for _ in range(num_envs)]
+        mode = gym.vector.AutoresetMode.SAME_STEP
+        if asynchronous:
+            venv = gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode, context="fork")
+        else:
+            venv = gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
+    venv.grok_spec = spec
+    if seed is not None:
+        venv.reset(seed=int(seed))
+        venv.action_space.seed(int(seed))
+    return venv
