@@ -1,11 +1,14 @@
 """nets: a deep-learning stack in plain numpy, one readable layer at a time."""
 from nets.layers import (Layer, Linear, Flatten, ReLU, LeakyReLU, Tanh, Sigmoid, Dropout, Embedding)
+from nets.conv import Conv2d, MaxPool2d
+from nets.recurrent import RNN, LSTM
 from nets.losses import MSE, Huber, SoftmaxCrossEntropy, BCEWithLogits, softmax, log_softmax
 from nets.optim import SGD, RMSProp, Adam, clip_grad_norm
 from nets.model import Sequential, CheckpointError, save, load, build
 
 __all__ = [
     "Layer", "Linear", "Flatten", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Dropout", "Embedding",
+    "Conv2d", "MaxPool2d", "RNN", "LSTM",
     "MSE", "Huber", "SoftmaxCrossEntropy", "BCEWithLogits", "softmax", "log_softmax",
     "SGD", "RMSProp", "Adam", "clip_grad_norm",
     "Sequential", "CheckpointError", "save", "load", "build",
