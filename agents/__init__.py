@@ -1,1 +1,28 @@
-"""agents"""
+"""agents: the learning algorithms, their run dirs and checkpoints."""
+from nets.model import CheckpointError
+from agents.run import load_checkpoint
+
+
+def load(path, seed=0):
+    """Rebuild a playing agent from a checkpoint file alone: agent.act(obs, explore) -> (actions, info).
+
+    The agent carries `env` (the env spec it was trained on) so callers make the same env."""
+    models, header, _ = load_checkpoint(path)
+    kind = header.get("agent")
+    env = header.get("env")
+    if not isinstance(env, dict) or "env_id" not in env or "preset" not in env:
+        raise CheckpointError(f"{path}: checkpoint has no env spec")
+    try:
+        if kind == "pg":
+            from agents.policy_gradient import PolicyAgent
+            agent = PolicyAgent(models["model"], header["head"], env, int(header["n_actions"]), seed)
+        elif kind == "dqn":
+            from agents.dqn import QAgent
+            agent = QAgent.from_checkpoint(models, header, seed)
+        else:
+            raise CheckpointError(f"{path}: unknown agent {kind!r}")
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: checkpoint is missing or has a bad {e}") from None
+    agent.header = header
+    agent.path = str(path)
+    return agent

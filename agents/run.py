@@ -1,0 +1,208 @@
+"""A training run on disk: config.json, progress.csv, checkpoint.npz, curve.png; resume; signals.
+
+Agents call into a Run; they never print. Messages for people (a checkpoint that could not be
+written, NaN updates) go through `run.message`, which the script points at its progress bar.
+"""
+import csv
+import dataclasses
+import io
+import json
+import os
+import platform
+import signal
+import sys
+import tempfile
+import time
+from collections import deque
+
+import numpy as np
+
+from nets.model import CheckpointError, check_header, model_from_arrays, package_versions
+from nets.npzfile import read_npz, write_npz
+
+AGENT_FORMAT = "grok-arcade.agent"
+AGENT_FORMAT_VERSION = 1
+PROGRESS_FIELDS = ["step", "episode", "return", "length", "running_mean", "wall_seconds"]
+
+
+def versions():
+    return {"python": platform.python_version(),
+            **package_versions("grok-arcade", "gymnasium", "ale-py")}
+
+
+def write_text_atomic(path, text):
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def save_checkpoint(path, models, header, extra_arrays=None):
+    """models: {prefix: Sequential}; header: agent, config, env spec, step, ... (JSON)."""
+    arrays = {}
+    for prefix, model in models.items():
+        arrays.update({f"{prefix}.{n}": p for n, p in model.state_dict().items()})
+    arrays.update(extra_arrays or {})
+    main = models["model"]
+    full = {"format": AGENT_FORMAT, "version": AGENT_FORMAT_VERSION,
+            "architecture": main.spec(), "dtype": str(main.dtype),
+            "models": sorted(models), "versions": versions(), **header}
+    write_npz(path, arrays, full)
+
+
+def load_checkpoint(path):
+    """Return (models {prefix: model}, header, other arrays). Anything off raises CheckpointError."""
+    arrays, header = read_npz(path, error=CheckpointError)
+    check_header(header, path, AGENT_FORMAT, AGENT_FORMAT_VERSION)
+    for key in ("agent", "config", "env"):
+        if not isinstance(header.get(key), (str, dict)):
+            raise CheckpointError(f"{path}: checkpoint has no {key!r}")
+    prefixes = header.get("models", ["model"])
+    if not isinstance(prefixes, list) or "model" not in prefixes:
+        raise CheckpointError(f"{path}: checkpoint lists no model")
+    models = {}
+    for prefix in prefixes:
+        if not isinstance(prefix, str):
+            raise CheckpointError(f"{path}: bad model name {prefix!r}")
+        models[prefix] = model_from_arrays(arrays, header, path, prefix=f"{prefix}.")
+    rest = {k: v for k, v in arrays.items() if k.split(".", 1)[0] not in prefixes}
+    return models, header, rest
+
+
+class Run:
+    """The run dir of one training run. Create with Run(dir, config) or Run.resume(dir)."""
+
+    def __init__(self, run_dir, config, env, checkpoint_minutes=5.0, message=None):
+        self.dir = os.path.abspath(run_dir)
+        os.makedirs(self.dir, exist_ok=True)
+        self.config = config
+        self.env = env
+        self.checkpoint_seconds = float(checkpoint_minutes) * 60.0
+        self.message = message or (lambda text: print(text, file=sys.stderr))
+        self.returns = deque(maxlen=100)
+        self.step = 0
+        self.episode = 0
+        self.wall_offset = 0.0
+        self.started = time.monotonic()
+        self.last_checkpoint = time.monotonic()
+        self.stop_requested = False
+        self.failed_writes = 0
+        self._old_handlers = {}
+
+    # ------------------------------------------------------------------ files
+    @property
+    def checkpoint_path(self):
+        return os.path.join(self.dir, "checkpoint.npz")
+
+    @property
+    def progress_path(self):
+        return os.path.join(self.dir, "progress.csv")
+
+    def write_config(self):
+        record = {"config": self.config, "env": self.env, "versions": versions(),
+                  "command": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        write_text_atomic(os.path.join(self.dir, "config.json"), json.dumps(record, indent=2) + "\n")
+        if not os.path.exists(self.progress_path):
+            write_text_atomic(self.progress_path, ",".join(PROGRESS_FIELDS) + "\n")
+
+    def wall_seconds(self):
+        return self.wall_offset + time.monotonic() - self.started
+
+    def log_episode(self, ret, length):
+        """One finished episode: append a progress row; returns the running mean (last 100)."""
+        self.episode += 1
+        self.returns.append(float(ret))
+        mean = float(np.mean(self.returns))
+        row = [self.step, self.episode, f"{ret:g}", int(length), f"{mean:.4f}", f"{self.wall_seconds():.1f}"]
+        try:
+            with open(self.progress_path, "a", newline="") as f:
+                csv.writer(f).writerow(row)
+        except OSError as e:
+            self.message(f"could not append to {self.progress_path}: {e.strerror or e}")
+        return mean
+
+    def truncate_progress(self, episode):
+        """On resume: drop rows written after the checkpoint, so the CSV matches the state."""
+        if not os.path.exists(self.progress_path):
+            return
+        with open(self.progress_path, newline="") as f:
+            rows = list(csv.reader(f))
+        keep = [rows[0]] if rows else [PROGRESS_FIELDS]
+        for row in rows[1:]:
+            try:
+                if int(row[1]) <= episode:
+                    keep.append(row)
+            except (ValueError, IndexError):
+                continue
+        buf = io.StringIO()
+        csv.writer(buf).writerows(keep)
+        write_text_atomic(self.progress_path, buf.getvalue())
+        for row in keep[-100:][1 if keep[0] == PROGRESS_FIELDS else 0:]:
+            try:
+                self.returns.append(float(row[2]))
+            except (ValueError, IndexError):
+                pass
+
+    # ------------------------------------------------------------------ checkpoints
+    def due(self):
+        return self.stop_requested or time.monotonic() - self.last_checkpoint >= self.checkpoint_seconds
+
+    def save(self, models, header, extra_arrays=None):
+        """Write checkpoint.npz atomically; on failure keep the old one, say so, carry on."""
+        header = {**header, "config": self.config, "env": self.env, "step": self.step,
+                  "episode": self.episode, "wall_seconds": self.wall_seconds()}
+        self.last_checkpoint = time.monotonic()
+        try:
+            save_checkpoint(self.checkpoint_path, models, header, extra_arrays)
+        except OSError as e:
+            self.failed_writes += 1
+            self.message(f"could not write {self.checkpoint_path}: {e.strerror or e}; "
+                         f"keeping the previous checkpoint, retrying in {self.checkpoint_seconds / 60:g} min")
+            return False
+        self.write_curve()
+        return True
+
+    def write_curve(self):
+        try:
+            from agents.curve import plot_progress
+            plot_progress(self.progress_path, os.path.join(self.dir, "curve.png"),
+                          title=f"{self.env.get('env_id', '')} {self.config.get('agent', '')}")
+        except Exception as e:  # a plot must never stop training
+            self.message(f"could not draw the learning curve: {e}")
+
+    def restore(self, header):
+        self.step = int(header.get("step", 0))
+        self.episode = int(header.get("episode", 0))
+        self.wall_offset = float(header.get("wall_seconds", 0.0))
+        self.truncate_progress(self.episode)
+
+    # ------------------------------------------------------------------ signals
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+        return False
+
+    def _on_signal(self, signum, frame):
+        if self.stop_requested:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.stop_requested = True
+
+
+def config_dict(cfg):
+    return dataclasses.asdict(cfg)

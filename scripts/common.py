@@ -1,0 +1,53 @@
+"""What every script shares: one-line errors with exit code 2, dataclass configs as flags."""
+import argparse
+import dataclasses
+import sys
+
+
+class UsageError(Exception):
+    """A mistake the person can fix: printed as one line, exit code 2."""
+
+
+def fail(message, code=2):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and exit code 2."""
+
+    def error(self, message):
+        fail(f"{message} (see {self.prog} --help)")
+
+
+def add_config_flags(parser, cls, skip=()):
+    """One --flag per dataclass field (underscores become dashes), defaulting to None = unchanged."""
+    group = parser.add_argument_group(f"{cls.__module__.split('.')[-1]} settings")
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        if f.type in (bool, "bool"):
+            group.add_argument(flag, dest=f.name, type=parse_bool, default=None, metavar="{true,false}",
+                               help=f"(default {default})")
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(getattr(f.type, "__name__", f.type), str)
+            group.add_argument(flag, dest=f.name, type=kind, default=None, help=f"(default {default})")
+
+
+def parse_bool(text):
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def config_from_args(cls, args, base=None):
+    """Dataclass from base (or defaults) with every flag the person gave applied."""
+    cfg = base or cls()
+    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+               if getattr(args, f.name, None) is not None}
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,184 @@
+"""Train an agent: python -m scripts.train [--agent pg|dqn] [--game pong] [flags].
+
+With no arguments it trains Karpathy's policy-gradient agent on Pong from pixels. The run dir gets
+config.json, progress.csv, checkpoint.npz (every few minutes and on Ctrl-C / SIGTERM) and curve.png;
+--resume RUN_DIR continues a run exactly where its checkpoint left it.
+"""
+import dataclasses
+import importlib
+import json
+import os
+import sys
+import time
+
+from scripts.common import Parser, UsageError, add_config_flags, config_from_args, fail
+
+AGENTS = {"pg": "agents.policy_gradient", "dqn": "agents.dqn"}
+
+
+def agent_module(name):
+    if name not in AGENTS:
+        raise UsageError(f"unknown agent {name!r}: choose one of {', '.join(AGENTS)}")
+    return importlib.import_module(AGENTS[name])
+
+
+def build_parser(module):
+    p = Parser(prog="python -m scripts.train", description=__doc__.splitlines()[0])
+    p.add_argument("--agent", choices=list(AGENTS), default="pg", help="algorithm (default pg)")
+    p.add_argument("--run-dir", help="where the run writes (default runs/<game>-<agent>-<seed>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    p.add_argument("--init", metavar="CHECKPOINT", help="start from the weights of a checkpoint")
+    p.add_argument("--list-games", action="store_true", help="list every game name and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    skip = ("agent",) + getattr(module, "HIDDEN_FLAGS", ())
+    add_config_flags(p, module.Config, skip=skip)
+    return p
+
+
+def list_games():
+    import envs
+    for name, env_id in envs.ale_games().items():
+        print(f"{name:24s} {env_id}")
+    for env_id in envs.atari.classic_games():
+        print(f"{env_id:24s} {env_id}")
+
+
+def load_run_config(run_dir):
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isdir(run_dir):
+        raise UsageError(f"--resume {run_dir}: no such run dir")
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        return record["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"--resume {run_dir}: missing or damaged config.json") from None
+
+
+def check_compatible(header, cfg, env, path):
+    """A checkpoint must be for the same agent, game and preset as the run it starts."""
+    other = header.get("env", {})
+    if header.get("agent") != cfg.agent:
+        raise UsageError(f"{path} is a {header.get('agent')} checkpoint, not {cfg.agent}")
+    if other.get("env_id") != env["env_id"] or other.get("preset") != env["preset"]:
+        raise UsageError(f"{path} is for {other.get('env_id')} ({other.get('preset')}), "
+                         f"not {env['env_id']} ({env['preset']})")
+
+
+class ProgressBar:
+    """tqdm bar: steps, steps/s, episodes, last and running return."""
+
+    def __init__(self, total, initial, quiet):
+        from tqdm import tqdm
+        self.bar = tqdm(total=total or None, initial=initial, unit="step", unit_scale=True,
+                        dynamic_ncols=True, disable=quiet, mininterval=1.0, smoothing=0.05)
+        self.last_step = initial
+        self.postfix = {}
+
+    def __call__(self, m):
+        self.bar.update(m["step"] - self.last_step)
+        self.last_step = m["step"]
+        if m["event"] == "episode":
+            self.postfix.update(ep=m["episode"], ret=f"{m['return']:g}", mean=f"{m['running_mean']:.2f}")
+        elif m["event"] == "eval":
+            self.postfix.update(eval=f"{m['mean_return']:.2f}")
+        self.bar.set_postfix(self.postfix, refresh=False)
+
+    def write(self, text):
+        self.bar.write(text, file=sys.stderr)
+
+    def close(self):
+        self.bar.close()
+
+
+def prepare(argv):
+    """Parse flags into (module, cfg, run_dir, init, resume); UsageError for anything wrong."""
+    pre = Parser(add_help=False)
+    pre.add_argument("--agent", default="pg")
+    pre.add_argument("--resume")
+    known, _ = pre.parse_known_args(argv)
+    base = None
+    if known.resume:
+        saved = load_run_config(known.resume)
+        known.agent = saved.get("agent", known.agent)
+    module = agent_module(known.agent)
+    args = build_parser(module).parse_args(argv)
+    if args.list_games:
+        return None
+    if known.resume:
+        fields = {f.name for f in dataclasses.fields(module.Config)}
+        base = module.Config(**{k: v for k, v in saved.items() if k in fields})
+    try:
+        cfg = module.resolved(config_from_args(module.Config, args, base))
+    except ValueError as e:  # unknown game, bad preset or value
+        raise UsageError(str(e).splitlines()[0]) from None
+    import envs
+    env = envs.env_spec(cfg.game, cfg.preset, cfg.sticky)
+    from agents.run import load_checkpoint
+    from nets import CheckpointError
+    init = resume = None
+    if args.init:
+        try:
+            models, header, _ = load_checkpoint(args.init)
+        except CheckpointError as e:
+            raise UsageError(str(e)) from None
+        check_compatible(header, cfg, env, args.init)
+        init = (models, header)
+    run_dir = args.run_dir
+    if known.resume:
+        run_dir = known.resume
+        path = os.path.join(run_dir, "checkpoint.npz")
+        if not os.path.exists(path):
+            raise UsageError(f"--resume {run_dir}: no checkpoint.npz to resume from")
+        try:
+            resume = load_checkpoint(path)
+        except CheckpointError as e:
+            raise UsageError(str(e)) from None
+        check_compatible(resume[1], cfg, env, path)
+    elif run_dir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        game = env["env_id"].split("/")[-1].split("-")[0].lower()
+        run_dir = os.path.join("runs", f"{game}-{cfg.agent}-{cfg.seed}-{stamp}")
+    elif os.path.exists(os.path.join(run_dir, "checkpoint.npz")):
+        raise UsageError(f"{run_dir} already holds a run: use --resume {run_dir} or another --run-dir")
+    return module, cfg, env, run_dir, init, resume, args.quiet
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        prepared = prepare(argv)
+        if prepared is None:
+            list_games()
+            return 0
+        module, cfg, env, run_dir, init, resume, quiet = prepared
+        from agents.run import Run, config_dict
+        try:
+            run = Run(run_dir, config_dict(cfg), env, cfg.checkpoint_minutes)
+            run.write_config()
+        except OSError as e:
+            raise UsageError(f"cannot write the run dir {run_dir}: {e.strerror or e}") from None
+    except UsageError as e:
+        fail(str(e))
+    bar = ProgressBar(cfg.total_steps, resume[1].get("step", 0) if resume else 0, quiet)
+    run.message = bar.write
+    print(f"run dir: {run.dir}", file=sys.stderr)
+    try:
+        with run:
+            module.train(cfg, run, callback=bar, init=init, resume=resume)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted twice: stopped without saving; last checkpoint: {run.checkpoint_path}",
+              file=sys.stderr)
+        return 130
+    except module.NumericalError as e:
+        bar.close()
+        fail(str(e), code=1)
+    bar.close()
+    why = "stopped by signal" if run.stop_requested else "finished"
+    print(f"{why}: step {run.step}, episode {run.episode}; saved {run.checkpoint_path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
