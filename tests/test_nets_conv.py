@@ -1,0 +1,128 @@
+"""The fast Conv2d and MaxPool2d against their slow loop references: values and gradients."""
+import numpy as np
+import pytest
+
+import nets
+from nets.conv import (conv2d_reference, conv2d_reference_backward, maxpool2d_reference,
+                       maxpool2d_reference_backward)
+
+CASES = [  # n, c, h, w, out, kernel, stride, padding
+    (2, 3, 7, 6, 4, 3, 1, 0),
+    (2, 3, 9, 8, 5, 3, 2, 1),
+    (1, 2, 8, 8, 3, (2, 3), (2, 1), (1, 2)),
+    (3, 4, 12, 12, 2, 4, 4, 0),
+    (2, 1, 5, 7, 2, 5, 1, 2),
+    (1, 4, 20, 20, 3, 8, 4, 0),  # the Nature-DQN first layer's kernel and stride
+    (2, 5, 9, 9, 4, 3, 3, 1),
+]
+TOL = {np.float32: dict(rtol=1e-4, atol=1e-4), np.float64: dict(rtol=1e-10, atol=1e-10)}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,c,h,w,out,kernel,stride,padding", CASES)
+def test_conv_matches_reference(dtype, n, c, h, w, out, kernel, stride, padding):
+    rng = np.random.default_rng(h * 100 + w * 10 + c)
+    layer = nets.Conv2d(c, out, kernel, stride, padding, rng=rng, dtype=dtype)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    y = layer.forward(x)
+    assert y.dtype == dtype
+    W, b = layer.params["W"].astype(np.float64), layer.params["b"].astype(np.float64)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(y, conv2d_reference(x64, W, b, stride, padding), **TOL[dtype])
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = layer.backward(dy)
+    dx_ref, dw_ref, db_ref = conv2d_reference_backward(x64, W, dy.astype(np.float64), stride, padding)
+    assert dx.dtype == dtype and layer.grads["W"].dtype == dtype
+    np.testing.assert_allclose(dx, dx_ref, **TOL[dtype])
+    np.testing.assert_allclose(layer.grads["W"], dw_ref, **TOL[dtype])
+    np.testing.assert_allclose(layer.grads["b"], db_ref, **TOL[dtype])
+
+
+def test_conv_buffers_reused_across_shapes_stay_correct():
+    """Reused buffers: switching batch shapes back and forth must not leak stale values."""
+    rng = np.random.default_rng(1)
+    layer = nets.Conv2d(2, 3, 3, stride=2, padding=2, rng=rng, dtype=np.float64)
+    W, b = layer.params["W"], layer.params["b"]
+    for shape in [(2, 2, 9, 9), (1, 2, 6, 7), (2, 2, 9, 9), (2, 2, 9, 9)]:
+        x = rng.standard_normal(shape)
+        y = layer.forward(x)
+        np.testing.assert_allclose(y, conv2d_reference(x, W, b, 2, 2), rtol=1e-10, atol=1e-12)
+        dy = rng.standard_normal(y.shape)
+        dx = layer.backward(dy)
+        np.testing.assert_allclose(dx, conv2d_reference_backward(x, W, dy, 2, 2)[0], rtol=1e-10, atol=1e-12)
+
+
+def test_conv_outputs_are_not_overwritten_by_later_calls():
+    rng = np.random.default_rng(2)
+    layer = nets.Conv2d(2, 3, 3, padding=1, rng=rng, dtype=np.float64)
+    x1, x2 = rng.standard_normal((2, 2, 5, 5)), rng.standard_normal((2, 2, 5, 5))
+    y1 = layer.forward(x1)
+    dx1 = layer.backward(np.ones_like(y1))
+    y1_copy, dx1_copy = y1.copy(), dx1.copy()
+    y2 = layer.forward(x2)
+    layer.backward(2 * np.ones_like(y2))
+    np.testing.assert_array_equal(y1, y1_copy)
+    np.testing.assert_array_equal(dx1, dx1_copy)
+
+
+def test_conv_follows_the_weights_after_an_update():
+    rng = np.random.default_rng(3)
+    layer = nets.Conv2d(2, 2, 3, rng=rng, dtype=np.float64)
+    x = rng.standard_normal((1, 2, 5, 5))
+    layer.forward(x)
+    layer.params["W"] += 1.0  # in place, as optimizers do
+    np.testing.assert_allclose(layer.forward(x), conv2d_reference(x, layer.params["W"], layer.params["b"]),
+                               rtol=1e-10)
+
+
+def test_conv_accepts_other_input_dtypes_and_keeps_its_own():
+    layer = nets.Conv2d(1, 2, 2, rng=np.random.default_rng(4))
+    x = np.arange(2 * 16, dtype=np.float64).reshape(2, 1, 4, 4)
+    y = layer.forward(x)
+    assert y.dtype == np.float32
+    assert layer.backward(np.ones_like(y)).dtype == np.float32
+
+
+@pytest.mark.parametrize("bad", [(2, 3, 8), (2, 2, 8, 8), (1, 3, 2, 2)])
+def test_conv_bad_shapes_name_them(bad):
+    layer = nets.Conv2d(3, 4, 3)
+    with pytest.raises(ValueError, match=str(bad).replace("(", r"\(").replace(")", r"\)")):
+        layer.forward(np.zeros(bad, np.float32))
+
+
+def test_conv_bad_dy_shape_names_it():
+    layer = nets.Conv2d(1, 2, 3)
+    layer.forward(np.zeros((2, 1, 5, 5), np.float32))
+    with pytest.raises(ValueError, match=r"\(2, 2, 3, 3\).*\(2, 2, 4, 4\)"):
+        layer.backward(np.zeros((2, 2, 4, 4), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kernel,stride,shape", [(2, None, (2, 3, 8, 8)), (3, 2, (2, 2, 9, 8)),
+                                                 (3, 1, (1, 2, 6, 6)), ((2, 3), (1, 2), (2, 1, 7, 9)),
+                                                 (2, None, (1, 1, 7, 5))])
+def test_maxpool_matches_reference(dtype, kernel, stride, shape):
+    rng = np.random.default_rng(5)
+    layer = nets.MaxPool2d(kernel, stride, dtype=dtype)
+    x = rng.standard_normal(shape).astype(dtype)
+    y = layer.forward(x)
+    np.testing.assert_array_equal(y, maxpool2d_reference(x, kernel, stride))
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    np.testing.assert_allclose(layer.backward(dy), maxpool2d_reference_backward(x, dy, kernel, stride),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_maxpool_ties_send_the_gradient_to_the_first_maximum():
+    layer = nets.MaxPool2d(2)
+    x = np.ones((1, 1, 2, 2), np.float32)
+    layer.forward(x)
+    dx = layer.backward(np.full((1, 1, 1, 1), 3.0, np.float32))
+    np.testing.assert_array_equal(dx, [[[[3.0, 0.0], [0.0, 0.0]]]])
+    np.testing.assert_array_equal(dx, maxpool2d_reference_backward(x, np.full((1, 1, 1, 1), 3.0, np.float32), 2))
+
+
+def test_maxpool_bad_shapes_name_them():
+    with pytest.raises(ValueError, match=r"\(1, 1, 1, 4\)"):
+        nets.MaxPool2d(2).forward(np.zeros((1, 1, 1, 4), np.float32))
+    with pytest.raises(ValueError, match=r"\(4, 4\)"):
+        nets.MaxPool2d(2).forward(np.zeros((4, 4), np.float32))
