@@ -69,7 +69,7 @@ def default_preset(env_id):
     return "karpathy" if env_id == "ALE/Pong-v5" else "deepmind"
 
 
-def env_spec(game, preset, sticky=True, training=False):
+def env_spec(game, preset, sticky=True, training=False, noop_max=30):
     """Everything that defines what the agent sees: recorded in run configs, checkpoints, recordings."""
     env_id = resolve(game)
     if preset not in PRESETS:
@@ -86,7 +86,7 @@ def env_spec(game, preset, sticky=True, training=False):
             "frameskip": 4,
         })
         if preset == "deepmind":
-            spec.update({"frame_stack": 4, "screen_size": 84, "noop_max": 30,
+            spec.update({"frame_stack": 4, "screen_size": 84, "noop_max": int(noop_max),
                          "training_wrappers": bool(training)})
     else:
         spec["protocol"] = "gymnasium"
@@ -116,12 +116,14 @@ def karpathy_preprocess_batch(frames):
     return ((img != 144) & (img != 109) & (img != 0)).astype(np.float32).reshape(len(frames), 6400)
 
 
-class KarpathyPong(gym.Wrapper):
+class KarpathyPong(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Karpathy's "Pong from Pixels" input: the difference of consecutive preprocessed frames.
 
     Observation (6400,) float32 in {-1, 0, 1}; action 0 = up, 1 = down."""
 
     def __init__(self, env):
+        # RecordConstructorArgs: env.spec can rebuild the stack (gym.make(env.spec), check_env)
+        gym.utils.RecordConstructorArgs.__init__(self)
         super().__init__(env)
         self.actions = up_down_actions(env)
         self.action_space = gym.spaces.Discrete(2)
@@ -188,10 +190,11 @@ class KarpathyVector:
 
 # ----------------------------------------------------------------------------- DeepMind's preset
 
-class EpisodicLife(gym.Wrapper):
+class EpisodicLife(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Life loss ends the episode for the learner; the game itself resets only when it is over."""
 
     def __init__(self, env):
+        gym.utils.RecordConstructorArgs.__init__(self)
         super().__init__(env)
         self.lives = 0
         self.game_over = True
@@ -206,7 +209,7 @@ class EpisodicLife(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
     def reset(self, **kwargs):
-        if self.game_over:
+        if self.game_over or kwargs.get("seed") is not None:  # a seed asks for a new game
             obs, info = self.env.reset(**kwargs)
         else:  # continue the same game after a lost life with one no-op step
             obs, _, terminated, truncated, info = self.env.step(0)
@@ -216,8 +219,12 @@ class EpisodicLife(gym.Wrapper):
         return obs, info
 
 
-class FireReset(gym.Wrapper):
+class FireReset(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Press FIRE after reset in games that wait for it (Breakout), so the agent need not learn to."""
+
+    def __init__(self, env):
+        gym.utils.RecordConstructorArgs.__init__(self)
+        super().__init__(env)
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
@@ -235,20 +242,30 @@ def needs_fire(env):
 
 # ----------------------------------------------------------------------------- factories
 
-def make(game, preset=None, *, seed=None, render_mode=None, sticky=True, training=False, noop_max=30):
-    """One env with a preset's preprocessing. Seeded once here when seed is given."""
+def make(game, preset=None, *, seed=None, render_mode=None, sticky=True, training=False, noop_max=30,
+         recorder=None):
+    """One env with a preset's preprocessing. Seeded once here when seed is given.
+
+    recorder: an envs.recording.Recorder; it wraps the base ALE env, under every preset wrapper,
+    so it logs the raw actions, rewards and screens that replay needs."""
     env_id = resolve(game)
     preset = preset or default_preset(env_id)
-    spec = env_spec(env_id, preset, sticky, training)
+    spec = env_spec(env_id, preset, sticky, training, noop_max)
     if preset == "classic":
+        if recorder is not None:
+            raise ValueError(f"recordings are for Atari games, not {env_id}")
         env = gym.make(env_id, render_mode=render_mode)
     elif preset == "karpathy":
         env = gym.make(env_id, frameskip=4, repeat_action_probability=spec["repeat_action_probability"],
                        render_mode=render_mode)
+        if recorder is not None:
+            env = recorder.attach(env, spec)
         env = KarpathyPong(env)
     else:
         env = gym.make(env_id, frameskip=1, repeat_action_probability=spec["repeat_action_probability"],
                        render_mode=render_mode)
+        if recorder is not None:
+            env = recorder.attach(env, spec)
         if training:
             env = EpisodicLife(env)
             if needs_fire(env):
@@ -274,7 +291,7 @@ def make_vector(game, preset=None, num_envs=1, *, seed=None, sticky=True, traini
     on gymnasium's vector envs (asynchronous=True asks for AsyncVectorEnv)."""
     env_id = resolve(game)
     preset = preset or default_preset(env_id)
-    spec = env_spec(env_id, preset, sticky, training)
+    spec = env_spec(env_id, preset, sticky, training, noop_max)
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     if preset == "deepmind":
