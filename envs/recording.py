@@ -1,0 +1,526 @@
+"""Recorded games: one .npz per game that replays frame for frame, checked by a CRC32 per screen.
+
+Where the recording sits. A Recorder attaches a small gym.Wrapper right above the base ALE env,
+under every preset wrapper (`envs.make(game, preset, recorder=rec)` puts it there). So it logs what
+the emulator itself was given and showed: the raw action index of each base step (karpathy's action
+0, "up", arrives as ALE action 2, RIGHT), the raw unclipped reward, and the RGB screen after reset
+and after every step. For the deepmind preset the base env runs at frameskip=1 and AtariPreprocessing
+steps it 4 times per agent step; its no-op starts, and with training=True the FIRE presses and
+life-loss no-ops, are base steps too. Every one is in the recording, one entry per emulator frame,
+so replay needs no preset: it makes the base env with the recorded id and kwargs, resets it with the
+recorded seed and steps the recorded actions. Sticky actions (v5) come from the ALE's own RNG, which
+reset(seed=...) reseeds, so the same seed and actions repeat them exactly.
+
+One game runs from one base reset to the next, and every game is seeded: when a wrapper resets
+without a seed (each game after the first), the recorder passes one drawn from a generator seeded
+by the first seed it saw. So every game replays alone; the first game plays exactly as it would
+unrecorded, later games get different (still reproducible) seeds.
+
+File (FORMAT, VERSION): an .npz read without pickle, written atomically, with
+  header (JSON, stored as uint8 array "__header__"): format, version, env_id, env_kwargs (every kwarg
+      of gym.make but render_mode), preset, spec (envs.env_spec of the wrapped env, or null),
+      protocol, sticky, repeat_action_probability, versions {ale_py, gymnasium, numpy, grok_arcade},
+      seed, player ("human" or a checkpoint name), length (base steps), return, ended_at (first step
+      that terminated or truncated, or null), end ("terminated", "truncated" or null), frames
+      (bool), frame_shape, data_crc32 (of the three arrays below, to catch edits), created (UTC time)
+  actions       (length,)    uint8    raw ALE action index of each base step
+  rewards       (length,)    float64  raw reward of each base step
+  screen_crc32  (length+1,)  uint32   zlib.crc32 of the RGB screen after reset, then after each step
+  frames_zlib   (bytes,)     uint8    only with frames=True: one zlib stream of every screen XOR the
+                                      one before (the first against zeros): about 160 bytes a frame
+Step numbers in messages count base steps: step 0 is the screen after reset, step i the screen after
+the i-th action.
+"""
+import datetime
+import io
+import json
+import os
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass
+from importlib import metadata
+
+import ale_py
+import gymnasium as gym
+import numpy as np
+
+from envs.atari import is_atari, make
+
+FORMAT = "grok-arcade-recording"
+VERSION = 1
+HEADER_KEY = "__header__"
+MAX_ARRAY_BYTES = 1 << 30  # 1 GiB per array: frames of a 108,000-frame game compress far below it
+SAFE_KINDS = set("biufc")  # never object ('O'), void, or strings
+SCREEN_SHAPE = (210, 160, 3)
+ARRAY_DTYPES = {"actions": np.uint8, "rewards": np.float64, "screen_crc32": np.uint32,
+                "frames_zlib": np.uint8}
+
+
+class RecordingError(ValueError):
+    """A recording that cannot be read, or a replay that does not match what was recorded."""
+
+
+# ----------------------------------------------------------------------------- recording
+
+class Recorder:
+    """Collects one game at the base ALE env and saves it with save(path).
+
+        rec = Recorder(player="checkpoints/pong-pg.npz")
+        env = envs.make("pong", "karpathy", recorder=rec)
+        ... env.reset(seed=...), env.step(...) until the game ends ...
+        rec.save("game.npz")
+
+    A reset starts a new game and drops the one before: save each game before the next reset."""
+
+    def __init__(self, player="human", frames=False):
+        self.player = str(player)   # who played: "human" or a checkpoint name
+        self.frames = bool(frames)  # also store every screen, compressed
+        self.env = None             # the base env once attached
+        self.spec = None            # envs.env_spec of the env this recorder sits in
+        self._seeds = None          # draws the seed of every game reset without one
+        self.seed = None
+        self._clear()
+
+    def attach(self, env, spec=None):
+        """Wrap the base ALE env (as gym.make returns it); envs.make(recorder=...) calls this."""
+        if not is_atari(env.spec.id if env.spec else ""):
+            raise RecordingError("recordings are for ALE games made with gym.make('ALE/...')")
+        if self.env is not None:
+            raise RecordingError("this Recorder is already attached to an env; make one per env")
+        self.env, self.spec = env, spec
+        return _RecordingWrapper(env, self)
+
+    def _clear(self):
+        self.actions, self.rewards, self.crcs = [], [], []
+        self.ended_at, self.end = None, None
+        self._zip = zlib.compressobj(6) if self.frames else None
+        self._chunks, self._prev = [], None
+
+    def _game_seed(self, seed):
+        if seed is not None:
+            self._seeds = np.random.default_rng(int(seed))
+            return int(seed)
+        if self._seeds is None:
+            self._seeds = np.random.default_rng()
+        return int(self._seeds.integers(0, 2**31 - 1))
+
+    def _screen(self, screen):
+        self.crcs.append(zlib.crc32(screen))
+        if self.frames:
+            delta = screen if self._prev is None else np.bitwise_xor(screen, self._prev)  # (210, 160, 3)
+            self._chunks.append(self._zip.compress(delta.tobytes()))
+            self._prev = screen.copy()
+
+    def _start(self, seed, screen):
+        self._clear()
+        self.seed = seed
+        self._screen(screen)
+
+    def _step(self, action, reward, screen, terminated, truncated):
+        self.actions.append(action)
+        self.rewards.append(reward)
+        self._screen(screen)
+        if self.ended_at is None and (terminated or truncated):
+            self.ended_at = len(self.actions)
+            self.end = "terminated" if terminated else "truncated"
+
+    @property
+    def length(self):
+        return len(self.actions)
+
+    def save(self, path):
+        """Write the current game (finished or not) to path; return its header."""
+        if not self.crcs:
+            raise RecordingError("nothing to save: the recorded env was never reset")
+        kwargs = dict(self.env.spec.kwargs)
+        kwargs.pop("render_mode", None)  # how it was shown changes nothing in the emulator
+        rap = float(kwargs.get("repeat_action_probability", 0.25))
+        arrays = {"actions": np.asarray(self.actions, np.uint8),      # (L,)
+                  "rewards": np.asarray(self.rewards, np.float64),    # (L,)
+                  "screen_crc32": np.asarray(self.crcs, np.uint32)}   # (L+1,)
+        header = {
+            "format": FORMAT, "version": VERSION,
+            "env_id": self.env.spec.id, "env_kwargs": kwargs,
+            "preset": self.spec.get("preset") if self.spec else None, "spec": self.spec,
+            "protocol": self.spec.get("protocol") if self.spec else ("v5-sticky" if rap > 0 else "v4-nosticky"),
+            "sticky": rap > 0, "repeat_action_probability": rap,
+            "versions": versions(), "seed": self.seed, "player": self.player,
+            "length": self.length, "return": float(np.sum(arrays["rewards"])),
+            "ended_at": self.ended_at, "end": self.end,
+            "frames": self.frames, "frame_shape": list(SCREEN_SHAPE),
+            "data_crc32": data_crc32(arrays),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        if self.frames:  # copy() so the game can go on after a save
+            blob = b"".join(self._chunks) + self._zip.copy().flush()
+            arrays["frames_zlib"] = np.frombuffer(blob, np.uint8)  # (bytes,)
+        write_npz(path, arrays, header)
+        return header
+
+
+class _RecordingWrapper(gym.Wrapper):
+    """Logs every raw action, reward and screen of the base env into its Recorder."""
+
+    def __init__(self, env, recorder):
+        super().__init__(env)
+        self.recorder = recorder
+
+    def _screen(self, obs):
+        if isinstance(obs, np.ndarray) and obs.shape == SCREEN_SHAPE:  # obs_type="rgb": the screen itself
+            return obs
+        return self.env.unwrapped.ale.getScreenRGB()
+
+    def reset(self, *, seed=None, options=None):
+        seed = self.recorder._game_seed(seed)
+        obs, info = self.env.reset(seed=seed, options=options)
+        self.recorder._start(seed, self._screen(obs))
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.recorder._step(int(action), float(reward), self._screen(obs), terminated, truncated)
+        return obs, reward, terminated, truncated, info
+
+
+def record(game, act, path, *, preset=None, seed=0, player="human", frames=False, max_steps=None,
+           sticky=True, noop_max=30):
+    """Play one whole game with act(obs) -> action (agent steps) and save it; return the header."""
+    recorder = Recorder(player=player, frames=frames)
+    env = make(game, preset, sticky=sticky, noop_max=noop_max, recorder=recorder)
+    try:
+        obs, _ = env.reset(seed=int(seed))
+        steps = 0
+        while True:
+            obs, _, terminated, truncated, _ = env.step(act(obs))
+            steps += 1
+            if terminated or truncated or (max_steps is not None and steps >= max_steps):
+                break
+        return recorder.save(path)
+    finally:
+        env.close()
+
+
+def versions():
+    found = {"ale_py": ale_py.__version__, "gymnasium": gym.__version__, "numpy": np.__version__}
+    try:
+        found["grok_arcade"] = metadata.version("grok-arcade")
+    except metadata.PackageNotFoundError:
+        found["grok_arcade"] = None
+    return found
+
+
+def data_crc32(arrays):
+    crc = 0
+    for name in ("actions", "rewards", "screen_crc32"):
+        crc = zlib.crc32(np.ascontiguousarray(arrays[name]).tobytes(), crc)
+    return crc
+
+
+# ----------------------------------------------------------------------------- reading
+
+@dataclass
+class Recording:
+    """A loaded recording: the header and its arrays, checked for consistency."""
+    path: str
+    header: dict
+    actions: np.ndarray        # (L,) uint8
+    rewards: np.ndarray        # (L,) float64
+    screen_crc32: np.ndarray   # (L+1,) uint32
+    frames_zlib: np.ndarray = None  # (bytes,) uint8, or None
+
+    def frames(self):
+        """Yield the stored (210, 160, 3) uint8 screens, decompressed one at a time."""
+        if self.frames_zlib is None:
+            raise RecordingError(f"{self.path}: recorded without frames; replay(path) re-simulates it instead")
+        size = int(np.prod(SCREEN_SHAPE))
+        unzip, data = zlib.decompressobj(), self.frames_zlib.tobytes()
+        screen = np.zeros(size, np.uint8)
+        for i in range(len(self.screen_crc32)):
+            try:
+                chunk = unzip.decompress(data, size)  # max_length: never more than one frame at a time
+            except zlib.error as e:
+                raise RecordingError(f"{self.path}: stored frame {i} is damaged ({e})") from None
+            data = unzip.unconsumed_tail
+            if len(chunk) != size:
+                raise RecordingError(f"{self.path}: stored frames end at frame {i} of {len(self.screen_crc32)}")
+            screen = np.bitwise_xor(screen, np.frombuffer(chunk, np.uint8))  # undo the XOR with the last one
+            yield screen.reshape(SCREEN_SHAPE)
+
+    def summary(self):
+        """The header without the bulky spec, for `--info`."""
+        h = self.header
+        keys = ("env_id", "preset", "protocol", "seed", "player", "length", "return", "end", "frames",
+                "created", "versions")
+        return {k: h.get(k) for k in keys}
+
+
+def load(path):
+    """Read and check a recording; RecordingError with a one-line message if anything is off."""
+    path = os.fspath(path)
+    arrays, h = read_npz(path)
+    if h.get("format") != FORMAT:
+        raise RecordingError(f"{path}: not a grok-arcade recording (format {h.get('format')!r})")
+    if h.get("version") != VERSION:
+        raise RecordingError(f"{path}: recording format version {h.get('version')!r} is not supported "
+                             f"(this grok-arcade reads version {VERSION}); replay it with the version that wrote it")
+    for key, kind in (("env_id", str), ("env_kwargs", dict), ("seed", int), ("length", int),
+                      ("player", str), ("frames", bool), ("return", (int, float)), ("data_crc32", int)):
+        if not isinstance(h.get(key), kind) or (kind is int and isinstance(h.get(key), bool)):
+            raise RecordingError(f"{path}: header field {key!r} is missing or has the wrong type")
+    n = h["length"]
+    wanted = {"actions": (n,), "rewards": (n,), "screen_crc32": (n + 1,)}
+    if h["frames"]:
+        wanted["frames_zlib"] = None
+    if set(arrays) != set(wanted):
+        raise RecordingError(f"{path}: holds arrays {sorted(arrays)}, expected {sorted(wanted)}")
+    for name, shape in wanted.items():
+        a = arrays[name]
+        if a.dtype != ARRAY_DTYPES[name] or (shape is not None and a.shape != shape) or a.ndim != 1:
+            raise RecordingError(f"{path}: array {name!r} is {a.dtype}{a.shape}, expected "
+                                 f"{np.dtype(ARRAY_DTYPES[name])}{shape or '(bytes,)'} for length {n}")
+    if data_crc32(arrays) != h["data_crc32"]:
+        raise RecordingError(f"{path}: actions, rewards or screen checksums do not match the header's "
+                             f"data_crc32: the file was edited or damaged")
+    if not np.isclose(float(np.sum(arrays["rewards"])), h["return"]):
+        raise RecordingError(f"{path}: header return {h['return']} is not the sum of the rewards")
+    return Recording(path, h, arrays["actions"], arrays["rewards"], arrays["screen_crc32"],
+                     arrays.get("frames_zlib"))
+
+
+# ----------------------------------------------------------------------------- replaying
+
+def replay(path, frames=False):
+    """Yield (rgb_frame, action, reward): first (screen after reset, None, 0.0), then one per step.
+
+    frames=False re-simulates on the emulator; frames=True reads the stored screens (no emulator).
+    Either way every screen is checked against its recorded CRC32; a mismatch raises RecordingError
+    naming the step. The file is loaded and checked now; the game plays as you iterate."""
+    rec = load(path)
+    if frames:
+        if rec.frames_zlib is None:
+            raise RecordingError(f"{rec.path}: recorded without frames; use replay(path) to re-simulate")
+        return _replay_stored(rec)
+    return _replay_emulator(rec, _base_env(rec))
+
+
+def _base_env(rec):
+    h = rec.header
+    env_id, kwargs = h["env_id"], dict(h["env_kwargs"])
+    spec = gym.registry.get(env_id)
+    if spec is None or not is_atari(env_id):
+        raise RecordingError(f"{rec.path}: recorded env {env_id!r} is not an ALE game registered here")
+    if kwargs.get("game", spec.kwargs.get("game")) != spec.kwargs.get("game"):
+        raise RecordingError(f"{rec.path}: env_kwargs say game {kwargs.get('game')!r} but env_id is {env_id}")
+    kwargs.pop("render_mode", None)
+    try:
+        return gym.make(env_id, **kwargs)
+    except Exception as e:  # an unknown kwarg from another ale-py version
+        raise RecordingError(f"{rec.path}: cannot make {env_id} with the recorded kwargs ({e})") from None
+
+
+def _mismatch(rec, step, got, want):
+    where = "the screen after reset" if step == 0 else f"the screen after action {step}"
+    recorded, here = rec.header.get("versions", {}).get("ale_py"), ale_py.__version__
+    why = (f"recorded with ale-py {recorded}, replaying with {here}" if recorded != here
+           else "the recording was edited, or is of another game")
+    return RecordingError(f"{rec.path}: replay diverged at step {step} of {len(rec.actions)}: CRC32 of "
+                          f"{where} is {got:08x}, recorded {want:08x} ({why})")
+
+
+def _replay_emulator(rec, env):
+    crcs, n_actions = rec.screen_crc32, env.action_space.n
+    ended_at = rec.header.get("ended_at")
+    try:
+        obs, _ = env.reset(seed=rec.header["seed"])
+        screen = obs if obs.shape == SCREEN_SHAPE else env.unwrapped.ale.getScreenRGB()
+        if zlib.crc32(screen) != crcs[0]:
+            raise _mismatch(rec, 0, zlib.crc32(screen), crcs[0])
+        yield screen, None, 0.0
+        ended = False
+        for i, (action, want_reward) in enumerate(zip(rec.actions.tolist(), rec.rewards.tolist()), 1):
+            if action >= n_actions:
+                raise RecordingError(f"{rec.path}: step {i}: action {action} is not one of "
+                                     f"{rec.header['env_id']}'s {n_actions} actions")
+            obs, reward, terminated, truncated, _ = env.step(action)
+            screen = obs if obs.shape == SCREEN_SHAPE else env.unwrapped.ale.getScreenRGB()
+            crc = zlib.crc32(screen)
+            if crc != crcs[i]:
+                raise _mismatch(rec, i, crc, crcs[i])
+            if float(reward) != want_reward:
+                raise RecordingError(f"{rec.path}: replay diverged at step {i}: reward {reward}, "
+                                     f"recorded {want_reward}")
+            if (terminated or truncated) and not ended:
+                ended = True
+                if ended_at != i:
+                    raise RecordingError(f"{rec.path}: replay diverged at step {i}: the game ended "
+                                         f"there, the recording says {ended_at}")
+            yield screen, action, float(reward)
+        if ended_at is not None and not ended:
+            raise RecordingError(f"{rec.path}: replay diverged at step {ended_at}: the recorded game "
+                                 f"ended there, the replay did not")
+    finally:
+        env.close()
+
+
+def _replay_stored(rec):
+    steps = zip([None] + rec.actions.tolist(), [0.0] + rec.rewards.tolist())
+    for i, (screen, (action, reward)) in enumerate(zip(rec.frames(), steps)):
+        crc = zlib.crc32(screen)
+        if crc != rec.screen_crc32[i]:
+            raise _mismatch(rec, i, crc, rec.screen_crc32[i])
+        yield screen, action, reward
+
+
+# ----------------------------------------------------------------------------- export
+
+def export(path, out_path, fps=None, every=1, scale=1):
+    """Write the game as .mp4 (imageio-ffmpeg) or .gif (imageio + Pillow); return the frame count.
+
+    fps defaults to real time (60 / frameskip); every=n keeps every n-th screen (and divides the
+    default fps by n), scale=k enlarges each pixel to k x k. Uses the stored frames when there are."""
+    out_path = os.fspath(out_path)
+    suffix = os.path.splitext(out_path)[1].lower()
+    if suffix not in (".mp4", ".gif"):
+        raise ValueError(f"export writes .mp4 or .gif, not {suffix or out_path!r}")
+    if int(every) < 1 or int(scale) < 1:
+        raise ValueError(f"every and scale must be >= 1, got every={every}, scale={scale}")
+    rec = load(path)
+    frameskip = rec.header["env_kwargs"].get("frameskip", 4)
+    fps = float(fps) if fps else 60.0 / (frameskip if isinstance(frameskip, int) else 4) / every
+    frames = replay(path, frames=rec.frames_zlib is not None)
+    frames = (f for i, (f, _, _) in enumerate(frames) if i % every == 0)
+    if scale > 1:
+        frames = (f.repeat(scale, axis=0).repeat(scale, axis=1) for f in frames)  # (210k, 160k, 3)
+    return (_write_mp4 if suffix == ".mp4" else _write_gif)(frames, out_path, fps, scale)
+
+
+def _write_mp4(frames, out_path, fps, scale):
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        raise ImportError("mp4 export needs imageio-ffmpeg: pip install imageio-ffmpeg") from None
+    height, width = SCREEN_SHAPE[0] * scale, SCREEN_SHAPE[1] * scale
+    writer = imageio_ffmpeg.write_frames(out_path, (width, height), fps=fps, macro_block_size=1,
+                                         ffmpeg_log_level="error")
+    writer.send(None)
+    count = 0
+    try:
+        for frame in frames:
+            writer.send(np.ascontiguousarray(frame))
+            count += 1
+    finally:
+        writer.close()
+    return count
+
+
+def _write_gif(frames, out_path, fps, scale):
+    try:
+        import imageio.v3 as iio
+    except ImportError:
+        raise ImportError("gif export needs imageio and Pillow: pip install imageio pillow") from None
+    count = 0
+    with iio.imopen(out_path, "w", plugin="pillow") as gif:  # Pillow keeps the frames until close
+        for frame in frames:
+            gif.write(frame, duration=1000.0 / fps, loop=0)
+            count += 1
+    return count
+
+
+# ----------------------------------------------------------------------------- safe .npz IO
+# The rules of nets/npzfile.py (envs/ may not import nets/): atomic write, JSON header as a uint8
+# array, no pickle, object dtypes refused before reading, declared sizes checked against the zip
+# directory and a cap, every failure one RecordingError line.
+
+def write_npz(path, arrays, header):
+    """Write arrays + JSON header atomically; the frames blob is already zlib data, so it is stored."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    payload = dict(arrays)
+    payload[HEADER_KEY] = np.frombuffer(json.dumps(header).encode("utf-8"), np.uint8)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            with zipfile.ZipFile(f, "w", allowZip64=True) as zf:
+                for name, a in payload.items():
+                    a = np.asarray(a)
+                    if a.dtype.hasobject:
+                        raise ValueError(f"array {name!r} has object dtype and cannot be stored")
+                    info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+                    info.compress_type = zipfile.ZIP_STORED if name == "frames_zlib" else zipfile.ZIP_DEFLATED
+                    with zf.open(info, "w", force_zip64=True) as member:
+                        np.lib.format.write_array(member, a, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _read_member(zf, info, path):
+    name = info.filename[:-4]
+    if info.file_size > MAX_ARRAY_BYTES + 4096:
+        raise RecordingError(f"{path}: array {name!r} declares {info.file_size} bytes, more than allowed")
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise RecordingError(f"{path}: array {name!r} has unsupported npy version {version}")
+        if dtype.hasobject or dtype.kind not in SAFE_KINDS:
+            raise RecordingError(f"{path}: array {name!r} has dtype {dtype}, which is not allowed")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if nbytes > MAX_ARRAY_BYTES or nbytes > info.file_size:
+            raise RecordingError(f"{path}: array {name!r} declares shape {shape} ({nbytes} bytes) "
+                                 f"but holds {info.file_size}")
+        data = f.read(nbytes)
+        if len(data) != nbytes:
+            raise RecordingError(f"{path}: array {name!r} is truncated")
+    array = np.frombuffer(data, dtype=dtype)
+    return array.reshape(shape[::-1]).T.copy() if fortran else array.reshape(shape).copy()
+
+
+def read_npz(path):
+    """Return (arrays, header) of an .npz written by write_npz; RecordingError if anything is off."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise RecordingError(f"{path} is a directory, not a recording")
+    try:
+        with open(path, "rb") as raw:
+            blob = raw.read()
+    except FileNotFoundError:
+        raise RecordingError(f"{path}: no such file") from None
+    except OSError as e:
+        raise RecordingError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+            arrays = {}
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    raise RecordingError(f"{path}: unexpected member {info.filename!r}")
+                arrays[info.filename[:-4]] = _read_member(zf, info, path)
+    except RecordingError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile):
+        raise RecordingError(f"{path}: not a valid .npz archive (corrupt or truncated)") from None
+    except MemoryError:
+        raise RecordingError(f"{path}: declares more data than fits in memory") from None
+    except Exception as e:  # zlib.error, EOFError, ValueError from a damaged member, ...
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise RecordingError(f"{path}: damaged archive ({type(e).__name__}: {first})") from None
+    raw_header = arrays.pop(HEADER_KEY, None)
+    if raw_header is None or raw_header.dtype != np.uint8 or raw_header.ndim != 1:
+        raise RecordingError(f"{path}: not a grok-arcade file (no header)")
+    try:
+        header = json.loads(raw_header.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise RecordingError(f"{path}: header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise RecordingError(f"{path}: header is not a JSON object")
+    return arrays, header
