@@ -1,0 +1,45 @@
+"""Benchmarks: python -m scripts.bench <subcommand> [flags].
+
+Each subcommand lives in its own module with `add_arguments(parser)` and `main(args) -> int`;
+add one line to SUBCOMMANDS to add one. Only the chosen module is imported, so a benchmark never
+pays for another's imports. Figures are medians; trust ratios measured in one run, not absolute times.
+"""
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module with add_arguments(parser) and main(args), one-line help)
+SUBCOMMANDS = {
+    "nets": ("scripts.bench_nets", "numpy networks (MLP, Nature-DQN) against PyTorch when importable"),
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Errors are one line and exit 2, as every script's edge errors are."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def make_parser(chosen=None):
+    parser = OneLineParser(prog="python -m scripts.bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            importlib.import_module(module_name).add_arguments(p)
+    return parser
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    parser = make_parser(chosen if chosen in SUBCOMMANDS else None)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.error(f"choose a subcommand: {', '.join(SUBCOMMANDS)}")
+    return importlib.import_module(SUBCOMMANDS[args.command][0]).main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

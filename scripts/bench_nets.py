@@ -1,0 +1,223 @@
+"""python -m scripts.bench nets: the numpy networks the agents use, timed against PyTorch.
+
+Rows: Karpathy's MLP 6400 -> 200 -> 1 at batch 4096 (forward, forward+backward) and the Nature-DQN
+network on 4x84x84 (forward at batch 1 and 32, forward+backward at batch 32, one Adam step over
+its parameters). numpy and PyTorch (2 threads, when importable) run the same networks with the
+same weights and the same work: the DQN's first conv computes no input gradient in either, and
+the MLP's backward computes the input gradient in both (nets.Linear always returns dx).
+Each row's two timings are interleaved, so a busy machine slows both alike: trust the ratios.
+"""
+import json
+import os
+import time
+
+import numpy as np
+
+import nets
+
+# issue 8's targets for numpy/PyTorch, by row name
+TARGETS = {"mlp fwd+bwd b4096": 1.0, "dqn fwd b1": 1.0, "dqn fwd b32": 1.5, "dqn fwd+bwd b32": 1.0,
+           "dqn adam step": 1.0}
+
+
+def add_arguments(parser):
+    parser.add_argument("--repeats", type=int, default=15, help="timed samples per row (median is reported)")
+    parser.add_argument("--no-torch", action="store_true", help="time numpy only, even if PyTorch is importable")
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
+
+
+def mlp(rng):
+    return nets.Sequential(nets.Linear(6400, 200, rng=rng), nets.ReLU(), nets.Linear(200, 1, rng=rng))
+
+
+def nature_dqn(rng, actions=6):
+    return nets.Sequential(
+        nets.Conv2d(4, 32, 8, stride=4, input_grad=False, rng=rng), nets.ReLU(),
+        nets.Conv2d(32, 64, 4, stride=2, rng=rng), nets.ReLU(),
+        nets.Conv2d(64, 64, 3, stride=1, rng=rng), nets.ReLU(),
+        nets.Flatten(), nets.Linear(64 * 7 * 7, 512, rng=rng), nets.ReLU(), nets.Linear(512, actions, rng=rng))
+
+
+def train_step_flops(model, x):
+    """Multiply-adds x2 of one forward+backward: forward, weight gradient and (unless skipped) dx."""
+    total = 0
+    for layer in model.layers:
+        y = layer.forward(x)
+        if isinstance(layer, (nets.Conv2d, nets.Linear)):
+            w = layer.params["W"]
+            macs = (y.size // y.shape[1]) * w.size  # (N*Ho*Wo or N) * (out*in*kh*kw)
+            total += 2 * macs * (2 + getattr(layer, "input_grad", True))
+        x = y
+    return total
+
+
+def gemm_gflops(repeats, size=2048):
+    a = np.random.default_rng(0).random((size, size), dtype=np.float32)
+    ms = median_ms(lambda: a @ a, repeats)
+    return 2 * size ** 3 / (ms * 1e-3) / 1e9
+
+
+def _sample(fn, inner):
+    start = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter() - start) / inner
+
+
+def _inner_count(fn, min_seconds=0.005):
+    """How many calls make one sample last about min_seconds (short rows need several)."""
+    once = _sample(fn, 1)
+    return max(1, int(min_seconds / max(once, 1e-7)))
+
+
+def median_ms(fn, repeats):
+    fn()
+    inner = _inner_count(fn)
+    return 1e3 * float(np.median([_sample(fn, inner) for _ in range(repeats)]))
+
+
+def time_pair(np_fn, torch_fn, repeats):
+    """Medians (ms) of numpy and PyTorch, their samples interleaved so background load hits both."""
+    np_fn(), torch_fn and torch_fn()
+    np_inner = _inner_count(np_fn)
+    torch_inner = _inner_count(torch_fn) if torch_fn else 0
+    np_times, torch_times = [], []
+    for _ in range(repeats):
+        np_times.append(_sample(np_fn, np_inner))
+        if torch_fn:
+            torch_times.append(_sample(torch_fn, torch_inner))
+    np_ms = 1e3 * float(np.median(np_times))
+    return np_ms, (1e3 * float(np.median(torch_times)) if torch_fn else None)
+
+
+def numpy_cases(seed):
+    """name -> zero-argument function doing that row's work in numpy."""
+    rng = np.random.default_rng(seed)
+    mlp_net, dqn = mlp(rng), nature_dqn(rng)
+    x_mlp = rng.random((4096, 6400), dtype=np.float32)
+    dy_mlp = np.full((4096, 1), 1 / 4096, np.float32)
+    x1, x32 = rng.random((1, 4, 84, 84), dtype=np.float32), rng.random((32, 4, 84, 84), dtype=np.float32)
+    dy32 = np.full((32, 6), 1 / 32, np.float32)
+    adam = nets.Adam(dqn, lr=1e-4)
+
+    def mlp_step():
+        mlp_net.forward(x_mlp)
+        mlp_net.backward(dy_mlp)
+
+    def dqn_step():
+        dqn.forward(x32)
+        dqn.backward(dy32)
+
+    dqn_step()  # grads in place for the Adam row
+    cases = {
+        "mlp fwd b4096": lambda: mlp_net.forward(x_mlp),
+        "mlp fwd+bwd b4096": mlp_step,
+        "dqn fwd b1": lambda: dqn.forward(x1),
+        "dqn fwd b32": lambda: dqn.forward(x32),
+        "dqn fwd+bwd b32": dqn_step,
+        "dqn adam step": adam.step,
+    }
+    return cases, (mlp_net, dqn, x_mlp, dy_mlp, x1, x32, dy32)
+
+
+def torch_cases(numpy_nets, threads=2):
+    """The same rows in PyTorch with the same weights and inputs, or None if torch is missing."""
+    try:
+        import torch
+    except ImportError:
+        return None, None
+    torch.set_num_threads(threads)
+    tnn = torch.nn
+    mlp_net, dqn, x_mlp, dy_mlp, x1, x32, dy32 = numpy_cases_data = numpy_nets
+    t_mlp = tnn.Sequential(tnn.Linear(6400, 200), tnn.ReLU(), tnn.Linear(200, 1))
+    t_dqn = tnn.Sequential(
+        tnn.Conv2d(4, 32, 8, stride=4), tnn.ReLU(), tnn.Conv2d(32, 64, 4, stride=2), tnn.ReLU(),
+        tnn.Conv2d(64, 64, 3, stride=1), tnn.ReLU(), tnn.Flatten(), tnn.Linear(3136, 512), tnn.ReLU(),
+        tnn.Linear(512, 6))
+    with torch.no_grad():
+        for ours, theirs in [(mlp_net, t_mlp), (dqn, t_dqn)]:
+            for layer, t_layer in zip(ours.layers, theirs):
+                if "W" in layer.params:
+                    w = layer.params["W"]
+                    t_layer.weight.copy_(torch.from_numpy(w.T.copy() if isinstance(layer, nets.Linear) else w))
+                    t_layer.bias.copy_(torch.from_numpy(layer.params["b"]))
+    tx_mlp = torch.from_numpy(x_mlp).requires_grad_(True)  # nets.Linear computes dx, so torch does too
+    tdy_mlp, tx1, tx32, tdy32 = (torch.from_numpy(a) for a in (dy_mlp, x1, x32, dy32))
+    adam = torch.optim.Adam(t_dqn.parameters(), lr=1e-4)
+
+    def no_grad(net, x):
+        def run():
+            with torch.no_grad():
+                net(x)
+        return run
+
+    def step(net, x, dy):
+        def run():
+            net.zero_grad(set_to_none=True)
+            net(x).backward(dy)
+        return run
+
+    step(t_dqn, tx32, tdy32)()  # grads in place for the Adam row
+    cases = {
+        "mlp fwd b4096": no_grad(t_mlp, tx_mlp),
+        "mlp fwd+bwd b4096": step(t_mlp, tx_mlp, tdy_mlp),
+        "dqn fwd b1": no_grad(t_dqn, tx1),
+        "dqn fwd b32": no_grad(t_dqn, tx32),
+        "dqn fwd+bwd b32": step(t_dqn, tx32, tdy32),
+        "dqn adam step": adam.step,
+    }
+    return cases, torch.__version__
+
+
+def blas_description():
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "BLAS: (install threadpoolctl to see the kernel)"
+    parts = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} x{i.get('num_threads')}"
+             for i in threadpool_info() if i.get("user_api") == "blas"]
+    return "BLAS: " + "; ".join(parts)
+
+
+def run(repeats=15, use_torch=True, seed=0):
+    """Time every row; return (rows, gemm GFLOP/s, DQN step FLOPs)."""
+    np_fns, data = numpy_cases(seed)
+    torch_fns, _ = torch_cases(data) if use_torch else (None, None)
+    rows = []
+    for name, np_fn in np_fns.items():
+        np_ms, torch_ms = time_pair(np_fn, torch_fns[name] if torch_fns else None, repeats)
+        rows.append({"name": name, "numpy_ms": round(np_ms, 3),
+                     "torch_ms": None if torch_ms is None else round(torch_ms, 3),
+                     "ratio": None if torch_ms is None else round(np_ms / torch_ms, 2)})
+    flops = train_step_flops(data[1], data[5])
+    return rows, gemm_gflops(repeats), flops
+
+
+def main(args):
+    load = os.getloadavg()[0]
+    print(f"nets bench: numpy {np.__version__}, {os.cpu_count()} cpus, load average {load:.2f} at start"
+          + (" (busy machine: absolute times are noisy, ratios less so)" if load > 0.5 else ""))
+    print(blas_description())
+    rows, gemm, flops = run(args.repeats, not args.no_torch, args.seed)
+    have_torch = rows[0]["torch_ms"] is not None
+    if have_torch:
+        import torch
+        print(f"PyTorch {torch.__version__} with {torch.get_num_threads()} threads")
+    else:
+        print("PyTorch not importable (or --no-torch): numpy only")
+    print(f"\n{'row':<20}{'numpy ms':>10}{'torch ms':>10}{'ratio':>8}{'target':>8}")
+    for r in rows:
+        torch_ms = f"{r['torch_ms']:.2f}" if have_torch else "-"
+        ratio = f"{r['ratio']:.2f}" if have_torch else "-"
+        target = f"<={TARGETS[r['name']]:.1f}" if r["name"] in TARGETS else "-"
+        print(f"{r['name']:<20}{r['numpy_ms']:>10.2f}{torch_ms:>10}{ratio:>8}{target:>8}")
+    step = next(r for r in rows if r["name"] == "dqn fwd+bwd b32")
+    step_gflops = flops / (step["numpy_ms"] * 1e-3) / 1e9
+    line = (f"\nnumpy float32 GEMM 2048x2048: {gemm:.0f} GFLOP/s; dqn fwd+bwd b32 ({flops / 1e9:.2f} GFLOP): "
+            f"numpy {step_gflops:.0f} GFLOP/s")
+    if have_torch:
+        line += f", PyTorch {flops / (step['torch_ms'] * 1e-3) / 1e9:.0f} GFLOP/s"
+    print(line)
+    print(json.dumps({"bench": "nets", "rows": rows, "gemm_gflops": round(gemm, 1),
+                      "dqn_step_gflops": round(step_gflops, 1)}))
+    return 0
