@@ -30,6 +30,8 @@ def build_parser(module):
     p.add_argument("--init", metavar="CHECKPOINT", help="start from the weights of a checkpoint")
     p.add_argument("--list-games", action="store_true", help="list every game name and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--blas-threads", type=int, default=None,
+                   help="OpenBLAS threads (default: 1 for pg, whose envs use the cores; 2 for dqn)")
     skip = ("agent",) + getattr(module, "HIDDEN_FLAGS", ())
     add_config_flags(p, module.Config, skip=skip)
     return p
@@ -91,12 +93,27 @@ class ProgressBar:
         self.bar.close()
 
 
+def set_blas_threads(threads, agent):
+    """Must run before numpy loads: OpenBLAS reads its thread count once. With more busy threads
+    than cores (the emulators' threads), its spinning workers made a batch-8 GEMM 20x slower."""
+    if "numpy" in sys.modules:
+        return
+    if threads is None:
+        threads = 1 if agent == "pg" else 2
+    if threads < 1:
+        raise UsageError(f"--blas-threads must be >= 1, got {threads}")
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(var, str(threads))
+
+
 def prepare(argv):
     """Parse flags into (module, cfg, run_dir, init, resume); UsageError for anything wrong."""
     pre = Parser(add_help=False)
     pre.add_argument("--agent", default="pg")
     pre.add_argument("--resume")
+    pre.add_argument("--blas-threads", type=int)
     known, _ = pre.parse_known_args(argv)
+    set_blas_threads(known.blas_threads, known.agent)
     base = None
     if known.resume:
         saved = load_run_config(known.resume)

@@ -1,0 +1,57 @@
+"""Play whole games with a trained agent and report full-game, unclipped returns."""
+import numpy as np
+
+import envs
+
+
+def make_eval_env(agent, sticky=True, render_mode=None):
+    """A single env with the agent's own preset, full games (no life-loss ends, no reward clipping)."""
+    spec = agent.env
+    return envs.make(spec["env_id"], spec["preset"], sticky=sticky, training=False,
+                     render_mode=render_mode)
+
+
+def play_game(agent, env, seed, explore=False, recorder=None, max_steps=200_000, on_step=None):
+    """One whole game from reset(seed); returns (return, length). on_step(obs, action, info, reward)
+    lets a viewer see every step; recorder (envs.recording) logs the raw game when given."""
+    obs, _ = env.reset(seed=int(seed))
+    total, length = 0.0, 0
+    while length < max_steps:
+        actions, info = agent.act(obs[None], explore=explore)
+        action = int(actions[0])
+        obs, reward, terminated, truncated, _ = env.step(action)
+        total += float(reward)
+        length += 1
+        if on_step:
+            on_step(obs, action, info[0], reward)
+        if terminated or truncated:
+            break
+    return total, length
+
+
+def evaluate(agent, episodes, seed=0, sticky=True, explore=False, on_game=None, record_dir=None):
+    """Play `episodes` games with seeds seed, seed+1, ...; returns a summary dict.
+
+    on_game(index, return, length) is called after each game. record_dir: save each game there."""
+    returns, lengths = [], []
+    for k in range(episodes):
+        env = make_eval_env(agent, sticky)
+        recorder = None
+        if record_dir is not None:
+            from envs.recording import Recorder
+            recorder = Recorder(env, player=agent.path)
+            env = recorder.env
+        try:
+            ret, length = play_game(agent, env, seed + k, explore)
+            if recorder is not None:
+                recorder.save_to_dir(record_dir, f"game-{seed + k:06d}")
+        finally:
+            env.close()
+        returns.append(ret)
+        lengths.append(length)
+        if on_game:
+            on_game(k, ret, length)
+    r = np.array(returns, dtype=np.float64)
+    return {"episodes": episodes, "mean_return": float(r.mean()), "std_return": float(r.std()),
+            "min_return": float(r.min()), "max_return": float(r.max()),
+            "mean_length": float(np.mean(lengths)), "returns": returns}

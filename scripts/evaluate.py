@@ -1,0 +1,59 @@
+"""Evaluate a checkpoint on whole games: python -m scripts.evaluate CHECKPOINT --episodes N --seed S.
+
+Prints one row per game and, as its last line, one JSON object with the mean, std, min and max return.
+"""
+import json
+import os
+import sys
+
+from scripts.common import Parser, UsageError, fail
+
+
+def build_parser():
+    p = Parser(prog="python -m scripts.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", help="an agent checkpoint (.npz)")
+    p.add_argument("--episodes", type=int, default=10, help="whole games to play (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first game; game k uses seed+k")
+    p.add_argument("--no-sticky", action="store_true",
+                   help="NoFrameskip-v4 protocol (no sticky actions) instead of ALE v5's")
+    p.add_argument("--record", metavar="DIR", help="save every game as a recording in DIR")
+    p.add_argument("--greedy", action="store_true",
+                   help="policy gradient: take the most likely action instead of sampling")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        if args.episodes < 1:
+            raise UsageError(f"--episodes must be >= 1, got {args.episodes}")
+        import agents
+        try:
+            agent = agents.load(args.checkpoint, seed=args.seed)
+        except agents.CheckpointError as e:
+            raise UsageError(str(e)) from None
+        if args.record:
+            if os.path.exists(args.record) and not os.path.isdir(args.record):
+                raise UsageError(f"--record {args.record}: exists and is not a directory")
+            os.makedirs(args.record, exist_ok=True)
+    except UsageError as e:
+        fail(str(e))
+    from agents.evaluation import evaluate
+
+    def row(k, ret, length):
+        print(f"game {k + 1:3d}  seed {args.seed + k:6d}  return {ret:7.1f}  length {length:6d}", flush=True)
+
+    explore = agent.kind == "pg" and not args.greedy
+    summary = evaluate(agent, args.episodes, seed=args.seed, sticky=not args.no_sticky,
+                       explore=explore, on_game=row, record_dir=args.record)
+    from envs import env_spec
+    protocol = env_spec(agent.env["env_id"], agent.env["preset"], not args.no_sticky)["protocol"]
+    result = {"checkpoint": args.checkpoint, "game": agent.env["env_id"], "protocol": protocol,
+              "episodes": args.episodes, **{k: summary[k] for k in
+                                            ("mean_return", "std_return", "min_return", "max_return")}}
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
