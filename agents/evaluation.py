@@ -1,14 +1,16 @@
 """Play whole games with a trained agent and report full-game, unclipped returns."""
+import os
+
 import numpy as np
 
 import envs
 
 
-def make_eval_env(agent, sticky=True, render_mode=None):
+def make_eval_env(agent, sticky=True, render_mode=None, recorder=None):
     """A single env with the agent's own preset, full games (no life-loss ends, no reward clipping)."""
     spec = agent.env
     return envs.make(spec["env_id"], spec["preset"], sticky=sticky, training=False,
-                     render_mode=render_mode)
+                     render_mode=render_mode, noop_max=spec.get("noop_max", 30), recorder=recorder)
 
 
 def play_game(agent, env, seed, explore=False, recorder=None, max_steps=200_000, on_step=None):
@@ -35,16 +37,15 @@ def evaluate(agent, episodes, seed=0, sticky=True, explore=False, on_game=None, 
     on_game(index, return, length) is called after each game. record_dir: save each game there."""
     returns, lengths = [], []
     for k in range(episodes):
-        env = make_eval_env(agent, sticky)
         recorder = None
         if record_dir is not None:
             from envs.recording import Recorder
-            recorder = Recorder(env, player=agent.path)
-            env = recorder.env
+            recorder = Recorder(player=os.path.basename(agent.path))
+        env = make_eval_env(agent, sticky, recorder=recorder)
         try:
             ret, length = play_game(agent, env, seed + k, explore)
             if recorder is not None:
-                recorder.save_to_dir(record_dir, f"game-{seed + k:06d}")
+                recorder.save(os.path.join(record_dir, f"game-{seed + k:06d}.npz"))
         finally:
             env.close()
         returns.append(ret)
