@@ -1,8 +1,8 @@
 """Convolution and max pooling on NCHW batches: the book's convolution chapter, made fast.
 
 Fast path (Conv2d): inside the layer the batch is NHWC, im2col columns are in (kh, kw, C) order
-and the whole convolution is one matmul. col2im in backward adds one strided slice per kernel
-offset. Buffers of the same shape are reused across calls. The slow, obviously correct twins
+and the whole convolution is one matmul. col2im in backward adds one slice per kernel offset,
+grouped by stride phase. Buffers of the same shape are reused across calls. The slow, obviously correct twins
 (`conv2d_reference`, `conv2d_reference_backward`, `maxpool2d_reference*`) are what the tests
 compare against.
 """
@@ -31,15 +31,21 @@ def conv_output_size(size, kernel, stride, padding):
 
 class _Buffers:
     """Arrays reused across calls of the same shape: allocating ~25 MB of temporaries per step
-    costs more than the arithmetic (fresh pages fault in on first touch)."""
+    costs more than the arithmetic (fresh pages fault in on first touch). Keyed by shape, so DQN's
+    alternating batch-1 acting and batch-32 learning each keep their own."""
+
+    max_arrays = 16  # a few names times a few batch sizes; past that start over
 
     def __init__(self):
         self._arrays = {}
 
     def get(self, name, shape, dtype, zero=False):
-        a = self._arrays.get(name)
-        if a is None or a.shape != shape or a.dtype != dtype:
-            a = self._arrays[name] = np.zeros(shape, dtype)
+        key = (name, shape, np.dtype(dtype).str)
+        a = self._arrays.get(key)
+        if a is None:
+            if len(self._arrays) >= self.max_arrays:
+                self._arrays.clear()
+            a = self._arrays[key] = np.zeros(shape, dtype)
         elif zero:
             a.fill(0)
         return a
@@ -118,22 +124,43 @@ class Conv2d(Layer):
             raise ValueError(f"Conv2d.backward expects dy of shape {expected}, got {dy.shape}")
         # dy from the layer above is usually an NCHW view of NHWC memory: this reshape is then free.
         dy2 = dy.transpose(0, 2, 3, 1).reshape(n * ho * wo, o)  # (N*Ho*Wo, out)
-        dw = self.cols.T @ dy2  # (kh*kw*C, out)
-        self.grads["W"][...] = dw.reshape(kh, kw, c, o).transpose(3, 2, 0, 1)
+        # dW transposed, (out, K) = dy2.T @ cols, measured 15-20% faster than cols.T @ dy2 here.
+        dw = dy2.T @ self.cols  # (out, kh*kw*C)
+        self.grads["W"][...] = dw.reshape(o, kh, kw, c).transpose(0, 3, 1, 2)
         np.sum(dy2, axis=0, out=self.grads["b"])
         if not self.input_grad:
             return None
-        dcols = self.buffers.get("dcols", self.cols.shape, self.dtype)
-        np.matmul(dy2, self._weight_matrix().T, out=dcols)  # (N*Ho*Wo, kh*kw*C)
-        dcols = dcols.reshape(n, ho, wo, kh, kw, c)
-        dxp = self.buffers.get("dx", (n, h + 2 * ph, w + 2 * pw, c), self.dtype, zero=True)
-        # col2im: one strided slice-add per kernel offset (kh*kw big vector adds), not np.add.at,
-        # which is unbuffered and about 100 times slower.
-        for i in range(kh):
-            for j in range(kw):
-                dxp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :] += dcols[:, :, :, i, j, :]
-        # A fresh NCHW array: the dx buffer is reused by the next backward.
-        return np.ascontiguousarray(dxp[:, ph:ph + h, pw:pw + w, :].transpose(0, 3, 1, 2))  # (N, C, H, W)
+        # dcols as one (N*Ho*Wo, C) block per kernel offset: the blocks are then contiguous for
+        # col2im below (a batched matmul, as fast here as the single (N*Ho*Wo, kh*kw*C) one).
+        w_offsets = self.params["W"].transpose(2, 3, 0, 1).reshape(kh * kw, o, c)  # (kh*kw, out, C)
+        dcols = self.buffers.get("dcols", (kh * kw, n * ho * wo, c), self.dtype)
+        np.matmul(dy2, w_offsets, out=dcols)  # (kh*kw, N*Ho*Wo, C)
+        dx = col2im(dcols.reshape(kh, kw, n, ho, wo, c), (n, h + 2 * ph, w + 2 * pw, c), self.stride,
+                    self.buffers)  # (N, Hp', Wp', C), a fresh array
+        return dx[:, ph:ph + h, pw:pw + w, :].transpose(0, 3, 1, 2)  # (N, C, H, W)
+
+
+def col2im(dcols, padded_shape, stride, buffers):
+    """Sum the window gradients dcols (kh, kw, N, Ho, Wo, C) back onto the padded NHWC input.
+
+    One slice-add per kernel offset (never np.add.at). Rows and columns are first gathered by
+    stride phase (row % sh, col % sw): within a phase, consecutive windows touch consecutive rows,
+    so every add runs over long contiguous stretches instead of C numbers at a time (3x faster
+    here). One strided copy then interleaves the phases into a fresh (N, hs*sh, ws*sw, C) array,
+    NHWC in memory like the forward output, covering padded_shape (extra rows and columns at the
+    end when the stride does not divide it).
+    """
+    kh, kw, n, ho, wo, c = dcols.shape
+    sh, sw = stride
+    hs, ws = -(-padded_shape[1] // sh), -(-padded_shape[2] // sw)  # rows, columns per phase
+    phases = buffers.get("phases", (sh, sw, n, hs, ws, c), dcols.dtype, zero=True)
+    for i in range(kh):
+        for j in range(kw):
+            (a, p), (b, q) = divmod(i, sh), divmod(j, sw)  # padded row = (r + a) * sh + p for output row r
+            phases[p, q, :, a:a + ho, b:b + wo, :] += dcols[i, j]
+    dx = np.empty((n, hs * sh, ws * sw, c), dcols.dtype)  # fresh: the phases buffer is reused
+    dx.reshape(n, hs, sh, ws, sw, c)[...] = phases.transpose(2, 3, 0, 4, 1, 5)
+    return dx
 
 
 class MaxPool2d(Layer):

@@ -24,6 +24,8 @@ def add_arguments(parser):
     parser.add_argument("--repeats", type=int, default=15, help="timed samples per row (median is reported)")
     parser.add_argument("--no-torch", action="store_true", help="time numpy only, even if PyTorch is importable")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
+    parser.add_argument("--torch-threads", type=int, default=2,
+                        help="PyTorch threads (on a busy machine compare 1 against OPENBLAS_NUM_THREADS=1)")
 
 
 def mlp(rng):
@@ -128,7 +130,7 @@ def torch_cases(numpy_nets, threads=2):
         return None, None
     torch.set_num_threads(threads)
     tnn = torch.nn
-    mlp_net, dqn, x_mlp, dy_mlp, x1, x32, dy32 = numpy_cases_data = numpy_nets
+    mlp_net, dqn, x_mlp, dy_mlp, x1, x32, dy32 = numpy_nets
     t_mlp = tnn.Sequential(tnn.Linear(6400, 200), tnn.ReLU(), tnn.Linear(200, 1))
     t_dqn = tnn.Sequential(
         tnn.Conv2d(4, 32, 8, stride=4), tnn.ReLU(), tnn.Conv2d(32, 64, 4, stride=2), tnn.ReLU(),
@@ -179,10 +181,10 @@ def blas_description():
     return "BLAS: " + "; ".join(parts)
 
 
-def run(repeats=15, use_torch=True, seed=0):
+def run(repeats=15, use_torch=True, seed=0, torch_threads=2):
     """Time every row; return (rows, gemm GFLOP/s, DQN step FLOPs)."""
     np_fns, data = numpy_cases(seed)
-    torch_fns, _ = torch_cases(data) if use_torch else (None, None)
+    torch_fns, _ = torch_cases(data, torch_threads) if use_torch else (None, None)
     rows = []
     for name, np_fn in np_fns.items():
         np_ms, torch_ms = time_pair(np_fn, torch_fns[name] if torch_fns else None, repeats)
@@ -198,7 +200,7 @@ def main(args):
     print(f"nets bench: numpy {np.__version__}, {os.cpu_count()} cpus, load average {load:.2f} at start"
           + (" (busy machine: absolute times are noisy, ratios less so)" if load > 0.5 else ""))
     print(blas_description())
-    rows, gemm, flops = run(args.repeats, not args.no_torch, args.seed)
+    rows, gemm, flops = run(args.repeats, not args.no_torch, args.seed, args.torch_threads)
     have_torch = rows[0]["torch_ms"] is not None
     if have_torch:
         import torch

@@ -14,6 +14,7 @@ CASES = [  # n, c, h, w, out, kernel, stride, padding
     (2, 1, 5, 7, 2, 5, 1, 2),
     (1, 4, 20, 20, 3, 8, 4, 0),  # the Nature-DQN first layer's kernel and stride
     (2, 5, 9, 9, 4, 3, 3, 1),
+    (2, 2, 10, 11, 3, 2, 3, 1),  # kernel smaller than the stride: some inputs get no gradient
 ]
 TOL = {np.float32: dict(rtol=1e-4, atol=1e-4), np.float64: dict(rtol=1e-10, atol=1e-10)}
 
