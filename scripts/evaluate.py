@@ -33,6 +33,8 @@ def main(argv=None):
         except agents.CheckpointError as e:
             raise UsageError(str(e)) from None
         if args.record:
+            if not agent.env["env_id"].startswith("ALE/"):
+                raise UsageError(f"--record: recordings are for Atari games, not {agent.env['env_id']}")
             if os.path.exists(args.record) and not os.path.isdir(args.record):
                 raise UsageError(f"--record {args.record}: exists and is not a directory")
             os.makedirs(args.record, exist_ok=True)
