@@ -127,3 +127,26 @@ def test_maxpool_bad_shapes_name_them():
         nets.MaxPool2d(2).forward(np.zeros((1, 1, 1, 4), np.float32))
     with pytest.raises(ValueError, match=r"\(4, 4\)"):
         nets.MaxPool2d(2).forward(np.zeros((4, 4), np.float32))
+
+
+@pytest.mark.parametrize("channels", [3, 12])
+@pytest.mark.parametrize("padding", [0, 1])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc memory", "strided"])
+def test_conv_input_layouts_give_the_same_result(channels, padding, layout):
+    """The fast path copies few-channel NCHW input per channel, uses NHWC-memory input in place when
+    unpadded, and copies anything else whole: all must agree with the reference."""
+    rng = np.random.default_rng(6)
+    layer = nets.Conv2d(channels, 4, 3, stride=2, padding=padding, rng=rng, dtype=np.float64)
+    x = rng.standard_normal((2, channels, 9, 8))
+    if layout == "nhwc memory":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    elif layout == "strided":
+        x = np.repeat(x, 2, axis=3)[..., ::2]
+    y = layer.forward(x)
+    W, b = layer.params["W"], layer.params["b"]
+    np.testing.assert_allclose(y, conv2d_reference(x, W, b, 2, padding), rtol=1e-10, atol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    dx_ref, dw_ref, _ = conv2d_reference_backward(x, W, dy, 2, padding)
+    np.testing.assert_allclose(layer.backward(dy), dx_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.grads["W"], dw_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(x, x.copy())  # the input itself is never written
