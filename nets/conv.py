@@ -2,9 +2,9 @@
 
 Fast path (Conv2d): inside the layer the batch is NHWC, im2col columns are in (kh, kw, C) order
 and the whole convolution is one matmul. col2im in backward adds one slice per kernel offset,
-grouped by stride phase. Buffers of the same shape are reused across calls. The slow, obviously correct twins
-(`conv2d_reference`, `conv2d_reference_backward`, `maxpool2d_reference*`) are what the tests
-compare against.
+grouped by stride phase. Buffers of the same shape are reused across calls. The slow, obviously
+correct twins (`conv2d_reference`, `conv2d_reference_backward`, `maxpool2d_reference*`) are what
+the tests compare against.
 """
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
