@@ -11,6 +11,8 @@ import sys
 # subcommand -> (module with add_arguments(parser) and main(args), one-line help)
 SUBCOMMANDS = {
     "nets": ("scripts.bench_nets", "numpy networks (MLP, Nature-DQN) against PyTorch when importable"),
+    "pg": ("scripts.bench_pg", "policy-gradient training steps/s next to the raw steps/s of its envs"),
+    "envs": ("scripts.bench_envs", "agent steps/s: raw ALE, each preset, make_vector with 1-8 envs"),
 }
 
 

@@ -209,3 +209,12 @@ def test_same_seed_same_game_with_sticky_actions():
         runs.append(run_actions(env, actions, 3, vector=False)[0])
         env.close()
     assert np.array_equal(runs[0], runs[1])
+
+
+def test_bench_envs_rows_time_single_and_vector_envs():
+    from scripts import bench_envs
+    rng = np.random.default_rng(0)
+    assert bench_envs.time_single(envs.make("CartPole-v1"), 0.01, rng) > 0
+    assert bench_envs.time_vector(envs.make_vector("CartPole-v1", num_envs=2), 0.01, rng) > 0
+    names = [name for name, _, _ in bench_envs.cases()]
+    assert names[0] == "raw ALE/Pong-v5" and "make_vector deepmind pong x8" in names and len(names) == 13
