@@ -9,7 +9,8 @@ steps it 4 times per agent step; its no-op starts, and with training=True the FI
 life-loss no-ops, are base steps too. Every one is in the recording, one entry per emulator frame,
 so replay needs no preset: it makes the base env with the recorded id and kwargs, resets it with the
 recorded seed and steps the recorded actions. Sticky actions (v5) come from the ALE's own RNG, which
-reset(seed=...) reseeds, so the same seed and actions repeat them exactly.
+reset(seed=...) reseeds, so the same seed and actions repeat them exactly. Only single envs are
+recorded: make_vector's emulators step inside ale-py's C++ AtariVectorEnv, out of a wrapper's reach.
 
 One game runs from one base reset to the next, and every game is seeded: when a wrapper resets
 without a seed (each game after the first), the recorder passes one drawn from a generator seeded

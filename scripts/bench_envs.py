@@ -29,8 +29,9 @@ def time_single(env, seconds, rng):
     n = env.action_space.n
     actions = rng.integers(n, size=4096)
     for t in range(50):  # warm-up, untimed
-        env.step(int(actions[t]))
-    env.reset()
+        _, _, terminated, truncated, _ = env.step(int(actions[t]))
+        if terminated or truncated:
+            env.reset()
     steps, start = 0, time.perf_counter()
     while True:
         _, _, terminated, truncated, _ = env.step(int(actions[steps % 4096]))
