@@ -13,3 +13,5 @@ __all__ = [
     "SGD", "RMSProp", "Adam", "clip_grad_norm",
     "Sequential", "CheckpointError", "save", "load", "build",
 ]
+from nets.dueling import DuelingHead
+__all__ += ["DuelingHead"]

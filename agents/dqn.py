@@ -1,0 +1,501 @@
+"""DQN from pixels (Mnih et al. 2015, Nature) on the nets/ stack: Double DQN by default, dueling and
+n-step returns as options, a frame replay buffer (agents/replay.py), whole-game evaluations.
+
+The Q-network is Nature's (conv 32 8x8/4, conv 64 4x4/2, conv 64 3x3/1, 512, one output per action)
+on the deepmind preset, a two-layer MLP on classic-control tasks. uint8 frames go into the buffer as
+they are and are scaled by 1/255 to float32 just before the network (q_values below). Targets
+come from a target network synced every `target_update` agent steps; the loss is Huber on the
+taken action's Q (Nature's error clipping); rewards are clipped to [-1, 1] on Atari (Nature).
+
+Episodes and lives. ale-py's AtariVectorEnv with episodic_life=True (make_vector's training=True)
+resets the WHOLE GAME at every lost life (measured with ale-py 0.12.1: Breakout's lives stay 5),
+so a run would never see a game's later lives. So the learner runs the env on full games
+(training=False) and does DeepMind's episodic life itself: when info["lives"] drops, that
+transition is terminal for the learner (no bootstrap) while the game and its frame stack go on.
+Hence progress.csv's `return` is the unclipped score of a whole game, as evaluations report it.
+No FIRE is pressed for the agent after a reset or a lost life (training=False has no fire reset):
+it learns to press FIRE itself, which the evaluation protocol also needs.
+
+Same-step autoreset: on the step an episode ends, venv.step returns the NEW episode's first
+observation; the ended episode's last one is in info["final_obs"] (both AtariVectorEnv and
+gymnasium's vector envs put it there). The buffer stores it, so a truncated episode (time limit)
+bootstraps from its real last observation and a terminated one does not bootstrap at all.
+
+Resuming: the checkpoint holds both networks, the optimizer, the random state and the counters;
+the replay buffer only with save_buffer (replay.npz beside the checkpoint, written when the run
+stops). Without it, a resumed run refills the buffer to learning_starts with its current policy
+and epsilon before it learns again.
+"""
+import csv
+import dataclasses
+import math
+import os
+import time
+
+import numpy as np
+
+import envs
+from agents.replay import ReplayBuffer
+from nets import Adam, Conv2d, DuelingHead, Flatten, Huber, Linear, ReLU, RMSProp, Sequential
+
+HIDDEN_FLAGS = ()
+EVAL_FIELDS = ["step", "mean_return", "std_return", "episodes", "wall_seconds"]
+
+
+@dataclasses.dataclass
+class Config:
+    agent: str = "dqn"  # which algorithm (fixed)
+    game: str = "pong"  # short name or env id
+    preset: str = ""  # deepmind (Atari) or classic (CartPole-v1, ...); empty: by game
+    sticky: bool = False  # ALE v5 sticky actions; False: NoFrameskip-v4, the protocol CleanRL and SB3 report
+    seed: int = 0  # seeds the network, exploration, replay sampling and the envs
+    total_steps: int = 0  # stop after this many agent steps (0: no limit; issue 5's Pong target: 1.5M)
+    hours: float = 0.0  # stop after this many hours of wall clock (0: no limit)
+    num_envs: int = 1  # envs stepped together (CleanRL: 1)
+    network: str = "auto"  # nature (conv, Atari) or mlp (classic); auto: by preset
+    hidden: int = 0  # fully connected units; 0: 512 for nature (Nature), 128 for mlp (own choice)
+    dueling: bool = False  # dueling value/advantage head (Wang et al. 2016)
+    double: bool = True  # Double DQN targets (van Hasselt et al. 2016; SB3 and CleanRL use plain DQN)
+    n_step: int = 1  # n-step returns (1: Nature, CleanRL; Rainbow: 3)
+    gamma: float = 0.99  # discount (Nature, CleanRL)
+    buffer_size: int = 1_000_000  # frames stored (Nature, CleanRL: 1M; 84x84 frames: 7 GB)
+    learning_starts: int = 80_000  # transitions in the buffer before learning (CleanRL: 80k; Nature: 50k)
+    train_freq: int = 4  # agent steps per update (Nature, CleanRL: 4)
+    batch_size: int = 32  # transitions per update (Nature, CleanRL: 32)
+    target_update: int = 1000  # agent steps between target-network syncs (CleanRL: 1000)
+    tau: float = 1.0  # target sync: 1 copies (CleanRL's default), < 1 blends target = tau*online + (1-tau)*target
+    optimizer: str = "adam"  # adam (CleanRL) or rmsprop (Nature: centered, decay 0.95, eps 0.01, lr 2.5e-4)
+    lr: float = 1e-4  # learning rate (CleanRL dqn_atari: 1e-4)
+    adam_eps: float = 1.5e-4  # Adam's epsilon (Rainbow / Dopamine: 0.01 / batch 32)
+    rmsprop_decay: float = 0.95  # RMSProp decay (Nature: 0.95)
+    rmsprop_eps: float = 0.01  # RMSProp epsilon (Nature's min squared gradient 0.01; here added after the sqrt)
+    max_grad_norm: float = 10.0  # clip the gradient's global norm (SB3: 10; 0: off)
+    epsilon_start: float = 1.0  # exploration at step 0 (Nature, CleanRL: 1)
+    epsilon_end: float = 0.01  # exploration after the decay (CleanRL: 0.01; Nature: 0.1)
+    epsilon_steps: int = 250_000  # agent steps of linear decay (CleanRL 1M of 10M; shorter for a 1.5M-step run)
+    eval_epsilon: float = 0.05  # exploration of evaluation games, explore=False (Nature: 0.05)
+    eval_every: int = 100_000  # agent steps between evaluations on whole games (0: never)
+    eval_episodes: int = 10  # games per evaluation
+    life_loss_terminal: bool = True  # a lost life is terminal for the learner; the game goes on (DeepMind)
+    log_every: int = 10_000  # agent steps between "update" reports (loss, mean Q, epsilon, time split)
+    max_bad_updates: int = 5  # stop after this many NaN/inf updates in a row
+    checkpoint_minutes: float = 5.0  # write checkpoint.npz this often
+    save_buffer: bool = False  # also write replay.npz beside the checkpoint when the run stops (big)
+
+
+def resolved(cfg):
+    """Config with derived values filled in (preset, network, hidden); ValueError on bad values."""
+    env_id = envs.resolve(cfg.game)
+    preset = cfg.preset or ("deepmind" if envs.atari.is_atari(env_id) else "classic")
+    if preset not in ("deepmind", "classic"):
+        raise ValueError(f"dqn needs the deepmind preset on Atari or classic on control tasks, got {preset!r}")
+    envs.env_spec(env_id, preset, cfg.sticky)  # raises on a preset that does not fit the game
+    network = cfg.network if cfg.network != "auto" else ("nature" if preset == "deepmind" else "mlp")
+    if network not in ("nature", "mlp") or (network == "nature") != (preset == "deepmind"):
+        raise ValueError(f"network must be auto, nature (deepmind preset) or mlp (classic), got {cfg.network!r}")
+    hidden = cfg.hidden or (512 if network == "nature" else 128)
+    if cfg.optimizer not in ("adam", "rmsprop"):
+        raise ValueError(f"optimizer must be adam or rmsprop, got {cfg.optimizer!r}")
+    for name in ("num_envs", "hidden", "n_step", "buffer_size", "train_freq", "batch_size", "target_update",
+                 "eval_episodes", "log_every"):
+        value = hidden if name == "hidden" else getattr(cfg, name)
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    for name in ("total_steps", "learning_starts", "epsilon_steps", "eval_every", "hours", "max_grad_norm"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    for name in ("gamma", "epsilon_start", "epsilon_end", "eval_epsilon"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
+    if not 0.0 < cfg.tau <= 1.0 or not cfg.lr > 0:
+        raise ValueError(f"tau must be in (0, 1] and lr > 0, got {cfg.tau}, {cfg.lr}")
+    stack = 4 if preset == "deepmind" else 1
+    if cfg.buffer_size // cfg.num_envs <= stack + cfg.n_step + 1 or cfg.learning_starts > cfg.buffer_size // 2:
+        raise ValueError(f"buffer_size {cfg.buffer_size} is too small for num_envs {cfg.num_envs}, "
+                         f"n_step {cfg.n_step} and learning_starts {cfg.learning_starts} (needs 2x it)")
+    return dataclasses.replace(cfg, preset=preset, network=network, hidden=hidden)
+
+
+# ----------------------------------------------------------------------------- the Q-network
+
+def build_q_network(obs_shape, n_actions, network, hidden, dueling, rng):
+    """Nature's conv trunk (or one hidden layer on vectors), then hidden -> n_actions or a dueling head."""
+    if network == "nature":
+        c, h, w = obs_shape
+        trunk = [Conv2d(c, 32, 8, stride=4, input_grad=False, rng=rng), ReLU(),  # no dx: its input is data
+                 Conv2d(32, 64, 4, stride=2, rng=rng), ReLU(), Conv2d(64, 64, 3, stride=1, rng=rng), ReLU(),
+                 Flatten()]
+        for k, s in ((8, 4), (4, 2), (3, 1)):
+            h, w = (h - k) // s + 1, (w - k) // s + 1
+        features = 64 * h * w  # 3136 on 84x84
+    else:
+        features = int(np.prod(obs_shape))
+        trunk = [Linear(features, hidden, rng=rng), ReLU()]
+        features = hidden
+    if dueling:
+        head = [DuelingHead(features, hidden, n_actions, rng=rng)]
+    else:
+        head = [Linear(features, hidden, rng=rng), ReLU(), Linear(hidden, n_actions, rng=rng)]
+    return Sequential(*trunk, *head)
+
+
+def network_input(obs, obs_scale, out=None):
+    """(N, *obs) in the env's dtype -> float32 for the network; uint8 frames are scaled by 1/255 here."""
+    if out is None:
+        out = np.empty(np.shape(obs), np.float32)
+    np.multiply(obs, np.float32(obs_scale), out=out)  # (N, C, H, W) or (N, D)
+    return out
+
+
+def q_values(model, obs, obs_scale):
+    """(N, *obs) -> Q (N, A) float32."""
+    return model.forward(network_input(obs, obs_scale))
+
+
+def epsilon_at(step, cfg):
+    """Linear decay from epsilon_start to epsilon_end over epsilon_steps agent steps, then flat."""
+    if cfg.epsilon_steps == 0:
+        return cfg.epsilon_end
+    frac = min(step / cfg.epsilon_steps, 1.0)
+    return cfg.epsilon_start + frac * (cfg.epsilon_end - cfg.epsilon_start)
+
+
+class QAgent:
+    """Epsilon-greedy on a Q-network: act(obs, explore) -> (actions (N,), Q-values (N, A)).
+
+    explore=True uses `epsilon` (training sets it from the schedule; a loaded agent has the final
+    one); explore=False is the evaluation protocol, `eval_epsilon` (Nature: 0.05)."""
+
+    kind = "dqn"
+
+    def __init__(self, model, env, n_actions, obs_scale, eval_epsilon=0.05, epsilon=0.01, seed=0, rng=None):
+        self.model = model
+        self.env = env
+        self.n_actions = int(n_actions)
+        self.obs_scale = float(obs_scale)
+        self.eval_epsilon = float(eval_epsilon)
+        self.epsilon = float(epsilon)
+        self.rng = rng if rng is not None else np.random.default_rng(seed)
+
+    @classmethod
+    def from_checkpoint(cls, models, header, seed=0):
+        cfg = header["config"]
+        return cls(models["model"].eval(), header["env"], int(header["n_actions"]), float(header["obs_scale"]),
+                   eval_epsilon=float(cfg["eval_epsilon"]), epsilon=float(cfg["epsilon_end"]), seed=seed)
+
+    def act(self, obs, explore=True):
+        q = q_values(self.model, obs, self.obs_scale)  # (N, A)
+        actions = q.argmax(axis=1)
+        eps = self.epsilon if explore else self.eval_epsilon
+        if eps > 0:
+            explore_rows = self.rng.random(len(actions)) < eps  # (N,)
+            random_actions = self.rng.integers(self.n_actions, size=len(actions))
+            actions = np.where(explore_rows, random_actions, actions)
+        return actions, q
+
+
+# ----------------------------------------------------------------------------- learning
+
+class Learner:
+    """Online and target networks, the optimizer and the (Double) DQN update."""
+
+    def __init__(self, cfg, obs_shape, n_actions, obs_scale, rng):
+        self.cfg = cfg
+        self.obs_scale = obs_scale
+        self.online = build_q_network(obs_shape, n_actions, cfg.network, cfg.hidden, cfg.dueling, rng)
+        self.target = build_q_network(obs_shape, n_actions, cfg.network, cfg.hidden, cfg.dueling, rng).eval()
+        self.target.load_state_dict(self.online.state_dict())
+        if cfg.optimizer == "adam":
+            self.opt = Adam(self.online, lr=cfg.lr, eps=cfg.adam_eps)
+        else:
+            self.opt = RMSProp(self.online, lr=cfg.lr, decay=cfg.rmsprop_decay, eps=cfg.rmsprop_eps, centered=True)
+        self.loss = Huber(1.0)
+        self._inputs = {}
+        self.updates = 0
+        self.bad_in_a_row = 0
+        self.bad_total = 0
+
+    def _input(self, name, obs):
+        """network_input into an array kept across updates (a fresh 3.6 MB batch per call costs
+        page faults); obs and next_obs get their own, as a layer may hold its input for backward."""
+        buf = self._inputs.get(name)
+        if buf is None or buf.shape != obs.shape:
+            buf = self._inputs[name] = np.empty(obs.shape, np.float32)
+        return network_input(obs, self.obs_scale, out=buf)
+
+    def targets(self, batch):
+        """r + gamma^m max_a Q_target(s', a), with the online net choosing a under Double DQN."""
+        x_next = self._input("next_obs", batch.next_obs)  # (B, *obs) float32
+        q_next = self.target.forward(x_next)  # (B, A)
+        if self.cfg.double:
+            best = self.online.eval().forward(x_next).argmax(axis=1)  # (B,)
+        else:
+            best = q_next.argmax(axis=1)
+        bootstrap = q_next[np.arange(len(best)), best]  # (B,)
+        return (batch.returns + batch.discounts * bootstrap).astype(np.float32)  # (B,)
+
+    def update(self, batch):
+        """One gradient step on a Batch; returns a metrics dict (skipped=True when NaN/inf appeared)."""
+        y = self.targets(batch)  # (B,)
+        rows = np.arange(len(y))
+        q = self.online.train().forward(self._input("obs", batch.obs))  # (B, A)
+        q_taken = q[rows, batch.actions]  # (B,)
+        value = self.loss.forward(q_taken, y)
+        dq = np.zeros_like(q)  # (B, A): only the taken actions get a gradient
+        dq[rows, batch.actions] = self.loss.backward()
+        self.online.backward(dq)
+        grads = [g for _, _, g in self.online.parameters()]
+        norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads))
+        self.online.eval()
+        if not (math.isfinite(value) and math.isfinite(norm)):
+            self.bad_in_a_row += 1
+            self.bad_total += 1
+            return {"loss": value, "skipped": True}
+        if 0 < self.cfg.max_grad_norm < norm:  # nets.clip_grad_norm, without computing the norm twice
+            for g in grads:
+                g *= self.cfg.max_grad_norm / (norm + 1e-6)
+        self.opt.step()
+        self.updates += 1
+        self.bad_in_a_row = 0
+        return {"loss": value, "q_mean": float(q_taken.mean()), "grad_norm": norm, "skipped": False}
+
+    def sync_target(self):
+        if self.cfg.tau >= 1.0:
+            self.target.load_state_dict(self.online.state_dict())
+            return
+        for (_, t, _), (_, p, _) in zip(self.target.parameters(), self.online.parameters()):
+            t *= 1.0 - self.cfg.tau
+            t += self.cfg.tau * p
+
+
+class NumericalError(RuntimeError):
+    """Training produced NaN/inf too many times in a row; the checkpoint was not overwritten."""
+
+
+# ----------------------------------------------------------------------------- the loop's helpers
+
+def final_observations(info, next_obs, ended):
+    """The last observation of each episode that ended this step (rows of other envs: next_obs)."""
+    if not ended.any():
+        return next_obs
+    final = info.get("final_obs")
+    if final is None:
+        raise ValueError("the vector env reported no info['final_obs'] for an ended episode")
+    out = np.array(next_obs, copy=True)
+    for i in np.flatnonzero(ended):
+        out[i] = final[i]
+    return out
+
+
+class Stopwatch:
+    """Seconds spent per named part of the loop: mark(name) charges the time since the last mark."""
+
+    def __init__(self):
+        self.totals = {}
+        self.last = time.perf_counter()
+
+    def mark(self, name):
+        now = time.perf_counter()
+        self.totals[name] = self.totals.get(name, 0.0) + now - self.last
+        self.last = now
+
+
+class EvalLog:
+    """eval.csv in the run dir: one row per evaluation."""
+
+    def __init__(self, run):
+        self.path = os.path.join(run.dir, "eval.csv")
+        self.run = run
+
+    def start(self, resumed_step):
+        """Create the file, or on resume drop rows written after the checkpoint."""
+        rows = [EVAL_FIELDS]
+        if os.path.exists(self.path):
+            with open(self.path, newline="") as f:
+                old = list(csv.reader(f))
+            rows += [r for r in old[1:] if r and r[0].isdigit() and int(r[0]) <= resumed_step]
+        with open(self.path, "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+
+    def append(self, step, summary):
+        row = [step, f"{summary['mean_return']:.4f}", f"{summary['std_return']:.4f}", summary["episodes"],
+               f"{self.run.wall_seconds():.1f}"]
+        try:
+            with open(self.path, "a", newline="") as f:
+                csv.writer(f).writerow(row)
+        except OSError as e:
+            self.run.message(f"could not append to {self.path}: {e.strerror or e}")
+
+
+def checkpoint_header(cfg, obs_shape, n_actions, obs_scale, learner, rng):
+    info, _ = learner.opt.state_dict()
+    return {"agent": "dqn", "obs_shape": list(obs_shape), "n_actions": n_actions, "obs_scale": obs_scale,
+            "updates": learner.updates, "optim": info, "rng": rng.bit_generator.state}
+
+
+def buffer_path(run):
+    return os.path.join(run.dir, "replay.npz")
+
+
+def save_buffer(buffer, run):
+    from nets.npzfile import write_npz
+    arrays, header = buffer.state()
+    try:
+        write_npz(buffer_path(run), arrays, {**header, "step": run.step})
+    except OSError as e:
+        run.message(f"could not write {buffer_path(run)}: {e.strerror or e}")
+
+
+def restore_buffer(buffer, run):
+    """Fill buffer from replay.npz when there is one that fits; otherwise say that it refills.
+    A file older than the checkpoint is still good experience, so it is used all the same."""
+    path = buffer_path(run)
+    if not os.path.exists(path):
+        run.message("no saved replay buffer: refilling it before learning again")
+        return buffer
+    try:
+        header = buffer.load(path)
+    except (OSError, ValueError, KeyError) as e:
+        run.message(f"could not load {path} ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                    f"refilling the replay buffer")
+        return ReplayBuffer(buffer.slots * buffer.num_envs, buffer.obs_shape, buffer.obs_dtype, buffer.num_envs,
+                            buffer.stack, buffer.n_step, buffer.gamma, buffer.rng)
+    if header.get("step") != run.step:
+        run.message(f"{path} was saved at step {header.get('step')}, the checkpoint at {run.step}: using it")
+    return buffer
+
+
+# ----------------------------------------------------------------------------- training
+
+def train(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
+    """Train until total_steps, hours, or a stop request. cfg: a resolved Config.
+
+    init: (models, header) of a checkpoint to start the weights from; resume: the same for the run's
+    own checkpoint. callback(metrics) gets "episode" events after every finished game, "eval" after
+    every evaluation and "update" every log_every steps (with the seconds spent per part of the
+    loop). stopwatch: a Stopwatch to charge the time to (the benchmark reads it)."""
+    from agents.evaluation import evaluate
+    rng = np.random.default_rng(cfg.seed)
+    venv = envs.make_vector(cfg.game, cfg.preset, cfg.num_envs, sticky=cfg.sticky, training=False)
+    obs_space = venv.single_observation_space
+    obs_shape, n_actions = obs_space.shape, int(venv.single_action_space.n)
+    obs_scale = 1.0 / 255.0 if obs_space.dtype == np.uint8 else 1.0
+    learner = Learner(cfg, obs_shape, n_actions, obs_scale, rng)
+    spec = envs.env_spec(cfg.game, cfg.preset, cfg.sticky)
+    agent = QAgent(learner.online.eval(), spec, n_actions, obs_scale, cfg.eval_epsilon, rng=rng)
+    stack = 4 if cfg.preset == "deepmind" else 1
+    buffer = ReplayBuffer(cfg.buffer_size, obs_shape, obs_space.dtype, cfg.num_envs, stack, cfg.n_step,
+                          cfg.gamma, rng)
+    if init is not None:
+        learner.online.load_state_dict(init[0]["model"].state_dict())
+        learner.target.load_state_dict(init[0]["model"].state_dict())
+    if resume is not None:
+        models, header, rest = resume
+        learner.online.load_state_dict(models["model"].state_dict())
+        learner.target.load_state_dict(models["target"].state_dict())
+        learner.opt.load_state_dict(header.get("optim", {"t": 0}),
+                                    {k[6:]: v for k, v in rest.items() if k.startswith("optim.")})
+        learner.updates = int(header.get("updates", 0))
+        rng.bit_generator.state = header["rng"]
+        run.restore(header)
+        if cfg.save_buffer:
+            buffer = restore_buffer(buffer, run)
+    eval_log = EvalLog(run)
+    eval_log.start(run.step)
+
+    def save(final=False):
+        _, opt_arrays = learner.opt.state_dict()
+        extra = {f"optim.{k}": v for k, v in opt_arrays.items()}
+        header = checkpoint_header(cfg, obs_shape, n_actions, obs_scale, learner, rng)
+        ok = run.save({"model": learner.online, "target": learner.target}, header, extra)
+        if final and ok and cfg.save_buffer:
+            save_buffer(buffer, run)
+
+    clip = cfg.preset == "deepmind"  # Nature clips Atari rewards to [-1, 1]; classic tasks keep theirs
+    # envs are re-seeded from (seed, step) so a resumed run does not replay the same games
+    obs, info = venv.reset(seed=int(cfg.seed * 1_000_003 + run.step) % (2**31))
+    buffer.start(obs)
+    lives = info.get("lives") if cfg.life_loss_terminal else None
+    game_return = np.zeros(cfg.num_envs)
+    game_length = np.zeros(cfg.num_envs, dtype=np.int64)
+    next_update = run.step + cfg.train_freq
+    next_sync = (run.step // cfg.target_update + 1) * cfg.target_update
+    next_eval = (run.step // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else math.inf
+    next_log = (run.step // cfg.log_every + 1) * cfg.log_every
+    last = {}
+    deadline = time.monotonic() + cfg.hours * 3600 if cfg.hours > 0 else math.inf
+    clock = stopwatch or Stopwatch()
+    clock.mark("other")
+    try:
+        while not run.stop_requested:
+            if cfg.total_steps and run.step >= cfg.total_steps or time.monotonic() >= deadline:
+                break
+            agent.epsilon = epsilon_at(run.step, cfg)
+            actions, _ = agent.act(obs, explore=True)
+            clock.mark("act")
+            next_obs, rewards, terminated, truncated, info = venv.step(actions)
+            clock.mark("env")
+            ended = terminated | truncated
+            terminal = terminated.copy()
+            if lives is not None and "lives" in info:
+                terminal |= (info["lives"] < lives) & ~ended  # a lost life, the game goes on
+                lives = info["lives"]
+            stored = np.sign(rewards) if clip else rewards
+            buffer.add(actions, stored, terminal, ended, next_obs, final_observations(info, next_obs, ended))
+            clock.mark("replay_add")
+            obs = next_obs
+            run.step += cfg.num_envs
+            game_return += rewards
+            game_length += 1
+            for i in np.flatnonzero(ended):
+                mean = run.log_episode(game_return[i], game_length[i])
+                if callback:
+                    callback({"event": "episode", "step": run.step, "episode": run.episode,
+                              "return": float(game_return[i]), "length": int(game_length[i]),
+                              "running_mean": mean})
+                game_return[i], game_length[i] = 0.0, 0
+            clock.mark("other")
+            learning = buffer.sampleable() >= max(cfg.learning_starts, cfg.batch_size)
+            while run.step >= next_update:
+                next_update += cfg.train_freq
+                if not learning:
+                    continue
+                batch = buffer.sample(cfg.batch_size)
+                clock.mark("replay_sample")
+                last = learner.update(batch)
+                clock.mark("update")
+                if last["skipped"]:
+                    run.message(f"update at step {run.step} produced NaN/inf: skipped "
+                                f"({learner.bad_in_a_row} in a row, {learner.bad_total} in all)")
+                    if learner.bad_in_a_row >= cfg.max_bad_updates:
+                        raise NumericalError(
+                            f"{learner.bad_in_a_row} updates in a row produced NaN/inf; stopped without "
+                            f"overwriting {run.checkpoint_path}")
+            if run.step >= next_sync:
+                next_sync += cfg.target_update
+                if learning:
+                    learner.sync_target()
+            if run.step >= next_eval:
+                next_eval += cfg.eval_every
+                eval_agent = QAgent(learner.online, spec, n_actions, obs_scale, cfg.eval_epsilon,
+                                    seed=10_000_000 + cfg.seed)
+                summary = evaluate(eval_agent, cfg.eval_episodes, seed=10_000_000 + 1000 * cfg.seed,
+                                   sticky=cfg.sticky)
+                eval_log.append(run.step, summary)
+                if callback:
+                    callback({"event": "eval", "step": run.step, "mean_return": summary["mean_return"],
+                              "std_return": summary["std_return"], "episodes": summary["episodes"]})
+                clock.mark("eval")
+            if run.step >= next_log:
+                next_log += cfg.log_every
+                if callback:
+                    callback({"event": "update", "step": run.step, "updates": learner.updates,
+                              "epsilon": agent.epsilon, "buffer": len(buffer), **last,
+                              "seconds": dict(clock.totals)})
+            if run.due():
+                save()
+            clock.mark("other")
+        save(final=True)
+    finally:
+        venv.close()
+    return learner

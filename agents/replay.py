@@ -1,0 +1,222 @@
+"""Experience replay that stores every Atari frame once and rebuilds the frame stacks when it samples.
+
+Layout: one circular buffer per env, `slots` long, so each env's steps sit in order and a frame
+stack is just the slots before one. A slot holds the newest frame of one observation (obs[-1] of a
+(4, 84, 84) stack: 7 KB, a quarter of storing whole stacks and half of storing obs and next_obs'
+newest frames) and, once the env has stepped from it, the transition taken there: action, reward,
+and two flags kept apart (SB3's handle_timeout_termination, CleanRL's real_next_obs):
+
+  terminal  the transition ends with no bootstrap (the game ended, or a life was lost when
+            life loss counts as terminal for the learner);
+  end       the env's episode ended here (terminated or truncated) and the env reset: the next
+            slot holds the episode's final frame (from info["final_obs"]), then the new episode's
+            first frame. A truncated episode (time limit) is end without terminal: it bootstraps
+            from that final frame.
+
+Stacks never reach across an episode start: frames before a slot flagged `first` are zeros, which
+is exactly how the env pads the first observations of an episode, so a rebuilt stack equals what the
+agent saw (tests/test_replay.py checks this against a real AtariVectorEnv). A life lost without a
+reset is terminal but not an episode start: the env's stack runs on, and so does ours.
+
+n-step returns: G = r_t + g r_{t+1} + ... + g^{m-1} r_{t+m-1}, m <= n, stopping after the first
+terminal or end; the bootstrap is from the observation at slot t+m, discounted by g^m, or nothing
+when the stop was terminal. sample() returns that discount directly, so the learner's target is
+returns + discounts * max_a Q(next_obs, a).
+
+Observations that are not frame stacks (CartPole's 4 floats) use the same code with stack=1.
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+FORMAT = "grok-arcade.replay"
+FORMAT_VERSION = 1
+CHUNK_SLOTS = 100_000  # slots per saved frames array: 700 MB of 84x84 frames, under npzfile's 4 GiB cap
+
+
+class Batch(NamedTuple):
+    obs: np.ndarray  # (B, *obs_shape) in the env's dtype (uint8 frame stacks)
+    actions: np.ndarray  # (B,) int64
+    returns: np.ndarray  # (B,) float32: the n-step discounted reward sum
+    discounts: np.ndarray  # (B,) float32: gamma^m, or 0 when the return ended in a terminal
+    next_obs: np.ndarray  # (B, *obs_shape): the observation to bootstrap from
+
+
+class ReplayBuffer:
+    """capacity slots split evenly over num_envs circular buffers.
+
+    start(obs) once after every venv.reset(); add(...) after every venv.step(...); sample(B)."""
+
+    def __init__(self, capacity, obs_shape, obs_dtype=np.uint8, num_envs=1, stack=1, n_step=1,
+                 gamma=0.99, rng=None):
+        obs_shape = tuple(int(d) for d in obs_shape)
+        if stack > 1 and obs_shape[0] != stack:
+            raise ValueError(f"stack={stack} needs observations of shape ({stack}, ...), got {obs_shape}")
+        self.slots = int(capacity) // int(num_envs)
+        if self.slots < stack + n_step + 1:
+            raise ValueError(f"capacity {capacity} over {num_envs} envs leaves {self.slots} slots each; "
+                             f"need more than stack + n_step = {stack + n_step}")
+        if n_step < 1 or not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"n_step must be >= 1 and gamma in [0, 1], got {n_step}, {gamma}")
+        self.obs_shape, self.obs_dtype = obs_shape, np.dtype(obs_dtype)
+        self.frame_shape = obs_shape[1:] if stack > 1 else obs_shape
+        self.num_envs, self.stack, self.n_step, self.gamma = int(num_envs), int(stack), int(n_step), float(gamma)
+        self.rng = rng if rng is not None else np.random.default_rng()
+        shape = (self.num_envs, self.slots)
+        # np.zeros maps pages lazily: 1M frames take their 7 GB only as they are written
+        self.frames = np.zeros(shape + self.frame_shape, self.obs_dtype)  # (E, S, *frame)
+        self.actions = np.zeros(shape, np.int32)
+        self.rewards = np.zeros(shape, np.float32)
+        self.terminal = np.zeros(shape, bool)
+        self.end = np.zeros(shape, bool)
+        self.first = np.zeros(shape, bool)
+        self.has_transition = np.zeros(shape, bool)
+        self.pos = np.zeros(self.num_envs, np.int64)  # next slot to write, per env
+        self.count = np.zeros(self.num_envs, np.int64)  # slots written, at most self.slots
+        self._outputs = {}
+
+    # ------------------------------------------------------------------ writing
+    def __len__(self):
+        """Transitions stored (an upper bound on what can be sampled)."""
+        return int(self.has_transition.sum())
+
+    def _frame(self, obs):
+        return obs[-1] if self.stack > 1 else obs
+
+    def _write(self, e, obs, first):
+        s = self.pos[e]
+        self.frames[e, s] = self._frame(obs)
+        self.first[e, s] = first
+        self.has_transition[e, s] = self.terminal[e, s] = self.end[e, s] = False
+        self.rewards[e, s] = 0.0
+        self.pos[e] = (s + 1) % self.slots
+        self.count[e] = min(self.count[e] + 1, self.slots)
+
+    def start(self, obs):
+        """First observations (E, *obs_shape) after a reset. If an env's last episode was cut off
+        (a resumed run resets its envs), its last transition is marked truncated: it bootstraps
+        from the frame it led to, and no n-step return runs into the new episode."""
+        for e in range(self.num_envs):
+            last = (self.pos[e] - 2) % self.slots
+            if self.count[e] >= 2 and self.has_transition[e, last]:
+                self.end[e, last] = True
+            self._write(e, obs[e], first=True)
+
+    def add(self, actions, rewards, terminal, ended, next_obs, final_obs=None):
+        """One vector step: actions, rewards (as the learner wants them, e.g. clipped), terminal (no
+        bootstrap), ended (the env reset: terminated or truncated), next_obs from venv.step (for
+        an ended env, the new episode's first observation) and final_obs (the ended episodes'
+        last observations; rows of envs that did not end are ignored). All (E, ...)."""
+        for e in range(self.num_envs):
+            s = (self.pos[e] - 1) % self.slots
+            self.actions[e, s] = actions[e]
+            self.rewards[e, s] = rewards[e]
+            self.terminal[e, s] = terminal[e]
+            self.end[e, s] = ended[e]
+            self.has_transition[e, s] = True
+            if ended[e]:
+                if final_obs is None:
+                    raise ValueError("an episode ended but add() got no final_obs")
+                self._write(e, final_obs[e], first=False)
+                self._write(e, next_obs[e], first=True)
+            else:
+                self._write(e, next_obs[e], first=False)
+
+    # ------------------------------------------------------------------ reading
+    def _out(self, name, shape):
+        """An output array reused across calls: a fresh 1 MB batch costs more in page faults than
+        the gather itself (measured 2 ms against 0.3 ms)."""
+        a = self._outputs.get(name)
+        if a is None or a.shape != shape:
+            a = self._outputs[name] = np.empty(shape, self.obs_dtype)
+        return a
+
+    def stacks(self, env, slot, name="obs"):
+        """Observations ending at the given slots, rebuilt: env, slot (B,) -> (B, *obs_shape), in an
+        array that the next call with the same name overwrites."""
+        frames = self.frames.reshape((-1,) + self.frame_shape)  # (E*S, *frame): one flat index per slot
+        if self.stack == 1:
+            return np.take(frames, env * self.slots + slot, axis=0, out=self._out(name, (len(slot),) + self.obs_shape))
+        back = np.arange(self.stack - 1, -1, -1)  # (K,): 3, 2, 1, 0 slots back
+        idx = (slot[:, None] - back) % self.slots  # (B, K), oldest first
+        out = self._out(name, (len(slot),) + self.obs_shape)  # (B, K, H, W)
+        np.take(frames, env[:, None] * self.slots + idx, axis=0, out=out)
+        # frame j (j slots back) is visible unless an episode starts at one of the j newer slots
+        firsts = self.first[env[:, None], idx]  # (B, K)
+        starts_after = np.cumsum(firsts[:, ::-1], axis=1)[:, ::-1] - firsts  # (B, K): starts among newer slots
+        out[starts_after > 0] = 0
+        return out
+
+    def n_step_returns(self, env, slot):
+        """-> returns (B,), discounts (B,), bootstrap slots (B,) for transitions at (env, slot)."""
+        b = len(slot)
+        returns = np.zeros(b, np.float32)
+        steps = np.zeros(b, np.int64)
+        alive = np.ones(b, bool)
+        cut_by_terminal = np.zeros(b, bool)
+        for k in range(self.n_step):
+            s = (slot + k) % self.slots
+            returns += alive * (self.gamma ** k) * self.rewards[env, s]
+            steps += alive
+            cut_by_terminal |= alive & self.terminal[env, s]
+            alive &= ~(self.terminal[env, s] | self.end[env, s])
+        discounts = np.where(cut_by_terminal, 0.0, self.gamma ** steps).astype(np.float32)
+        return returns, discounts, (slot + steps) % self.slots
+
+    def sampleable(self):
+        """Transitions whose n-step future and earlier stack frames are all still stored."""
+        return int(np.sum(np.maximum(self.count - self.stack - self.n_step + 1, 0)))
+
+    def sample(self, batch_size):
+        """A uniform batch of transitions as a Batch of arrays. Its obs and next_obs arrays are
+        reused by the next sample(): use them (or copy them) before sampling again."""
+        low = self.n_step  # age 0 is the newest slot, the one the env is at now
+        high = self.count - self.stack  # older slots may lack the frames of their stack
+        if np.any(high < low):
+            raise ValueError(f"replay buffer too small to sample: {self.count.tolist()} slots per env, "
+                             f"need more than {self.stack + self.n_step}")
+        env = self.rng.integers(self.num_envs, size=batch_size)
+        slot = np.zeros(batch_size, np.int64)
+        todo = np.arange(batch_size)
+        while len(todo):  # redraw the few picks that land on a final-frame slot
+            age = self.rng.integers(low, high[env[todo]] + 1)
+            slot[todo] = (self.pos[env[todo]] - 1 - age) % self.slots
+            todo = todo[~self.has_transition[env[todo], slot[todo]]]
+        returns, discounts, next_slot = self.n_step_returns(env, slot)
+        return Batch(self.stacks(env, slot), self.actions[env, slot].astype(np.int64), returns, discounts,
+                     self.stacks(env, next_slot, "next_obs"))
+
+    # ------------------------------------------------------------------ saving
+    def state(self):
+        """(arrays, header) for nets.npzfile.write_npz; frames in chunks under the file format's cap."""
+        used = int(self.count.max())
+        arrays = {name: getattr(self, name)[:, :used] for name in
+                  ("actions", "rewards", "terminal", "end", "first", "has_transition")}
+        arrays.update(pos=self.pos, count=self.count)
+        for k, lo in enumerate(range(0, used, CHUNK_SLOTS)):
+            arrays[f"frames.{k}"] = self.frames[:, lo:lo + CHUNK_SLOTS]
+        header = {"format": FORMAT, "version": FORMAT_VERSION, "slots": self.slots, "used": used,
+                  "num_envs": self.num_envs, "obs_shape": list(self.obs_shape),
+                  "dtype": self.obs_dtype.str, "stack": self.stack}
+        return arrays, header
+
+    def load(self, path):
+        """Fill this buffer from a file written from state(). One array is read at a time (np.load
+        is lazy), so loading needs the buffer's memory plus one chunk. ValueError if it does not fit."""
+        import json
+        with np.load(path, allow_pickle=False) as z:
+            header = json.loads(z["__header__"].tobytes().decode("utf-8"))
+            want = {"format": FORMAT, "version": FORMAT_VERSION, "slots": self.slots, "num_envs": self.num_envs,
+                    "obs_shape": list(self.obs_shape), "dtype": self.obs_dtype.str, "stack": self.stack}
+            wrong = {k: header.get(k) for k, v in want.items() if header.get(k) != v}
+            if wrong:
+                raise ValueError(f"{path}: replay buffer does not match this run: {wrong}")
+            used = int(header["used"])
+            for name in ("actions", "rewards", "terminal", "end", "first", "has_transition"):
+                target = getattr(self, name)
+                target[:, :used] = z[name].astype(target.dtype, copy=False)
+            for k, lo in enumerate(range(0, used, CHUNK_SLOTS)):
+                self.frames[:, lo:lo + CHUNK_SLOTS] = z[f"frames.{k}"]
+            self.pos[:] = z["pos"]
+            self.count[:] = z["count"]
+        return header
