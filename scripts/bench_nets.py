@@ -80,7 +80,6 @@ def median_ms(fn, repeats):
 
 def time_pair(np_fn, torch_fn, repeats):
     """Medians (ms) of numpy and PyTorch, their samples interleaved so background load hits both."""
-    np_fn(), torch_fn and torch_fn()
     np_inner = _inner_count(np_fn)
     torch_inner = _inner_count(torch_fn) if torch_fn else 0
     np_times, torch_times = [], []
