@@ -1,0 +1,65 @@
+"""python -m scripts.bench pg: policy-gradient training speed next to the raw speed of its envs.
+
+In one run and on the same envs (Karpathy's preset, make_vector with --num-envs): agent steps/s of
+the envs alone under random actions, then of the whole training loop (batched forward, sampling,
+rollout bookkeeping and the updates). The ratio is the share of env speed that training keeps
+(target >= 0.90). The machine is shared: trust the ratio, not the absolute figures.
+"""
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+
+
+def add_arguments(parser):
+    parser.add_argument("--game", default="pong")
+    parser.add_argument("--num-envs", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=40_000, help="agent steps timed per row")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def raw_env_speed(cfg, steps):
+    import envs
+    venv = envs.make_vector(cfg.game, cfg.preset, cfg.num_envs, seed=cfg.seed, sticky=cfg.sticky)
+    rng = np.random.default_rng(cfg.seed)
+    n = cfg.num_envs
+    for _ in range(20):
+        venv.step(rng.integers(venv.single_action_space.n, size=n))
+    start = time.perf_counter()
+    for _ in range(steps // n):
+        venv.step(rng.integers(venv.single_action_space.n, size=n))
+    elapsed = time.perf_counter() - start
+    venv.close()
+    return (steps // n) * n / elapsed
+
+
+def training_speed(cfg, steps):
+    from agents import policy_gradient as pg
+    from agents.run import Run, config_dict
+    with tempfile.TemporaryDirectory() as tmp:
+        warm = pg.dataclasses.replace(cfg, total_steps=cfg.batch_steps // 2)
+        run = Run(os.path.join(tmp, "warm"), config_dict(warm), {}, checkpoint_minutes=1e9,
+                  message=lambda text: None)
+        pg.train(warm, run)  # imports, first forward passes
+        timed = pg.dataclasses.replace(cfg, total_steps=steps)
+        run = Run(os.path.join(tmp, "timed"), config_dict(timed), {}, checkpoint_minutes=1e9,
+                  message=lambda text: None)
+        start = time.perf_counter()
+        pg.train(timed, run)
+        return run.step / (time.perf_counter() - start)
+
+
+def main(args):
+    from agents import policy_gradient as pg
+    cfg = pg.resolved(pg.Config(game=args.game, num_envs=args.num_envs, seed=args.seed))
+    raw = raw_env_speed(cfg, args.steps)
+    train = training_speed(cfg, args.steps)
+    rows = [{"name": f"env only ({cfg.num_envs} envs, random actions)", "steps_per_s": round(raw, 1)},
+            {"name": f"pg training ({cfg.num_envs} envs)", "steps_per_s": round(train, 1)}]
+    for r in rows:
+        print(f"{r['name']:44s} {r['steps_per_s']:10.1f} steps/s")
+    print(f"{'training / env':44s} {train / raw:10.3f}   (target >= 0.90)")
+    print(json.dumps({"bench": "pg", "rows": rows, "ratio": round(train / raw, 4)}))
+    return 0
