@@ -520,7 +520,7 @@ def read_npz(path):
         raise RecordingError(f"{path}: not a grok-arcade file (no header)")
     try:
         header = json.loads(raw_header.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise RecordingError(f"{path}: header is not valid JSON") from None
     if not isinstance(header, dict):
         raise RecordingError(f"{path}: header is not a JSON object")

@@ -8,6 +8,7 @@ from nets.npzfile import read_npz, write_npz
 
 FORMAT = "grok-arcade.nets"
 FORMAT_VERSION = 1
+MAX_MODEL_SIZE = 1 << 28  # sum over layers of the product of their integer settings: bounds the parameters
 
 
 class CheckpointError(Exception):
@@ -99,21 +100,34 @@ def layer_spec(layer):
     return {"type": type(layer).__name__, "config": layer.config()}
 
 
-def build(spec, dtype=np.float32):
-    """Rebuild a model from its spec (raises ValueError on anything unknown)."""
+def build(spec, dtype=np.float32, _budget=None):
+    """Rebuild a model from its spec (raises ValueError on anything unknown or implausibly large)."""
+    budget = [MAX_MODEL_SIZE] if _budget is None else _budget
     if not isinstance(spec, dict) or "type" not in spec:
         raise ValueError("model spec must be an object with a 'type'")
     if spec["type"] == "Sequential":
         layers = spec.get("layers")
         if not isinstance(layers, list):
             raise ValueError("Sequential spec needs a list of layers")
-        return Sequential(*[build(s, dtype) for s in layers], dtype=dtype)
+        return Sequential(*[build(s, dtype, budget) for s in layers], dtype=dtype)
     cls = layer_types().get(spec["type"])
     if cls is None:
         raise ValueError(f"unknown layer type {spec['type']!r}")
     config = spec.get("config", {})
     if not isinstance(config, dict):
         raise ValueError(f"config of {spec['type']} must be an object")
+    # a forged file must not make us allocate gigabytes before its arrays are even compared
+    size = 1
+    for key, value in config.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{spec['type']} config {key!r} must be a number, got {value!r}")
+        if isinstance(value, int):
+            if value < 0:
+                raise ValueError(f"{spec['type']} config {key!r} must be >= 0, got {value}")
+            size *= max(value, 1)
+    budget[0] -= size
+    if budget[0] < 0:
+        raise ValueError(f"{spec['type']} config {config} makes the model implausibly large")
     return cls(**config, dtype=dtype)
 
 

@@ -103,7 +103,7 @@ def read_npz(path, error=ValueError):
         raise error(f"{path}: not a grok-arcade file (no header)")
     try:
         header = json.loads(raw_header.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise error(f"{path}: header is not valid JSON") from None
     if not isinstance(header, dict):
         raise error(f"{path}: header is not a JSON object")
