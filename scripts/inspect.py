@@ -1,0 +1,147 @@
+"""Pictures of what an agent learned: python -m scripts.inspect CHECKPOINT --out model.png.
+
+Draws the first layer's weights as a grid of images: for a policy on Karpathy's preset each of the
+hidden units' 6400 input weights as an 80x80 tile (as in "Pong from Pixels"); on the deepmind
+preset the units' weights as the 4 stacked 84x84 frames side by side; for DQN's conv net every
+conv1 filter, its 4 input frames side by side. Each tile is scaled to its own largest weight:
+gray is 0, white positive, black negative. When the checkpoint sits in a run dir with
+progress.csv (and eval.csv), the run's learning curve is drawn beside the weights.
+"""
+import os
+import sys
+
+import numpy as np
+
+from scripts.common import Parser, UsageError, fail
+
+GAP = 1  # pixels of NaN (drawn as the background) between tiles
+
+
+def build_parser():
+    p = Parser(prog="python -m scripts.inspect", description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", help="an agent checkpoint (.npz)")
+    p.add_argument("--out", default="model.png", help="the picture to write (.png, .pdf or .svg; default model.png)")
+    p.add_argument("--units", type=int, default=0, help="draw only the first N units or filters (default all)")
+    return p
+
+
+def first_layer_tiles(models, header):
+    """(tiles (K, h, w) float, what they are): one normalized tile per unit or filter of the first layer."""
+    layer = models["model"].layers[0]
+    W = np.asarray(layer.params["W"], np.float64)
+    preset = header["env"].get("preset")
+    if W.ndim == 4:  # conv (out, in, kh, kw): the in-channels side by side
+        out, cin, kh, kw = W.shape
+        tiles = side_by_side(W)  # (out, kh, cin * (kw + GAP) - GAP)
+        return tiles, f"conv1: {out} filters {kh}x{kw} over {cin} stacked frames (oldest left)"
+    if W.ndim != 2:
+        raise UsageError(f"the first layer's weights have shape {W.shape}: nothing to draw")
+    n_in, units = W.shape
+    if preset == "karpathy" and n_in == 6400:
+        return W.T.reshape(units, 80, 80), f"first layer: {units} hidden units, 80x80 frame-difference weights"
+    obs_shape = tuple(header.get("obs_shape", ()))
+    if len(obs_shape) == 3 and int(np.prod(obs_shape)) == n_in:  # (C, H, W) stacks
+        return side_by_side(W.T.reshape(units, *obs_shape)), f"first layer: {units} units over {obs_shape[0]} frames"
+    return W.T[:, None, :], f"first layer: {units} units x {n_in} inputs (one row each)"
+
+
+def side_by_side(stacks):
+    """(K, C, h, w) -> (K, h, C*(w+GAP)-GAP): the C channels of each in a row, NaN between."""
+    k, c, h, w = stacks.shape
+    out = np.full((k, h, c * (w + GAP) - GAP), np.nan)
+    for i in range(c):
+        out[:, :, i * (w + GAP):i * (w + GAP) + w] = stacks[:, i]
+    return out
+
+
+def mosaic(tiles, columns=None):
+    """(K, h, w) -> one 2-D image of the tiles in a grid, each divided by its largest |weight|."""
+    k, h, w = tiles.shape
+    scale = np.nanmax(np.abs(tiles.reshape(k, -1)), axis=1)  # (K,)
+    tiles = tiles / np.where(scale > 0, scale, 1.0)[:, None, None]  # each in [-1, 1]
+    columns = columns or int(np.ceil(np.sqrt(k * h / w * 1.6)))  # a grid a little wider than tall
+    columns = max(1, min(k, columns))
+    rows = -(-k // columns)
+    gap = max(3, h // 20)  # wider than the GAP between one filter's frames
+    image = np.full((rows * (h + gap) - gap, columns * (w + gap) - gap), np.nan)
+    for i in range(k):
+        r, c = divmod(i, columns)
+        image[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = tiles[i]
+    return image
+
+
+def learning_curve(ax, run_dir):
+    from agents.curve import read_progress
+    cols = read_progress(os.path.join(run_dir, "progress.csv"))
+    if cols.get("step") and cols.get("return"):
+        ax.plot(cols["step"], cols["return"], alpha=0.25, linewidth=0.7, label="game return")
+        if cols.get("running_mean"):
+            ax.plot(cols["step"], cols["running_mean"], label="running mean (100)")
+    evals = os.path.join(run_dir, "eval.csv")
+    if os.path.exists(evals):
+        ev = read_progress(evals)
+        if ev.get("step") and ev.get("mean_return"):
+            ax.plot(ev["step"], ev["mean_return"], "o-", markersize=3, label="evaluation mean")
+    ax.set_xlabel("agent steps")
+    ax.set_ylabel("return")
+    ax.set_title("learning curve")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+
+
+def draw(models, header, checkpoint, out_path, units=0):
+    """Write the picture; returns the number of tiles drawn."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tiles, what = first_layer_tiles(models, header)
+    if units:
+        tiles = tiles[:units]
+    image = mosaic(tiles)
+    run_dir = os.path.dirname(os.path.abspath(checkpoint))
+    has_curve = os.path.exists(os.path.join(run_dir, "progress.csv"))
+    fig = plt.figure(figsize=(15 if has_curve else 10, 7), dpi=110)
+    grid = fig.add_gridspec(1, 2, width_ratios=[3, 2]) if has_curve else fig.add_gridspec(1, 1)
+    ax = fig.add_subplot(grid[0, 0])
+    cmap = matplotlib.colormaps["gray"].with_extremes(bad=(0.85, 0.8, 0.7))  # bad: the NaN gaps
+    ax.imshow(image, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+    ax.set_title(what, fontsize=10)
+    ax.axis("off")
+    if has_curve:
+        learning_curve(fig.add_subplot(grid[0, 1]), run_dir)
+    env = header["env"]
+    fig.suptitle(f"{os.path.basename(checkpoint)}: {env.get('env_id')} {header.get('agent')} "
+                 f"({env.get('preset')}), step {header.get('step', '?')}")
+    fig.tight_layout()
+    fig.savefig(out_path)
+    plt.close(fig)
+    return len(tiles)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        if args.units < 0:
+            raise UsageError(f"--units must be >= 0, got {args.units}")
+        if os.path.splitext(args.out)[1].lower() not in (".png", ".pdf", ".svg"):
+            raise UsageError(f"--out {args.out}: write a .png, .pdf or .svg")
+        folder = os.path.dirname(os.path.abspath(args.out))
+        if not os.path.isdir(folder):
+            raise UsageError(f"--out {args.out}: no such directory {folder}")
+        from agents.run import CheckpointError, load_checkpoint
+        try:
+            models, header, _ = load_checkpoint(args.checkpoint)
+        except CheckpointError as e:
+            raise UsageError(str(e)) from None
+        if not isinstance(header.get("env"), dict):
+            raise UsageError(f"{args.checkpoint}: checkpoint has no env spec")
+        count = draw(models, header, args.checkpoint, args.out, args.units)
+    except UsageError as e:
+        fail(str(e))
+    print(f"wrote {args.out}: {count} tiles")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
