@@ -400,6 +400,8 @@ def train(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
         run.restore(header)
         if cfg.save_buffer:
             buffer = restore_buffer(buffer, run)
+        else:
+            run.message("the replay buffer is not saved (no save_buffer): refilling it before learning again")
     eval_log = EvalLog(run)
     eval_log.start(run.step)
 

@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "nets": ("scripts.bench_nets", "numpy networks (MLP, Nature-DQN) against PyTorch when importable"),
     "pg": ("scripts.bench_pg", "policy-gradient training steps/s next to the raw steps/s of its envs"),
     "envs": ("scripts.bench_envs", "agent steps/s: raw ALE, each preset, make_vector with 1-8 envs"),
+    "dqn": ("scripts.bench_dqn", "DQN training steps/s on Pong with learning on, and where the time goes"),
 }
 
 

@@ -1,0 +1,80 @@
+"""python -m scripts.bench dqn: DQN training speed on Pong with learning on, and where the time goes.
+
+It runs agents.dqn.train for real in a temporary run dir: --warmup agent steps fill the replay
+buffer (no updates), then --steps more learn as the default config does (one batch-32 Double DQN
+update every 4 steps, Nature network). Rows: env steps/s during the warm-up and while learning,
+then for the learning phase the seconds per part of the loop (acting, env, replay add, replay
+sampling, update, other) as ms per agent step and share of the time. The machine is shared: trust
+the split within one run, not the absolute figures.
+"""
+import json
+import os
+import tempfile
+import time
+
+PARTS = ("act", "env", "replay_add", "replay_sample", "update", "eval", "other")
+
+
+def add_arguments(parser):
+    parser.add_argument("--game", default="pong", help="Atari game (default pong)")
+    parser.add_argument("--warmup", type=int, default=2000, help="agent steps before learning starts")
+    parser.add_argument("--steps", type=int, default=1000, help="agent steps timed with learning on")
+    parser.add_argument("--num-envs", type=int, default=1, help="envs stepped together (default 1)")
+    parser.add_argument("--dueling", action="store_true", help="time the dueling head")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the network, the envs and sampling")
+
+
+def run(game="pong", warmup=2000, steps=1000, num_envs=1, dueling=False, seed=0):
+    """Train for warmup + steps agent steps; return the rows."""
+    import envs
+    from agents import dqn
+    from agents.run import Run, config_dict
+    cfg = dqn.resolved(dqn.Config(game=game, seed=seed, num_envs=num_envs, dueling=dueling,
+                                  total_steps=warmup + steps, learning_starts=warmup,
+                                  buffer_size=max(4 * (warmup + steps), 10_000), eval_every=0,
+                                  log_every=warmup, checkpoint_minutes=1e6))
+    clock = dqn.Stopwatch()
+    marks = {}
+
+    def on_event(m):
+        if m["event"] == "update" and "start" not in marks:  # at step `warmup`: no update yet
+            marks["start"] = (m["step"], time.perf_counter(), dict(clock.totals))
+
+    with tempfile.TemporaryDirectory() as folder:
+        spec = envs.env_spec(cfg.game, cfg.preset, cfg.sticky)
+        the_run = Run(os.path.join(folder, "run"), config_dict(cfg), spec, cfg.checkpoint_minutes,
+                      message=lambda text: None)
+        the_run.write_config()
+        started = time.perf_counter()
+        learner = dqn.train(cfg, the_run, callback=on_event, stopwatch=clock)
+        ended = time.perf_counter()
+    step0, t0, before = marks["start"]
+    learn_steps = the_run.step - step0
+    learn_seconds = sum(clock.totals.values()) - sum(before.values())
+    rows = [{"name": "steps/s warm-up (no learning)", "value": round(step0 / (t0 - started), 1)},
+            {"name": "steps/s learning", "value": round(learn_steps / (ended - t0), 1)},
+            {"name": "updates", "value": learner.updates}]
+    for part in PARTS:
+        seconds = clock.totals.get(part, 0.0) - before.get(part, 0.0)
+        rows.append({"name": part, "ms_per_step": round(1e3 * seconds / learn_steps, 3),
+                     "share": round(seconds / learn_seconds, 3)})
+    if learner.updates:
+        for part in ("replay_sample", "update"):
+            seconds = clock.totals.get(part, 0.0) - before.get(part, 0.0)
+            rows.append({"name": f"{part} per call", "ms": round(1e3 * seconds / learner.updates, 3)})
+    return rows
+
+
+def main(args):
+    print(f"DQN on {args.game}: {args.warmup} warm-up steps, then {args.steps} with learning on "
+          f"(OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}; shared machine: trust the split)")
+    rows = run(args.game, args.warmup, args.steps, args.num_envs, args.dueling, args.seed)
+    for row in rows:
+        if "value" in row:
+            print(f"  {row['name']:<32} {row['value']:>10,}")
+        elif "share" in row:
+            print(f"  {row['name']:<32} {row['ms_per_step']:>8.3f} ms/step  {100 * row['share']:5.1f} %")
+        else:
+            print(f"  {row['name']:<32} {row['ms']:>8.3f} ms")
+    print(json.dumps({"bench": "dqn", "rows": rows}))
+    return 0
