@@ -140,6 +140,7 @@ class ReplaySession:
 
     def panel(self):
         rec, h, pos = self.tape.rec, self.tape.rec.header, self.pos
+        view = self._view()  # first: it may replay the screen on show, which `checked` counts
         lines = [("file", os.path.basename(rec.path)),
                  ("game", f"{self.index + 1} of {len(self.recordings)}   player {h['player']}"),
                  ("step", f"{pos} of {len(self.tape) - 1}"),
@@ -152,7 +153,7 @@ class ReplaySession:
         bars = {"title": "action taken", "labels": self.meanings, "values": values, "chosen": action,
                 "kind": "action"}
         return {"title": f"{h['env_id']}  {h.get('protocol', '')}  replay", "lines": lines, "bars": bars,
-                "view": self._view(), "status": ""}
+                "view": view, "status": ""}
 
     def _view(self):
         """Karpathy's frame difference when the game was recorded on his preset (it is the agent's input)."""

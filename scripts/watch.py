@@ -206,7 +206,8 @@ def main(argv=None, *, max_frames=None, keys=None, on_frame=None):
                 raise UsageError(f"--record {args.record}: exists and is not a directory")
         from scripts.viewer import NoDisplayError, Viewer, check_display, run
         try:
-            check_display(", or use `python -m scripts.evaluate CHECKPOINT --record DIR` and replay --export")
+            check_display(", or record games without a window (`python -m scripts.evaluate CHECKPOINT --record DIR`) "
+                          "and export them (`python -m scripts.replay FILE --export game.mp4`)")
         except NoDisplayError as e:
             raise UsageError(str(e)) from None
     except UsageError as e:

@@ -146,9 +146,17 @@ def pixels_of(image, rect):
 
 def test_watch_r_starts_and_stops_recording(pg_checkpoint, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # R without --record saves into ./recordings
+    import pygame
     cap = Capture()
-    watch.main([pg_checkpoint, "--fps", "0", "--seed", "7"], max_frames=80, keys={20: ["r"], 60: ["r"]},
-               on_frame=cap)
+
+    def close_window_at_70(win, session):
+        cap(win, session)
+        if len(cap.steps) == 70:
+            pygame.event.post(pygame.event.Event(pygame.QUIT))
+
+    watch.main([pg_checkpoint, "--fps", "0", "--seed", "7"], max_frames=500, keys={20: ["r"], 60: ["r"]},
+               on_frame=close_window_at_70)
+    assert len(cap.steps) == 70  # closing the window quits at once
     path = tmp_path / "recordings" / "game-000007.npz"
     rec = recording.load(path)
     assert rec.header["seed"] == 7 and rec.header["player"] == "checkpoint.npz"
@@ -159,8 +167,9 @@ def test_watch_r_starts_and_stops_recording(pg_checkpoint, tmp_path, monkeypatch
 
 def test_watch_dqn_shows_q_values_and_the_frame_stack(dqn_checkpoint, tmp_path):
     cap = Capture(keep_pixels=(30,))
-    watch.main([dqn_checkpoint, "--fps", "0", "--scale", "2", "--record", str(tmp_path)], max_frames=60,
-               on_frame=cap)
+    watch.main([dqn_checkpoint, "--fps", "0", "--scale", "2", "--record", str(tmp_path)], max_frames=500,
+               keys={60: ["escape"]}, on_frame=cap)
+    assert len(cap.steps) == 60
     image, frame, rects, panel = cap.shots[30]
     assert np.array_equal(image[:420, :320], scaled(frame, 2))
     assert panel["bars"]["kind"] == "q" and len(panel["bars"]["labels"]) == 6
@@ -221,9 +230,10 @@ def test_replay_export_and_info(recordings, tmp_path, capsys):
 
 def test_play_maps_keys_and_records_every_game(tmp_path, capsys):
     cap = Capture(keep_pixels=(20,))
-    keys = {5: ["+up"], 30: ["-up", "+down", "+space"], 50: ["-down", "-space"], 60: ["p"], 70: ["p"]}
-    play.main(["--game", "pong", "--fps", "0", "--seed", "3", "--out", str(tmp_path)], max_frames=90,
+    keys = {5: ["+up"], 30: ["-up", "+down", "+space"], 50: ["-down", "-space"], 60: ["p"], 70: ["p"], 90: ["q"]}
+    play.main(["--game", "pong", "--fps", "0", "--seed", "3", "--out", str(tmp_path)], max_frames=500,
               keys=keys, on_frame=cap)
+    assert len(cap.steps) == 90  # Q quits before frame 90 is drawn
     image, frame, rects, panel = cap.shots[20]
     assert np.array_equal(image[:630, :480], scaled(frame, 3))
     assert panel["bars"]["labels"][panel["bars"]["chosen"]] == "RIGHT"  # Up moves Pong's paddle up
