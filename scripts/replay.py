@@ -162,7 +162,6 @@ class ReplaySession:
         from envs import karpathy_preprocess
         now = karpathy_preprocess(self.tape.frame(self.pos))
         before = karpathy_preprocess(self.tape.frame(self.pos - 1)) if self.pos > 0 else now
-        self.tape.frame(self.pos)  # leave the cache on the frame on show
         return {"title": "network's eye: frame difference", "kind": "diff", "tiles": [(now - before).reshape(80, 80)]}
 
     def close(self):

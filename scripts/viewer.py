@@ -158,11 +158,11 @@ class Viewer:
         """Post scripted keys as real events: 'space' taps, '+up' holds, '-up' releases."""
         pg = self.pg
         for item in items:
-            name = item[1:] if item[:1] in "+-" and len(item) > 1 else item
+            kind, name = (item[0], item[1:]) if item[:1] in ("+", "-") and len(item) > 1 else ("tap", item)
             key = pg.key.key_code(name)
-            if item[:1] != "-" or len(item) == 1:
+            if kind in ("tap", "+"):
                 pg.event.post(pg.event.Event(pg.KEYDOWN, key=key, mod=0, unicode=name if len(name) == 1 else ""))
-            if item[:1] != "+" or len(item) == 1:
+            if kind in ("tap", "-"):
                 pg.event.post(pg.event.Event(pg.KEYUP, key=key, mod=0))
 
     def handle_events(self):
@@ -262,8 +262,13 @@ def run(viewer, session, fps, max_frames=None, keys=None, on_frame=None):
     fps 0 runs as fast as it can. Returns why it stopped: "done", "quit" or "max_frames".
     keys: {frame: [key, ...]} pressed before that frame is drawn; on_frame(viewer, session) after each."""
     clock = viewer.pg.time.Clock()
-    paused, message, count = False, "", 0
+    paused, message, message_until, count = False, "", 0, 0
     fps = float(fps)
+
+    def say(text):  # a message stays about three seconds
+        nonlocal message, message_until
+        message, message_until = text, count + int(3 * fps if fps > 0 else 90)
+
     try:
         while True:
             if keys and count in keys:
@@ -279,27 +284,38 @@ def run(viewer, session, fps, max_frames=None, keys=None, on_frame=None):
                 elif command in ("faster", "slower"):
                     fps = change_speed(fps, command == "faster")
                 else:
-                    message = session.command(command, paused) or message
+                    reply = session.command(command, paused)
+                    if reply:
+                        say(reply)
             if not paused or step:
                 if not session.advance(viewer.held):
                     if not session.hold_at_end:
                         return "done"
-                    paused, message = True, "end: Left to go back, Q to quit"
-            panel = session.panel()
-            speed = "unlimited" if fps == 0 else f"{fps:g}/s"
-            panel["lines"] = [*panel.get("lines", []), ("fps", f"{clock.get_fps():5.1f}  target {speed}")]
-            status = "  ".join(s for s in ("PAUSED" if paused else "", panel.get("status", ""), message) if s)
-            panel["status"] = status
-            viewer.draw(session.frame(), panel)
+                    paused = True
+                    say("the end: Left goes back, Q quits")
+            if count >= message_until:
+                message = ""
+            viewer.draw(session.frame(), with_loop_state(session.panel(), clock.get_fps(), fps, paused, message))
             count += 1
             if on_frame:
                 on_frame(viewer, session)
             if max_frames is not None and count >= max_frames:
                 return "max_frames"
-            clock.tick(fps) if fps > 0 else clock.tick()
+            if fps > 0:
+                clock.tick(fps)  # sleeps to keep the pace
+            else:
+                clock.tick()  # only measures
     finally:
         session.close()
         viewer.close()
+
+
+def with_loop_state(panel, measured_fps, fps, paused, message):
+    """The session's panel plus what the loop knows: the speed, PAUSED, the last message."""
+    speed = "unlimited" if fps == 0 else f"{fps:g}/s"
+    lines = [*panel.get("lines", []), ("fps", f"{measured_fps:5.1f}  target {speed}")]
+    status = "  ".join(s for s in ("PAUSED" if paused else "", panel.get("status", ""), message) if s)
+    return {**panel, "lines": lines, "status": status}
 
 
 def change_speed(fps, faster):
