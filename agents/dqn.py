@@ -259,6 +259,34 @@ class Learner:
         self.bad_in_a_row = 0
         return {"loss": value, "q_mean": float(q_taken.mean()), "grad_norm": norm, "skipped": False}
 
+    def restore(self, models, header, rest):
+        """Weights, target, optimizer state and update count from a checkpoint."""
+        self.online.load_state_dict(models["model"].state_dict())
+        self.target.load_state_dict(models["target"].state_dict())
+        self.opt.load_state_dict(header.get("optim", {"t": 0}),
+                                 {k[6:]: v for k, v in rest.items() if k.startswith("optim.")})
+        self.updates = int(header.get("updates", 0))
+
+    def checkpoint(self):
+        """(models, header fields, extra arrays) for run.save."""
+        info, opt_arrays = self.opt.state_dict()
+        return ({"model": self.online, "target": self.target}, {"updates": self.updates, "optim": info},
+                {f"optim.{k}": v for k, v in opt_arrays.items()})
+
+    def learn(self, buffer, run, clock):
+        """Sample, update, and deal with NaN/inf: message, count, NumericalError after too many."""
+        batch = buffer.sample(self.cfg.batch_size)
+        clock.mark("replay_sample")
+        metrics = self.update(batch)
+        clock.mark("update")
+        if metrics["skipped"]:
+            run.message(f"update at step {run.step} produced NaN/inf: skipped "
+                        f"({self.bad_in_a_row} in a row, {self.bad_total} in all)")
+            if self.bad_in_a_row >= self.cfg.max_bad_updates:
+                raise NumericalError(f"{self.bad_in_a_row} updates in a row produced NaN/inf; stopped "
+                                     f"without overwriting {run.checkpoint_path}")
+        return metrics
+
     def sync_target(self):
         if self.cfg.tau >= 1.0:
             self.target.load_state_dict(self.online.state_dict())
@@ -327,23 +355,19 @@ class EvalLog:
             self.run.message(f"could not append to {self.path}: {e.strerror or e}")
 
 
-def checkpoint_header(cfg, obs_shape, n_actions, obs_scale, learner, rng):
-    info, _ = learner.opt.state_dict()
-    return {"agent": "dqn", "obs_shape": list(obs_shape), "n_actions": n_actions, "obs_scale": obs_scale,
-            "updates": learner.updates, "optim": info, "rng": rng.bit_generator.state}
+def evaluate_now(cfg, agent, eval_log, step):
+    """Whole games with the current network at eval_epsilon, on the same seeds every time so the
+    curve compares like with like; appended to eval.csv. Returns mean, std and episodes."""
+    from agents.evaluation import evaluate
+    player = QAgent(agent.model, agent.env, agent.n_actions, agent.obs_scale, cfg.eval_epsilon,
+                    seed=10_000_000 + cfg.seed)
+    summary = evaluate(player, cfg.eval_episodes, seed=10_000_000 + 1000 * cfg.seed, sticky=cfg.sticky)
+    eval_log.append(step, summary)
+    return {k: summary[k] for k in ("mean_return", "std_return", "episodes")}
 
 
 def buffer_path(run):
     return os.path.join(run.dir, "replay.npz")
-
-
-def save_buffer(buffer, run):
-    from nets.npzfile import write_npz
-    arrays, header = buffer.state()
-    try:
-        write_npz(buffer_path(run), arrays, {**header, "step": run.step})
-    except OSError as e:
-        run.message(f"could not write {buffer_path(run)}: {e.strerror or e}")
 
 
 def restore_buffer(buffer, run):
@@ -355,7 +379,7 @@ def restore_buffer(buffer, run):
         return buffer
     try:
         header = buffer.load(path)
-    except (OSError, ValueError, KeyError) as e:
+    except Exception as e:  # a damaged file (zip, JSON, shapes) must not stop the run: refill instead
         run.message(f"could not load {path} ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                     f"refilling the replay buffer")
         return ReplayBuffer(buffer.slots * buffer.num_envs, buffer.obs_shape, buffer.obs_dtype, buffer.num_envs,
@@ -374,7 +398,6 @@ def train(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
     own checkpoint. callback(metrics) gets "episode" events after every finished game, "eval" after
     every evaluation and "update" every log_every steps (with the seconds spent per part of the
     loop). stopwatch: a Stopwatch to charge the time to (the benchmark reads it)."""
-    from agents.evaluation import evaluate
     rng = np.random.default_rng(cfg.seed)
     venv = envs.make_vector(cfg.game, cfg.preset, cfg.num_envs, sticky=cfg.sticky, training=False)
     obs_space = venv.single_observation_space
@@ -391,11 +414,7 @@ def train(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
         learner.target.load_state_dict(init[0]["model"].state_dict())
     if resume is not None:
         models, header, rest = resume
-        learner.online.load_state_dict(models["model"].state_dict())
-        learner.target.load_state_dict(models["target"].state_dict())
-        learner.opt.load_state_dict(header.get("optim", {"t": 0}),
-                                    {k[6:]: v for k, v in rest.items() if k.startswith("optim.")})
-        learner.updates = int(header.get("updates", 0))
+        learner.restore(models, header, rest)
         rng.bit_generator.state = header["rng"]
         run.restore(header)
         if cfg.save_buffer:
@@ -406,12 +425,15 @@ def train(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
     eval_log.start(run.step)
 
     def save(final=False):
-        _, opt_arrays = learner.opt.state_dict()
-        extra = {f"optim.{k}": v for k, v in opt_arrays.items()}
-        header = checkpoint_header(cfg, obs_shape, n_actions, obs_scale, learner, rng)
-        ok = run.save({"model": learner.online, "target": learner.target}, header, extra)
+        models, fields, extra = learner.checkpoint()
+        header = {"agent": "dqn", "obs_shape": list(obs_shape), "n_actions": n_actions, "obs_scale": obs_scale,
+                  "rng": rng.bit_generator.state, **fields}
+        ok = run.save(models, header, extra)
         if final and ok and cfg.save_buffer:
-            save_buffer(buffer, run)
+            try:
+                buffer.save(buffer_path(run), run.step)
+            except OSError as e:
+                run.message(f"could not write {buffer_path(run)}: {e.strerror or e}")
 
     clip = cfg.preset == "deepmind"  # Nature clips Atari rewards to [-1, 1]; classic tasks keep theirs
     # envs are re-seeded from (seed, step) so a resumed run does not replay the same games
@@ -458,35 +480,19 @@ def train(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
                 game_return[i], game_length[i] = 0.0, 0
             clock.mark("other")
             learning = buffer.sampleable() >= max(cfg.learning_starts, cfg.batch_size)
-            while run.step >= next_update:
+            while run.step >= next_update:  # train_freq agent steps per update, however many envs
                 next_update += cfg.train_freq
-                if not learning:
-                    continue
-                batch = buffer.sample(cfg.batch_size)
-                clock.mark("replay_sample")
-                last = learner.update(batch)
-                clock.mark("update")
-                if last["skipped"]:
-                    run.message(f"update at step {run.step} produced NaN/inf: skipped "
-                                f"({learner.bad_in_a_row} in a row, {learner.bad_total} in all)")
-                    if learner.bad_in_a_row >= cfg.max_bad_updates:
-                        raise NumericalError(
-                            f"{learner.bad_in_a_row} updates in a row produced NaN/inf; stopped without "
-                            f"overwriting {run.checkpoint_path}")
+                if learning:
+                    last = learner.learn(buffer, run, clock)
             if run.step >= next_sync:
                 next_sync += cfg.target_update
                 if learning:
                     learner.sync_target()
             if run.step >= next_eval:
                 next_eval += cfg.eval_every
-                eval_agent = QAgent(learner.online, spec, n_actions, obs_scale, cfg.eval_epsilon,
-                                    seed=10_000_000 + cfg.seed)
-                summary = evaluate(eval_agent, cfg.eval_episodes, seed=10_000_000 + 1000 * cfg.seed,
-                                   sticky=cfg.sticky)
-                eval_log.append(run.step, summary)
+                summary = evaluate_now(cfg, agent, eval_log, run.step)
                 if callback:
-                    callback({"event": "eval", "step": run.step, "mean_return": summary["mean_return"],
-                              "std_return": summary["std_return"], "episodes": summary["episodes"]})
+                    callback({"event": "eval", "step": run.step, **summary})
                 clock.mark("eval")
             if run.step >= next_log:
                 next_log += cfg.log_every

@@ -200,6 +200,12 @@ class ReplayBuffer:
                   "dtype": self.obs_dtype.str, "stack": self.stack}
         return arrays, header
 
+    def save(self, path, step):
+        """Write the buffer to path (.npz, atomically) with the agent step it belongs to."""
+        from nets.npzfile import write_npz
+        arrays, header = self.state()
+        write_npz(path, arrays, {**header, "step": int(step)})
+
     def load(self, path):
         """Fill this buffer from a file written from state(). One array is read at a time (np.load
         is lazy), so loading needs the buffer's memory plus one chunk. ValueError if it does not fit."""
