@@ -84,10 +84,13 @@ def data_root(data_dir=None):
     return None if root is None else pathlib.Path(root).expanduser()
 
 
-def _local_copy(root, spec, name):
-    for candidate in (root / spec.folder / name, root / name):
-        if candidate.is_file():
-            return candidate
+def _local_copy(root, spec, name, sha):
+    """root/<folder>/name (which must be intact), else root/name if it is this data set's file."""
+    if (root / spec.folder / name).is_file():
+        return _check(root / spec.folder / name, sha, spec)
+    # Flat folders are ambiguous (MNIST and Fashion-MNIST share file names): only a checksum says whose.
+    if (root / name).is_file() and sha256_of(root / name) == sha:
+        return root / name
     return None
 
 
@@ -139,11 +142,11 @@ def ensure_files(key, data_dir=None, cache_dir=None):
     cache = pathlib.Path(cache_dir if cache_dir is not None else DEFAULT_CACHE).expanduser() / spec.folder
     found = {}
     for name, sha in spec.files:
-        local = _local_copy(root, spec, name) if root is not None else None
+        local = _local_copy(root, spec, name, sha) if root is not None else None
         if local is None and (cache / name).is_file():
-            local = cache / name
+            local = _check(cache / name, sha, spec)
         if local is not None:
-            found[name] = _check(local, sha, spec)
+            found[name] = local
     missing = [name for name, _ in spec.files if name not in found]
     if missing:
         try:

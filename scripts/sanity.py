@@ -37,21 +37,29 @@ def count(text):
     return value
 
 
-def build_parser():
-    # Shared flags are accepted before or after the task name; SUPPRESS keeps a subcommand from
-    # resetting a value given before it.
+def shared_flags(defaults):
+    """Flags accepted before or after the task name. Each parser gets its own copy: the subcommands'
+    copies default to SUPPRESS so they never reset a value given before the task name."""
+    def default(value):
+        return value if defaults else argparse.SUPPRESS
     shared = Parser(add_help=False)
-    shared.add_argument("--data-dir", default=argparse.SUPPRESS,
+    shared.add_argument("--data-dir", default=default(None),
                         help="folder with mnist/, fashion-mnist/, shakespeare/, sentiment/ (default $GROK_ARCADE_DATA)")
-    shared.add_argument("--quick", action="store_true", default=argparse.SUPPRESS,
+    shared.add_argument("--quick", action="store_true", default=default(False),
                         help="small fast versions with a lower bar (what the tests run)")
-    shared.add_argument("--epochs", type=count, default=argparse.SUPPRESS, help="override each task's epochs")
-    shared.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="training seed (default 0)")
-    shared.add_argument("--blas-threads", type=count, default=argparse.SUPPRESS,
+    shared.add_argument("--epochs", type=count, default=default(None), help="override each task's epochs")
+    shared.add_argument("--seed", type=int, default=default(None), help="training seed (default 0)")
+    shared.add_argument("--blas-threads", type=count, default=default(1),
                         help="OpenBLAS threads (default 1: more threads than free cores spin and slow down)")
-    shared.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no per-epoch lines")
-    p = Parser(prog="python -m scripts.sanity", parents=[shared], description=__doc__.splitlines()[0])
-    p.set_defaults(task=None, data_dir=None, quick=False, epochs=None, seed=None, blas_threads=1, quiet=False)
+    shared.add_argument("--quiet", action="store_true", default=default(False), help="no per-epoch lines")
+    return shared
+
+
+def build_parser():
+    p = Parser(prog="python -m scripts.sanity", parents=[shared_flags(True)], description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(task=None)
+    shared = shared_flags(False)
     sub = p.add_subparsers(dest="task", parser_class=Parser, metavar="TASK")
     d = sub.add_parser("digits", parents=[shared], help="MNIST / Fashion-MNIST: MLP and CNN")
     d.add_argument("--dataset", choices=("mnist", "fashion"), default="mnist")

@@ -62,6 +62,12 @@ def test_environment_variable_and_flat_folder(tmp_path, monkeypatch, offline):
     flat.mkdir()
     (flat / "input.txt").write_bytes((DATA / "shakespeare" / "input.txt").read_bytes())
     assert len(data.load_text(data_dir=flat, cache_dir=tmp_path / "cache")) == 1_115_394
+    for p in (DATA / "mnist").iterdir():
+        (flat / p.name).write_bytes(p.read_bytes())
+    (xtr, _), _ = data.load_mnist("mnist", data_dir=flat, cache_dir=tmp_path / "cache")
+    assert xtr.shape == (60000, 28, 28)
+    with pytest.raises(DataError, match="Fashion-MNIST: .* not found"):  # MNIST's files are not Fashion's
+        data.load_mnist("fashion", data_dir=flat, cache_dir=tmp_path / "cache")
 
 
 def test_any_utf8_file_by_path(tmp_path):

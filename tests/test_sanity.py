@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+import nets
 from nets.losses import SoftmaxCrossEntropy
 from nets.tasks import TaskError, digits, sentiment, shakespeare
 from scripts import sanity
@@ -94,6 +95,16 @@ def test_char_lstm_gradients_float64_through_a_carried_state():
     numeric_grad_check(model, forward_loss, rng)
 
 
+def test_composite_models_save_and_load_as_themselves(tmp_path):
+    rng = np.random.default_rng(3)
+    ids = rng.integers(7, size=(2, 6))
+    for model in (shakespeare.CharLSTM(7, 4, 6, rng=rng), sentiment.BagOfEmbeddings(7, 5, dropout=0.1, rng=rng)):
+        nets.save(tmp_path / "model.npz", model.eval())
+        back, _ = nets.load(tmp_path / "model.npz")
+        assert type(back) is type(model) and back.config() == model.config()
+        assert np.array_equal(back.eval().forward(ids), model.forward(ids))
+
+
 def test_streams_cut_the_text_into_equal_rows():
     ids = np.arange(23)
     rows = shakespeare.streams(ids, 4, offset=2)
@@ -168,6 +179,17 @@ def test_all_tasks_print_one_table_and_exit_1_on_a_miss(monkeypatch, capsys):
     monkeypatch.setattr(shakespeare, "train", canned("shakespeare", 1.75, 1.60, False, lower=True))
     assert sanity.main(["--quiet"]) == 1
     assert "MISSED" in capsys.readouterr().out
+
+
+def test_flags_reach_the_configs_before_or_after_the_task(monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(digits, "train", lambda cfg, log=None: seen.append(cfg) or canned("d", 0.99, 0.98, True)(cfg))
+    assert sanity.main(["--epochs", "3", "digits", "--model", "cnn", "--seed", "7", "--data-dir", "/x"]) == 0
+    assert [(c.model, c.dataset, c.epochs, c.seed, c.data_dir, c.target) for c in seen] == [("cnn", "mnist", 3, 7, "/x", 0.99)]
+    seen.clear()
+    assert sanity.main(["digits", "--dataset", "fashion", "--quick"]) == 0
+    assert [(c.model, c.dataset, c.train_size > 0) for c in seen] == [("mlp", "fashion", True), ("cnn", "fashion", True)]
+    capsys.readouterr()
 
 
 @needs_data

@@ -90,8 +90,18 @@ class BagOfEmbeddings(Sequential):
     def __init__(self, vocab_size, dim, classes=2, dropout=0.0, word_dropout=0.0, *, rng=None, dtype=np.float32):
         super().__init__(Embedding(vocab_size, dim, rng=rng, dtype=dtype), Dropout(dropout, rng=rng, dtype=dtype),
                          Linear(dim, classes, rng=rng, dtype=dtype), dtype=dtype)
+        self.sizes = (int(vocab_size), int(dim), int(classes))
         self.word_dropout = float(word_dropout)
         self.rng = np.random.default_rng(rng)
+
+    def config(self):
+        vocab_size, dim, classes = self.sizes
+        return {"vocab_size": vocab_size, "dim": dim, "classes": classes, "dropout": self.layers[1].p,
+                "word_dropout": self.word_dropout}
+
+    def spec(self):
+        """Rebuilds as this class (nets.load finds it once this module is imported), not a plain Sequential."""
+        return {"type": type(self).__name__, "config": self.config()}
 
     def forward(self, ids):
         embed, drop, linear = self.layers

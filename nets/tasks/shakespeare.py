@@ -57,6 +57,14 @@ class CharLSTM(Sequential):
     def __init__(self, vocab_size, embed, hidden, *, rng=None, dtype=np.float32):
         super().__init__(Embedding(vocab_size, embed, rng=rng, dtype=dtype), LSTM(embed, hidden, rng=rng, dtype=dtype),
                          Linear(hidden, vocab_size, rng=rng, dtype=dtype), dtype=dtype)
+        self.sizes = (int(vocab_size), int(embed), int(hidden))
+
+    def config(self):
+        return dict(zip(("vocab_size", "embed", "hidden"), self.sizes))
+
+    def spec(self):
+        """Rebuilds as this class (nets.load finds it once this module is imported), not a plain Sequential."""
+        return {"type": type(self).__name__, "config": self.config()}
 
     def forward(self, ids, state=None):
         embed, lstm, linear = self.layers
@@ -90,7 +98,7 @@ def streams(ids, n_streams, offset=0):
 
 def evaluate(model, ids, n_streams=16, seq_len=200):
     """Mean cross-entropy (nats per character) of predicting each next character of ids."""
-    data = streams(ids, n_streams)  # (S, L)
+    data = streams(ids, max(1, min(n_streams, (len(ids) - 1) // 2)))  # (S, L), L >= 2
     loss_fn, state, total, count = SoftmaxCrossEntropy(), None, 0.0, 0
     for start in range(0, data.shape[1] - 1, seq_len):
         x = data[:, start:start + seq_len]  # (S, T)
@@ -142,8 +150,11 @@ def train(cfg, log=None):
                        time.perf_counter() - start, lower_is_better=True, model=model, chars=chars)
 
 
-def sample(model, chars, length, temperature=1.0, prime="\n", rng=None):
-    """length characters drawn one at a time from softmax(logits / temperature), after reading prime."""
+def sample(model, chars, length, temperature=1.0, prime=None, rng=None):
+    """length characters drawn one at a time from softmax(logits / temperature), after reading prime
+    (default a newline, or the first character of the vocabulary if the text has none)."""
+    if prime is None:
+        prime = "\n" if "\n" in chars else chars[0]
     if temperature <= 0:
         raise TaskError(f"temperature must be > 0, got {temperature}")
     unknown = sorted(set(prime) - set(chars))
