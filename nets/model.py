@@ -119,8 +119,10 @@ def build(spec, dtype=np.float32, _budget=None):
     # a forged file must not make us allocate gigabytes before its arrays are even compared
     size = 1
     for key, value in config.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{spec['type']} config {key!r} must be a number, got {value!r}")
+        if isinstance(value, bool):
+            continue
+        if not isinstance(value, (int, float)):
+            raise ValueError(f"{spec['type']} config {key!r} must be a number or a flag, got {value!r}")
         if isinstance(value, int):
             if value < 0:
                 raise ValueError(f"{spec['type']} config {key!r} must be >= 0, got {value}")
