@@ -449,7 +449,7 @@ def train(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
     last = {}
     deadline = time.monotonic() + cfg.hours * 3600 if cfg.hours > 0 else math.inf
     clock = stopwatch or Stopwatch()
-    clock.mark("other")
+    clock.mark("setup")
     try:
         while not run.stop_requested:
             if cfg.total_steps and run.step >= cfg.total_steps or time.monotonic() >= deadline:

@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What learns CartPole-v1 fast here (own runs): 4 envs, 3-step Double DQN, a 64-unit MLP.
 CARTPOLE = dict(game="CartPole-v1", seed=0, num_envs=4, hidden=64, n_step=3, lr=5e-4, adam_eps=1e-8,
                 buffer_size=50_000, learning_starts=1000, batch_size=64, train_freq=2, target_update=500,
-                epsilon_steps=10_000, epsilon_end=0.02, total_steps=30_000, eval_every=0, log_every=5000)
+                epsilon_steps=10_000, epsilon_end=0.02, total_steps=40_000, eval_every=0, log_every=5000)
 
 
 def make_run(path, cfg):
