@@ -31,10 +31,12 @@ def play_game(agent, env, seed, explore=False, recorder=None, max_steps=200_000,
     return total, length
 
 
-def evaluate(agent, episodes, seed=0, sticky=True, explore=False, on_game=None, record_dir=None):
+def evaluate(agent, episodes, seed=0, sticky=True, explore=False, on_game=None, record_dir=None,
+             message=None):
     """Play `episodes` games with seeds seed, seed+1, ...; returns a summary dict.
 
-    on_game(index, return, length) is called after each game. record_dir: save each game there."""
+    on_game(index, return, length) is called after each game. record_dir: save each game there; a
+    recording that cannot be written is reported through message(text) and the games go on."""
     returns, lengths = [], []
     for k in range(episodes):
         recorder = None
@@ -45,7 +47,12 @@ def evaluate(agent, episodes, seed=0, sticky=True, explore=False, on_game=None, 
         try:
             ret, length = play_game(agent, env, seed + k, explore)
             if recorder is not None:
-                recorder.save(os.path.join(record_dir, f"game-{seed + k:06d}.npz"))
+                path = os.path.join(record_dir, f"game-{seed + k:06d}.npz")
+                try:
+                    recorder.save(path)
+                except OSError as e:
+                    if message:
+                        message(f"could not write {path}: {e.strerror or e}")
         finally:
             env.close()
         returns.append(ret)

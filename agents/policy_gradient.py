@@ -220,11 +220,11 @@ def train(cfg, run, callback=None, init=None, resume=None):
         rng.bit_generator.state = header["rng"]
         run.restore(header)
 
-    def save():
+    def save(final=False):
         info, opt_arrays = learner.opt.state_dict()
         extra = {f"optim.{k}": v for k, v in opt_arrays.items()}
         header = {**checkpoint_header(cfg, obs_shape, n_actions, rng), "optim": info}
-        return run.save({"model": learner.model}, header, extra)
+        return run.save({"model": learner.model}, header, extra, final=final)
 
     store = np.int8 if cfg.preset == "karpathy" else np.float32  # Karpathy diffs are -1/0/1
     rollouts = Rollouts(cfg.num_envs, store)
@@ -272,7 +272,7 @@ def train(cfg, run, callback=None, init=None, resume=None):
                     callback({"event": "update", "step": run.step, **metrics})
             if run.due():
                 save()
-        save()
+        save(final=True)
     finally:
         venv.close()
     return learner

@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 import platform
 import signal
@@ -93,11 +94,22 @@ class Run:
         self.wall_offset = 0.0
         self.started = time.monotonic()
         self.last_checkpoint = time.monotonic()
+        self.last_curve = -math.inf
         self.stop_requested = False
         self.failed_writes = 0
         self._old_handlers = {}
+        self.remove_stale_temp_files()
 
     # ------------------------------------------------------------------ files
+    def remove_stale_temp_files(self):
+        """A run killed mid-write leaves a .tmp-* file beside the intact checkpoint: remove it."""
+        for name in os.listdir(self.dir):
+            if name.startswith(".tmp-"):
+                try:
+                    os.unlink(os.path.join(self.dir, name))
+                except OSError:
+                    pass
+
     @property
     def checkpoint_path(self):
         return os.path.join(self.dir, "checkpoint.npz")
@@ -155,8 +167,9 @@ class Run:
     def due(self):
         return self.stop_requested or time.monotonic() - self.last_checkpoint >= self.checkpoint_seconds
 
-    def save(self, models, header, extra_arrays=None):
-        """Write checkpoint.npz atomically; on failure keep the old one, say so, carry on."""
+    def save(self, models, header, extra_arrays=None, final=False):
+        """Write checkpoint.npz atomically; on failure keep the old one, say so, carry on.
+        The curve is redrawn at most once a minute (matplotlib is slow) and on the final save."""
         header = {**header, "config": self.config, "env": self.env, "step": self.step,
                   "episode": self.episode, "wall_seconds": self.wall_seconds()}
         self.last_checkpoint = time.monotonic()
@@ -167,10 +180,12 @@ class Run:
             self.message(f"could not write {self.checkpoint_path}: {e.strerror or e}; "
                          f"keeping the previous checkpoint, retrying in {self.checkpoint_seconds / 60:g} min")
             return False
-        self.write_curve()
+        if final or time.monotonic() - self.last_curve >= 60.0:
+            self.write_curve()
         return True
 
     def write_curve(self):
+        self.last_curve = time.monotonic()
         try:
             from agents.curve import plot_progress
             plot_progress(self.progress_path, os.path.join(self.dir, "curve.png"),

@@ -47,7 +47,8 @@ def main(argv=None):
 
     explore = agent.kind == "pg" and not args.greedy
     summary = evaluate(agent, args.episodes, seed=args.seed, sticky=not args.no_sticky,
-                       explore=explore, on_game=row, record_dir=args.record)
+                       explore=explore, on_game=row, record_dir=args.record,
+                       message=lambda text: print(text, file=sys.stderr))
     from envs import env_spec
     protocol = env_spec(agent.env["env_id"], agent.env["preset"], not args.no_sticky)["protocol"]
     result = {"checkpoint": args.checkpoint, "game": agent.env["env_id"], "protocol": protocol,

@@ -1,0 +1,150 @@
+"""Runs that are killed, disks that fill up: nothing may lose more than one checkpoint interval."""
+import errno
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from agents import policy_gradient as pg
+from agents import run as run_module
+from agents.run import Run, config_dict, load_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# checkpoints every 0.06 s, Adam state included: writes are frequent and take a while
+TRAIN = ["--game", "CartPole-v1", "--num-envs", "2", "--hidden", "2000", "--batch-steps", "200",
+         "--optimizer", "adam", "--checkpoint-minutes", "0.001", "--quiet"]
+
+
+def start(args):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    return subprocess.Popen([sys.executable, "-m", "scripts.train", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, timeout=60.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.0005)
+    return False
+
+
+def test_sigkill_at_random_moments_never_loses_the_run(tmp_path):
+    rng = random.Random(0)
+    run_dir = str(tmp_path / "run")
+    ckpt = os.path.join(run_dir, "checkpoint.npz")
+    last_step, kills, mid_write = -1, 0, 0
+    for attempt in range(22):
+        args = TRAIN + (["--resume", run_dir] if os.path.exists(ckpt) else ["--run-dir", run_dir])
+        proc = start(args)
+        before = os.stat(ckpt).st_mtime_ns if os.path.exists(ckpt) else 0
+        # wait until this process has written at least one checkpoint of its own
+        assert wait_for(lambda: os.path.exists(ckpt) and os.stat(ckpt).st_mtime_ns != before), \
+            proc.stderr.read() if proc.poll() is not None else "no checkpoint written"
+        if attempt % 3 == 0:  # aim at a write: kill the moment a temp file exists
+            wait_for(lambda: any(n.startswith(".tmp-") for n in os.listdir(run_dir)), timeout=5)
+        else:
+            time.sleep(rng.uniform(0.0, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        mid_write += any(n.startswith(".tmp-") for n in os.listdir(run_dir))
+        _, header, _ = load_checkpoint(ckpt)  # must load after every kill
+        assert header["step"] >= last_step
+        last_step = header["step"]
+    assert kills >= 20
+    assert mid_write >= 3, f"only {mid_write} kills landed during a write"
+    # and the run still resumes, goes forward, and cleans the temp files the kills left
+    proc = start(TRAIN + ["--resume", run_dir, "--total-steps", str(last_step + 2000),
+                          "--checkpoint-minutes", "5"])
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    _, header, _ = load_checkpoint(ckpt)
+    assert header["step"] >= last_step + 2000
+    assert not any(n.startswith(".tmp-") for n in os.listdir(run_dir))
+
+
+def test_sigterm_and_ctrl_c_save_then_exit_0(tmp_path):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        run_dir = str(tmp_path / f"run-{sig}")
+        proc = start(TRAIN[:-3] + ["--checkpoint-minutes", "60", "--quiet", "--run-dir", run_dir])
+        assert wait_for(lambda: os.path.exists(os.path.join(run_dir, "progress.csv")) and
+                        os.path.getsize(os.path.join(run_dir, "progress.csv")) > 200)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) == 0
+        err = proc.stderr.read()
+        assert "saved" in err and "checkpoint.npz" in err and "Traceback" not in err
+        _, header, _ = load_checkpoint(os.path.join(run_dir, "checkpoint.npz"))
+        assert header["step"] > 0
+
+
+def test_failed_checkpoint_write_keeps_old_file_and_training_goes_on(tmp_path, monkeypatch):
+    cfg = pg.resolved(pg.Config(game="CartPole-v1", num_envs=2, hidden=8, batch_steps=200,
+                                total_steps=400, checkpoint_minutes=0.0))
+    messages = []
+    run = Run(tmp_path / "run", config_dict(cfg), {"env_id": "CartPole-v1", "preset": "classic"},
+              checkpoint_minutes=cfg.checkpoint_minutes, message=messages.append)
+    real = run_module.save_checkpoint
+    calls = {"n": 0}
+
+    def flaky(path, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return real(path, *args, **kwargs)
+        if calls["n"] <= 4:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if calls["n"] <= 6:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "save_checkpoint", flaky)
+    # the first write succeeds; grab the file so we can check it survives the failures
+    first = {}
+    original_save = Run.save
+
+    def spy(self, *a, **k):
+        ok = original_save(self, *a, **k)
+        if calls["n"] == 1:
+            first["bytes"] = open(self.checkpoint_path, "rb").read()
+        if 2 <= calls["n"] <= 6:
+            assert open(self.checkpoint_path, "rb").read() == first["bytes"]
+        return ok
+
+    monkeypatch.setattr(Run, "save", spy)
+    pg.train(cfg, run)
+    assert run.failed_writes == 5 and calls["n"] > 6, (run.failed_writes, calls, messages[:3])
+    failures = [m for m in messages if "could not write" in m]
+    assert len(failures) == 5
+    assert all(run.checkpoint_path in m and "\n" not in m for m in failures)
+    assert "No space left on device" in failures[0] and "Permission denied" in failures[-1]
+    _, header, _ = load_checkpoint(run.checkpoint_path)
+    assert header["step"] >= 400
+
+
+def test_failed_recording_write_is_reported_and_games_go_on(tmp_path, monkeypatch):
+    import agents
+    from agents.evaluation import evaluate
+    from envs import recording
+    cfg = pg.resolved(pg.Config(game="pong", num_envs=1, hidden=4, total_steps=8))
+    run = Run(tmp_path / "run", config_dict(cfg), {"env_id": "ALE/Pong-v5", "preset": "karpathy"},
+              message=lambda text: None)
+    pg.train(cfg, run)
+    agent = agents.load(run.checkpoint_path)
+
+    def full_disk(self, path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(recording.Recorder, "save", full_disk)
+    messages = []
+    from agents import evaluation
+    monkeypatch.setattr(evaluation, "play_game", lambda agent, env, seed, explore: (
+        env.reset(seed=seed), env.step(0), (-1.0, 1))[-1])
+    summary = evaluate(agent, 2, record_dir=str(tmp_path / "games"), message=messages.append)
+    assert summary["episodes"] == 2
+    assert len(messages) == 2 and "No space left on device" in messages[0]
+    assert str(tmp_path / "games") in messages[0]
+    assert np.isfinite(summary["mean_return"])
