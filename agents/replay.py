@@ -2,9 +2,9 @@
 
 Layout: one circular buffer per env, `slots` long, so each env's steps sit in order and a frame
 stack is just the slots before one. A slot holds the newest frame of one observation (obs[-1] of a
-(4, 84, 84) stack: 7 KB, a quarter of storing whole stacks and half of storing obs and next_obs'
-newest frames) and, once the env has stepped from it, the transition taken there: action, reward,
-and two flags kept apart (SB3's handle_timeout_termination, CleanRL's real_next_obs):
+(4, 84, 84) stack: 7 KB, an eighth of storing obs and next_obs as stacks) and, once the env has
+stepped from it, the transition taken there: action, reward, and two flags kept apart (SB3's
+handle_timeout_termination, CleanRL's real_next_obs):
 
   terminal  the transition ends with no bootstrap (the game ended, or a life was lost when
             life loss counts as terminal for the learner);
