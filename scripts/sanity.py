@@ -14,7 +14,7 @@ import sys
 
 from scripts.common import Parser, UsageError, fail
 
-TASKS = ("digits", "sentiment", "shakespeare")
+QUERY_WORDS = 3000  # --similar and --analogy answer from the most frequent words only
 
 
 def positive_float(text):
@@ -130,11 +130,11 @@ def print_extras(args, result):
     if result["task"] == "sentiment":
         vectors, vocab = result["vectors"], result["vocab"]
         if similar:
-            pairs = sentiment.nearest(vectors, vocab, similar, k=10)
+            pairs = sentiment.nearest(vectors, vocab, similar, k=10, among=QUERY_WORDS)
             print(f"nearest to {similar!r}: " + ", ".join(f"{w} ({s:.2f})" for w, s in pairs))
         if analogy:
             a, b, c = analogy
-            pairs = sentiment.analogy(vectors, vocab, a, b, c, k=5)
+            pairs = sentiment.analogy(vectors, vocab, a, b, c, k=5, among=QUERY_WORDS)
             print(f"{a} - {b} + {c}: " + ", ".join(f"{w} ({s:.2f})" for w, s in pairs))
     elif result["task"] == "shakespeare" and getattr(args, "sample_chars", 0) > 0:
         text = shakespeare.sample(result["model"], result["chars"], args.sample_chars, args.temperature, rng=0)

@@ -126,6 +126,7 @@ def test_nearest_and_analogy_on_known_vectors():
     near = sentiment.nearest(vectors, vocab, "king", k=3)
     assert {w for w, _ in near[:2]} == {"man", "queen"} and near[2] == ("apple", 0.0)
     assert all(a[1] >= b[1] for a, b in zip(near, near[1:]))
+    assert {w for w, _ in sentiment.nearest(vectors, vocab, "king", k=3, among=5)} == {"man", "queen"}
     with pytest.raises(TaskError, match="'prince' is not in the vocabulary"):
         sentiment.nearest(vectors, vocab, "prince")
 

@@ -191,20 +191,24 @@ def _word_id(vocab, word):
         raise TaskError(f"{word!r} is not in the vocabulary ({len(vocab)} words)") from None
 
 
-def nearest(vectors, vocab, word, k=10):
-    """[(word, cosine)] of the k words whose vectors point most nearly the way word's does (itself excluded)."""
-    return _ranked(vectors, vocab, vectors[_word_id(vocab, word)], {word}, k)
+def nearest(vectors, vocab, word, k=10, among=None):
+    """[(word, cosine)] of the k words whose vectors point most nearly the way word's does (itself excluded).
+
+    among: only the that many most frequent words are candidates (the vocabulary is sorted by frequency);
+    a word seen once or twice has a vector that is mostly its random start, which cosine cannot tell."""
+    return _ranked(vectors, vocab, vectors[_word_id(vocab, word)], {word}, k, among)
 
 
-def analogy(vectors, vocab, a, b, c, k=5):
+def analogy(vectors, vocab, a, b, c, k=5, among=None):
     """a - b + c ("king - man + woman"): [(word, cosine)] of the k nearest words other than a, b and c."""
     unit = _unit_rows(vectors)
     query = unit[_word_id(vocab, a)] - unit[_word_id(vocab, b)] + unit[_word_id(vocab, c)]  # (D,)
-    return _ranked(vectors, vocab, query, {a, b, c}, k)
+    return _ranked(vectors, vocab, query, {a, b, c}, k, among)
 
 
-def _ranked(vectors, vocab, query, exclude, k):
-    scores = _unit_rows(vectors) @ (query / max(np.linalg.norm(query), 1e-12))  # (V,)
+def _ranked(vectors, vocab, query, exclude, k, among):
+    n = len(vocab) if among is None else min(len(vocab), among)
+    scores = _unit_rows(vectors[:n]) @ (query / max(np.linalg.norm(query), 1e-12))  # (n,)
     out = []
     for i in np.argsort(-scores):
         if vocab[i] not in exclude and vocab[i] not in (PAD, UNK):
