@@ -229,6 +229,20 @@ def test_bad_flags_are_one_line_with_exit_2(argv, words, capsys):
     assert err.count("\n") == 1 and words in err
 
 
+def test_shakespeare_command_on_any_text_file(tmp_path, capsys):
+    path = tmp_path / "song.txt"
+    path.write_text("la la lé, do re mi\n" * 400, encoding="utf-8")  # 8,000 characters
+    code = sanity.main(["shakespeare", "--quick", "--text", str(path), "--sample-chars", "30", "--temperature", "0.5"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    sample = out.split("--- sample at temperature 0.5 ---\n")[1].split("\n---")[0]
+    assert len(sample) == 30 and set(sample) <= set("la é,doremi\n")
+    path.write_text("too short")
+    with pytest.raises(SystemExit) as e:
+        sanity.main(["shakespeare", "--quick", "--text", str(path)])
+    assert e.value.code == 2 and "too few" in capsys.readouterr().err
+
+
 def test_missing_data_is_one_line_exit_2_without_traceback(tmp_path):
     env = dict(os.environ, HOME=str(tmp_path), GROK_ARCADE_DATA="",
                # any download attempt goes to a closed local port: refused at once, never the network

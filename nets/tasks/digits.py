@@ -51,7 +51,7 @@ def check_choice(model, dataset):
 def full_config(model="mlp", dataset="mnist", **overrides):
     """The preset that reaches the chapter's target."""
     check_choice(model, dataset)
-    epochs = 10 if model == "mlp" else 4
+    epochs = 10 if model == "mlp" else 4  # the CNN measured 99.04%, 99.11%, 99.11% after epochs 3, 4, 5
     cfg = DigitsConfig(model=model, dataset=dataset, epochs=epochs, target=TARGETS[model, dataset])
     return replace(cfg, **overrides)
 
