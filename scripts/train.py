@@ -24,7 +24,8 @@ def agent_module(name):
 
 def build_parser(module):
     p = Parser(prog="python -m scripts.train", description=__doc__.splitlines()[0])
-    p.add_argument("--agent", choices=list(AGENTS), default="pg", help="algorithm (default pg)")
+    # default None: the agent is settled before this parser runs (a resumed run keeps its own)
+    p.add_argument("--agent", choices=list(AGENTS), default=None, help="algorithm (default pg)")
     p.add_argument("--run-dir", help="where the run writes (default runs/<game>-<agent>-<seed>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
     p.add_argument("--init", metavar="CHECKPOINT", help="start from the weights of a checkpoint")
