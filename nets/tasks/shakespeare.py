@@ -26,7 +26,7 @@ class ShakespeareConfig:
     embed: int = 64  # character embedding size
     seq_len: int = 100  # characters per truncated-BPTT window
     batch_size: int = 32  # parallel streams through the training text
-    epochs: int = 4  # passes over the training text
+    epochs: int = 3  # passes over the training text (validation 1.718, 1.590, 1.541 after 1, 2, 3)
     lr: float = 2e-3  # Adam learning rate in the first epoch
     lr_decay: float = 0.7  # learning rate is multiplied by this after every epoch
     clip: float = 5.0  # global gradient-norm limit per window
