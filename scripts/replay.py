@@ -46,8 +46,17 @@ def recording_paths(path):
 _MEANINGS = {}
 
 
+def is_versus(header):
+    """Two-player recordings (envs/versus_recording.py) are replayed and shown by their own code."""
+    from envs.versus_recording import FORMAT
+    return header.get("format") == FORMAT
+
+
 def action_meanings(header):
     """Names of the recorded env's actions (the raw ALE indices the recording holds)."""
+    if is_versus(header):
+        from scripts.versus import replay_labels
+        return replay_labels()
     import gymnasium as gym
     kwargs = {k: v for k, v in header["env_kwargs"].items() if k in ("full_action_space", "game", "mode")}
     key = (header["env_id"], json.dumps(kwargs, sort_keys=True))
@@ -63,11 +72,13 @@ class Tape:
     the screens seen are kept zlib-compressed (about 1 KB each for Pong) so seeking back is instant."""
 
     def __init__(self, recording):
-        from envs.recording import replay
+        from envs import recording as single, versus_recording
         self.rec = recording
+        replay = versus_recording.replay if is_versus(recording.header) else single.replay
         self.stream = replay(recording.path, frames=recording.frames_zlib is not None)
         self.screens = []  # zlib of each (210, 160, 3) screen seen so far
-        self.returns = np.concatenate([[0.0], np.cumsum(recording.rewards)])  # (L+1,) return after step i
+        rewards = recording.rewards  # (L,), or (L, 2) for two players
+        self.returns = np.concatenate([np.zeros((1,) + rewards.shape[1:]), np.cumsum(rewards, axis=0)])  # (L+1, ...)
         self._last = (None, None)
 
     def __len__(self):
@@ -139,6 +150,9 @@ class ReplaySession:
         return self.tape.frame(self.pos)
 
     def panel(self):
+        if is_versus(self.tape.rec.header):
+            from scripts.versus import replay_panel
+            return replay_panel(self.tape, self.pos, self.index, len(self.recordings))
         rec, h, pos = self.tape.rec, self.tape.rec.header, self.pos
         view = self._view()  # first: it may replay the screen on show, which `checked` counts
         lines = [("file", os.path.basename(rec.path)),
@@ -169,9 +183,10 @@ class ReplaySession:
 
 
 def load_all(paths):
+    from envs import versus_recording
     from envs.recording import RecordingError, load
     try:
-        return [load(p) for p in paths]
+        return [versus_recording.load(p) if versus_recording.is_versus(p) else load(p) for p in paths]
     except RecordingError as e:
         raise UsageError(str(e)) from None
 
@@ -214,6 +229,8 @@ def export(recordings, args):
     from envs.recording import export as write_video
     if len(recordings) != 1:
         raise UsageError(f"--export writes one recording; {args.path} holds {len(recordings)}")
+    if is_versus(recordings[0].header):
+        raise UsageError(f"--export writes single-player recordings; {args.path} is a two-player one")
     if os.path.splitext(args.export)[1].lower() not in (".mp4", ".gif"):
         raise UsageError(f"--export {args.export}: write a .mp4 or a .gif")
     folder = os.path.dirname(os.path.abspath(args.export))

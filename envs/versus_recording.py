@@ -1,0 +1,219 @@
+"""Recorded two-player games: one .npz per game of envs.versus.VersusPong, replayed and checked by a
+CRC32 per screen, in the safe file format of envs.recording (atomic write, JSON header, no pickle).
+
+A VersusRecorder given to VersusPong(recorder=...) logs both players' actions as they chose them (auto
+serve adds FIRE inside the env, so replay repeats it), both rewards, and the screen after reset and
+after every step. Replay rebuilds VersusPong with the recorded settings, resets it with the recorded
+seed and no-op frames, and steps the recorded actions. scripts.replay tells the two formats apart by
+the header's format field (is_versus).
+
+File (FORMAT, VERSION):
+  header: format, version, game ("pong"), env_kwargs (VersusPong's frameskip, auto_serve), sides
+      {left: "second_0", right: "first_0"}, players {left, right} ("human" or a checkpoint name),
+      player (both, for listings), seed, noop_frames, length (steps), points {left, right} (points
+      scored), ended_at, end ("terminated", "truncated" or null), frames (false: screens are not
+      stored), versions {ale_py, numpy, pettingzoo, multi_agent_ale_py, gymnasium, grok_arcade},
+      data_crc32, created
+  actions       (length, 2)  uint8    [left, right] action index (envs.versus.ACTION_MEANINGS) per step
+  rewards       (length, 2)  float64  [left, right] reward per step
+  screen_crc32  (length+1,)  uint32   zlib.crc32 of the RGB screen after reset, then after each step
+"""
+import datetime
+import os
+import zlib
+from dataclasses import dataclass
+from importlib import metadata
+
+import numpy as np
+
+from envs import versus
+from envs.recording import RecordingError, read_npz, write_npz
+
+FORMAT = "grok-arcade-versus-recording"
+VERSION = 1
+ARRAYS = {"actions": np.uint8, "rewards": np.float64, "screen_crc32": np.uint32}
+
+
+class VersusRecorder:
+    """Collects one game of a VersusPong; save(path) writes it. A reset drops the game before."""
+
+    def __init__(self, left="human", right="human"):
+        self.players = {"left": str(left), "right": str(right)}
+        self.env = None
+        self._clear()
+
+    def _clear(self):
+        self.actions, self.rewards, self.crcs = [], [], []
+        self.ended_at, self.end = None, None
+
+    def _start(self, env):
+        self._clear()
+        self.env = env
+        self.crcs.append(zlib.crc32(env.rgb))
+
+    def _step(self, actions, rewards, screen, terminated, truncated):
+        self.actions.append(actions)
+        self.rewards.append(rewards)
+        self.crcs.append(zlib.crc32(screen))
+        if self.ended_at is None and (terminated or truncated):
+            self.ended_at, self.end = len(self.actions), "terminated" if terminated else "truncated"
+
+    @property
+    def length(self):
+        return len(self.actions)
+
+    def save(self, path):
+        """Write the current game (finished or not) to path; return its header."""
+        if self.env is None:
+            raise RecordingError("nothing to save: the recorded env was never reset")
+        arrays = {"actions": np.asarray(self.actions, np.uint8).reshape(-1, 2),      # (L, 2)
+                  "rewards": np.asarray(self.rewards, np.float64).reshape(-1, 2),    # (L, 2)
+                  "screen_crc32": np.asarray(self.crcs, np.uint32)}                  # (L+1,)
+        found = versus.versions()
+        try:
+            found["grok_arcade"] = metadata.version("grok-arcade")
+        except metadata.PackageNotFoundError:
+            found["grok_arcade"] = None
+        header = {
+            "format": FORMAT, "version": VERSION, "game": "pong", "env_kwargs": self.env.kwargs,
+            "sides": dict(versus.AGENT_IDS), "players": dict(self.players),
+            "player": f"{self.players['left']} (left) vs {self.players['right']} (right)",
+            "seed": self.env.seed, "noop_frames": self.env.noop_frames, "length": self.length,
+            "points": points(arrays["rewards"]), "ended_at": self.ended_at, "end": self.end,
+            "frames": False, "versions": found, "data_crc32": data_crc32(arrays),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_npz(path, arrays, header)
+        return header
+
+
+def points(rewards):
+    """{left, right}: points each side scored (its +1 rewards; a missed-serve -1 is no point)."""
+    r = np.asarray(rewards, np.float64).reshape(-1, 2)  # (L, 2)
+    return {"left": int((r[:, 0] > 0).sum()), "right": int((r[:, 1] > 0).sum())}
+
+
+def data_crc32(arrays):
+    crc = 0
+    for name in ARRAYS:
+        crc = zlib.crc32(np.ascontiguousarray(arrays[name]).tobytes(), crc)
+    return crc
+
+
+# ----------------------------------------------------------------------------- reading
+
+@dataclass
+class VersusRecording:
+    """A loaded two-player recording (the fields scripts.replay reads from single-player ones too)."""
+    path: str
+    header: dict
+    actions: np.ndarray        # (L, 2) uint8
+    rewards: np.ndarray        # (L, 2) float64
+    screen_crc32: np.ndarray   # (L+1,) uint32
+    frames_zlib: None = None   # screens are never stored: replay re-simulates
+
+    def summary(self):
+        keys = ("game", "players", "seed", "noop_frames", "length", "points", "end", "created", "versions")
+        return {"format": FORMAT, **{k: self.header.get(k) for k in keys}}
+
+
+def is_versus(path):
+    """True when path is a readable file whose header says it is a two-player recording."""
+    try:
+        _, header = read_npz(path)
+    except RecordingError:
+        return False
+    return header.get("format") == FORMAT
+
+
+def load(path):
+    """Read and check a two-player recording; RecordingError with one line if anything is off."""
+    path = os.fspath(path)
+    arrays, h = read_npz(path)
+    if h.get("format") != FORMAT:
+        raise RecordingError(f"{path}: not a two-player recording (format {h.get('format')!r})")
+    if h.get("version") != VERSION:
+        raise RecordingError(f"{path}: two-player recording version {h.get('version')!r} is not supported "
+                             f"(this grok-arcade reads version {VERSION})")
+    for key, kind in (("env_kwargs", dict), ("players", dict), ("seed", int), ("noop_frames", int),
+                      ("length", int), ("points", dict), ("data_crc32", int)):
+        if not isinstance(h.get(key), kind) or (kind is int and isinstance(h.get(key), bool)):
+            raise RecordingError(f"{path}: header field {key!r} is missing or has the wrong type")
+    if set(h["env_kwargs"]) != {"frameskip", "auto_serve"}:
+        raise RecordingError(f"{path}: env_kwargs {sorted(h['env_kwargs'])} are not VersusPong's")
+    n = h["length"]
+    wanted = {"actions": (n, 2), "rewards": (n, 2), "screen_crc32": (n + 1,)}
+    if set(arrays) != set(wanted):
+        raise RecordingError(f"{path}: holds arrays {sorted(arrays)}, expected {sorted(wanted)}")
+    for name, shape in wanted.items():
+        a = arrays[name]
+        if a.dtype != ARRAYS[name] or a.shape != shape:
+            raise RecordingError(f"{path}: array {name!r} is {a.dtype}{a.shape}, expected "
+                                 f"{np.dtype(ARRAYS[name])}{shape} for length {n}")
+    if data_crc32(arrays) != h["data_crc32"]:
+        raise RecordingError(f"{path}: actions, rewards or screen checksums do not match the header's "
+                             f"data_crc32: the file was edited or damaged")
+    if int(arrays["actions"].max(initial=0)) >= len(versus.ACTION_MEANINGS):
+        raise RecordingError(f"{path}: an action is not one of Pong's {len(versus.ACTION_MEANINGS)}")
+    if points(arrays["rewards"]) != h["points"]:
+        raise RecordingError(f"{path}: header points {h['points']} do not match the rewards")
+    return VersusRecording(path, h, arrays["actions"], arrays["rewards"], arrays["screen_crc32"])
+
+
+# ----------------------------------------------------------------------------- replaying
+
+def replay(path, frames=False):
+    """Yield (rgb_screen, actions, rewards): first (screen after reset, None, (0, 0)), then one per step.
+
+    Every screen is checked against its CRC32, every reward and the game's end against the
+    recording; a mismatch raises RecordingError naming the step. The file is loaded and the env
+    made now (RecordingError with the install hint without the versus extra); the game plays as
+    you iterate. frames=True is refused: two-player recordings keep no screens."""
+    rec = load(path)
+    if frames:
+        raise RecordingError(f"{rec.path}: two-player recordings keep no screens; replay(path) re-simulates")
+    try:
+        env = versus.VersusPong(**rec.header["env_kwargs"])
+    except versus.VersusUnavailable as e:
+        raise RecordingError(f"{rec.path}: {e}") from None
+    return _replay(rec, env)
+
+
+def _mismatch(rec, step, got, want):
+    where = "the screen after reset" if step == 0 else f"the screen after step {step}"
+    recorded = rec.header.get("versions", {}).get("multi_agent_ale_py")
+    here = versus.versions().get("multi_agent_ale_py")
+    why = (f"recorded with multi-agent-ale-py {recorded}, replaying with {here}" if recorded != here
+           else "the recording was edited")
+    return RecordingError(f"{rec.path}: replay diverged at step {step} of {len(rec.actions)}: CRC32 of "
+                          f"{where} is {got:08x}, recorded {want:08x} ({why})")
+
+
+def _replay(rec, env):
+    crcs, ended_at = rec.screen_crc32, rec.header.get("ended_at")
+    terminated_at = ended_at if rec.header.get("end") == "terminated" else None
+    try:
+        screen = env.reset(rec.header["seed"], rec.header["noop_frames"])
+        if zlib.crc32(screen) != crcs[0]:
+            raise _mismatch(rec, 0, zlib.crc32(screen), crcs[0])
+        yield screen, None, np.zeros(2)
+        for i, (actions, want) in enumerate(zip(rec.actions.tolist(), rec.rewards), 1):
+            if env.over:
+                raise RecordingError(f"{rec.path}: replay diverged at step {i}: the game ended at step "
+                                     f"{i - 1}, the recording goes on")
+            rewards, terminated, _ = env.step(*actions)
+            crc = zlib.crc32(env.rgb)
+            if crc != crcs[i]:
+                raise _mismatch(rec, i, crc, crcs[i])
+            if not np.array_equal(rewards, want):
+                raise RecordingError(f"{rec.path}: replay diverged at step {i}: rewards {rewards.tolist()}, "
+                                     f"recorded {want.tolist()}")
+            if terminated and terminated_at != i:
+                raise RecordingError(f"{rec.path}: replay diverged at step {i}: the game ended there, "
+                                     f"the recording says {terminated_at}")
+            yield env.rgb, np.asarray(actions), rewards
+        if terminated_at is not None and not env.over:
+            raise RecordingError(f"{rec.path}: replay diverged at step {terminated_at}: the recorded game "
+                                 f"ended there, the replay did not")
+    finally:
+        env.close()
