@@ -400,6 +400,7 @@ def train(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
     loop). stopwatch: a Stopwatch to charge the time to (the benchmark reads it)."""
     rng = np.random.default_rng(cfg.seed)
     venv = envs.make_vector(cfg.game, cfg.preset, cfg.num_envs, sticky=cfg.sticky, training=False)
+    run.env = venv.grok_spec  # what checkpoints record is the env this run really plays
     obs_space = venv.single_observation_space
     obs_shape, n_actions = obs_space.shape, int(venv.single_action_space.n)
     obs_scale = 1.0 / 255.0 if obs_space.dtype == np.uint8 else 1.0
@@ -428,7 +429,7 @@ def train(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
         models, fields, extra = learner.checkpoint()
         header = {"agent": "dqn", "obs_shape": list(obs_shape), "n_actions": n_actions, "obs_scale": obs_scale,
                   "rng": rng.bit_generator.state, **fields}
-        ok = run.save(models, header, extra)
+        ok = run.save(models, header, extra, final=final)
         if final and ok and cfg.save_buffer:
             try:
                 buffer.save(buffer_path(run), run.step)

@@ -207,6 +207,7 @@ def train(cfg, run, callback=None, init=None, resume=None):
     after every finished episode and update."""
     rng = np.random.default_rng(cfg.seed)
     venv = envs.make_vector(cfg.game, cfg.preset, cfg.num_envs, sticky=cfg.sticky)
+    run.env = venv.grok_spec  # what checkpoints record is the env this run really plays
     obs_shape = venv.single_observation_space.shape
     n_actions = int(venv.single_action_space.n)
     learner = Learner(cfg, int(np.prod(obs_shape)), n_actions, rng)

@@ -1,0 +1,155 @@
+"""Every script, fed bad command lines: exit 2, one line, no traceback, nothing created or overwritten.
+
+Scripts run in-process (main(argv)) from an empty working directory, so what they would create
+there is seen, and a traceback would surface as an exception instead of a clean exit.
+"""
+import hashlib
+import importlib
+import os
+
+import pytest
+
+from agents import policy_gradient as pg
+from agents.run import Run, config_dict
+
+CASES = []
+
+
+def case(module, *argv, says, display=True):
+    CASES.append(pytest.param(module, list(argv), says, display, id=f"{module.split('.')[-1]}:{' '.join(argv)}"[:90]))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A small CartPole checkpoint, a Pong one, a corrupt file, a directory, a run without checkpoint."""
+    root = tmp_path_factory.mktemp("inputs")
+    made = {}
+    for name, game, steps in (("cartpole", "CartPole-v1", 200), ("pong", "pong", 16)):
+        cfg = pg.resolved(pg.Config(game=game, num_envs=2, hidden=4, total_steps=steps))
+        run = Run(root / name, config_dict(cfg), {}, message=lambda text: None)
+        run.write_config()
+        pg.train(cfg, run)
+        made[name] = str(root / name / "checkpoint.npz")
+    (root / "corrupt.npz").write_bytes(b"PK\x03\x04 this is not a zip file at all" * 10)
+    made["corrupt"] = str(root / "corrupt.npz")
+    (root / "adir").mkdir()
+    made["dir"] = str(root / "adir")
+    made["run"] = str(root / "pong")
+    (root / "empty-run").mkdir()
+    (root / "empty-run" / "config.json").write_text('{"config": {"agent": "pg", "game": "pong"}}')
+    made["empty_run"] = str(root / "empty-run")
+    made["text"] = str(root / "notes.txt")
+    (root / "notes.txt").write_text("hello\n")
+    return made
+
+
+def fill(argv, files):
+    return [a.format(**files) if "{" in a else a for a in argv]
+
+
+def snapshot(*folders):
+    out = {}
+    for folder in folders:
+        for dirpath, _, names in os.walk(folder):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                out[path] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return out
+
+
+# ------------------------------------------------------------------ the table
+M = "scripts.train"
+case(M, "--game", "pongg", says="did you mean pong")
+case(M, "--game", "", says="game")
+case(M, "--lr", "abc", says="--lr")
+case(M, "--num-envs", "0", says="num_envs")
+case(M, "--sticky", "maybe", says="true or false")
+case(M, "--agent", "ppo", says="unknown agent")
+case(M, "--preset", "fancy", says="preset")
+case(M, "--preset", "classic", says="classic")
+case(M, "--blas-threads", "0", says="--blas-threads")
+case(M, "--resume", "/nonexistent/run", says="no such run dir")
+case(M, "--resume", "{empty_run}", says="no checkpoint.npz")
+case(M, "--resume", "{text}", says="no such run dir")
+case(M, "--init", "/nonexistent.npz", says="no such file")
+case(M, "--init", "{corrupt}", says="not a valid .npz")
+case(M, "--init", "{dir}", says="directory")
+case(M, "--init", "{text}", says="not a valid .npz")
+case(M, "--init", "{cartpole}", says="is for CartPole-v1")
+case(M, "--game", "CartPole-v1", "--init", "{pong}", says="is for ALE/Pong-v5")
+case(M, "--agent", "dqn", "--init", "{pong}", says="is a pg checkpoint")
+case(M, "--run-dir", "{run}", says="already holds a run")
+case(M, "--total-steps", "ten", says="--total-steps")
+case(M, "--bogus-flag", says="unrecognized")
+M = "scripts.evaluate"
+case(M, "/nonexistent.npz", says="no such file")
+case(M, "{corrupt}", says="not a valid .npz")
+case(M, "{dir}", says="directory")
+case(M, "{text}", says="not a valid .npz")
+case(M, "{pong}", "--episodes", "0", says="--episodes")
+case(M, "{pong}", "--seed", "x", says="--seed")
+case(M, "{cartpole}", "--record", "games", says="Atari")
+case(M, "{pong}", "--record", "{text}", says="not a directory")
+case(M, says="checkpoint")
+M = "scripts.watch"
+case(M, "/nonexistent.npz", says="no such file")
+case(M, "{corrupt}", says="not a valid .npz")
+case(M, "{dir}", says="directory")
+case(M, "{pong}", "--scale", "0", says="scale")
+case(M, "{pong}", "--fps", "fast", says="--fps")
+case(M, "{pong}", says="SDL_VIDEODRIVER", display=False)
+M = "scripts.replay"
+case(M, "/nonexistent.npz", says="no such")
+case(M, "{corrupt}", says="not a valid .npz")
+case(M, "{pong}", says="not a grok-arcade recording")
+case(M, "{dir}", says="no recordings")
+M = "scripts.play"
+case(M, "--game", "pongg", says="did you mean pong")
+case(M, "--game", "pong", says="SDL_VIDEODRIVER", display=False)
+M = "scripts.inspect"
+case(M, "/nonexistent.npz", "--out", "x.png", says="no such file")
+case(M, "{corrupt}", "--out", "x.png", says="not a valid .npz")
+case(M, "{dir}", "--out", "x.png", says="directory")
+M = "scripts.sanity"
+case(M, "chess", says="invalid choice")
+case(M, "digits", "--data-dir", "/nonexistent/data", says="/nonexistent/data")
+case(M, "digits", "--epochs", "-1", says="epochs")
+M = "scripts.versus"
+case(M, "/nonexistent.npz", "--human", says="no such")
+case(M, "{pong}", "{pong}", "--games", "0", says="--games")
+case(M, "{corrupt}", "{pong}", "--no-window", says="not a valid .npz")
+M = "scripts.bench"
+case(M, "gpu", says="invalid choice")
+case(M, says="subcommand")
+case(M, "nets", "--repeats", "many", says="--repeats")
+
+
+@pytest.mark.parametrize("module, argv, says, display", CASES)
+def test_bad_command_line(module, argv, says, display, files, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    if not display:
+        monkeypatch.delenv("SDL_VIDEODRIVER", raising=False)
+        monkeypatch.delenv("DISPLAY", raising=False)
+        monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    argv = fill(argv, files)
+    before = snapshot(tmp_path, os.path.dirname(files["corrupt"]))
+    main = importlib.import_module(module).main
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2, (code, err)
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert says.lower() in lines[0].lower(), lines[0]
+    assert snapshot(tmp_path, os.path.dirname(files["corrupt"])) == before
+
+
+def test_the_table_covers_every_script():
+    covered = {p.values[0] for p in CASES}
+    scripts = {f"scripts.{n[:-3]}" for n in os.listdir(os.path.join(os.path.dirname(__file__), "..", "scripts"))
+               if n.endswith(".py") and not n.startswith(("_", "bench_", "common", "viewer"))}
+    assert scripts <= covered, scripts - covered
+    assert len(CASES) >= 40
