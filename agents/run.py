@@ -19,7 +19,7 @@ from collections import deque
 import numpy as np
 
 from nets.model import CheckpointError, check_header, model_from_arrays, package_versions
-from nets.npzfile import read_npz, write_npz
+from nets.npzfile import current_umask, read_npz, write_npz
 
 AGENT_FORMAT = "grok-arcade.agent"
 AGENT_FORMAT_VERSION = 1
@@ -37,6 +37,7 @@ def write_text_atomic(path, text):
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -119,8 +120,19 @@ class Run:
         return os.path.join(self.dir, "progress.csv")
 
     def write_config(self):
+        """config.json: settings, env, versions and the command; a resume keeps the first command
+        and adds itself to "resumes", so the card of a shipped agent shows how it really trained."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%S")
         record = {"config": self.config, "env": self.env, "versions": versions(),
-                  "command": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                  "command": sys.argv, "started": now, "resumes": []}
+        try:
+            with open(os.path.join(self.dir, "config.json")) as f:
+                old = json.load(f)
+            if isinstance(old, dict) and isinstance(old.get("command"), list):
+                record["command"], record["started"] = old["command"], old.get("started", now)
+                record["resumes"] = list(old.get("resumes", [])) + [{"command": sys.argv, "at": now}]
+        except (OSError, ValueError):
+            pass
         write_text_atomic(os.path.join(self.dir, "config.json"), json.dumps(record, indent=2) + "\n")
         if not os.path.exists(self.progress_path):
             write_text_atomic(self.progress_path, ",".join(PROGRESS_FIELDS) + "\n")
@@ -221,3 +233,19 @@ class Run:
 
 def config_dict(cfg):
     return dataclasses.asdict(cfg)
+
+
+def export_for_playing(src, dst):
+    """Copy a checkpoint keeping only what playing needs: the policy / online network in float32
+    and the header fields that rebuild it (no optimizer, target network, RNG or replay state)."""
+    models, header, _ = load_checkpoint(src)
+    model = models["model"]
+    if model.dtype != np.float32:
+        raise CheckpointError(f"{src}: weights are {model.dtype}, shipped checkpoints are float32")
+    keep = {k: v for k, v in header.items()
+            if k not in ("format", "version", "architecture", "dtype", "models", "versions", "rng",
+                         "optim", "optimizer")}
+    keep["exported_from"] = {"path": os.path.abspath(src), "step": header.get("step"),
+                             "episode": header.get("episode")}
+    save_checkpoint(dst, {"model": model}, keep)
+    return keep

@@ -453,6 +453,9 @@ def write_npz(path, arrays, header):
                         np.lib.format.write_array(member, a, allow_pickle=False)
             f.flush()
             os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; a saved recording is a normal file
         os.replace(tmp, path)
     except BaseException:
         try:

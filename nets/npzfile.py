@@ -18,6 +18,12 @@ MAX_ARRAY_BYTES = 4 << 30  # 4 GiB per array: larger than anything we write
 SAFE_KINDS = set("biufcSU")  # bool, ints, floats, complex, bytes, str: never object ('O') or void
 
 
+def current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_npz(path, arrays, header, compress=False):
     """Write arrays and a JSON header to path atomically (temp file in the same dir, then replace)."""
     path = os.fspath(path)
@@ -33,6 +39,7 @@ def write_npz(path, arrays, header, compress=False):
             (np.savez_compressed if compress else np.savez)(f, **payload)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a saved file is a normal file
         os.replace(tmp, path)
     except BaseException:
         try:

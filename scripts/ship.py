@@ -1,0 +1,132 @@
+"""Ship a trained agent: python -m scripts.ship RUN_DIR --name pong-pg [--episodes 30] [--seed S].
+
+Exports the run's checkpoint with only what playing needs (float32 policy or online Q-network),
+evaluates it on --episodes fresh games with scripts.evaluate's protocol, and writes
+checkpoints/<name>.npz, <name>.md (the command that trained it, steps, episodes, hours, the
+evaluation JSON) and <name>.png (the learning curve). It refuses, exit 1, unless the new agent
+scores better than the card of the one already shipped (--force overrides), because every
+committed checkpoint stays in every clone forever.
+"""
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+
+from scripts.common import Parser, UsageError, fail
+
+CHECKPOINTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints")
+
+
+def build_parser():
+    p = Parser(prog="python -m scripts.ship", description=__doc__.splitlines()[0])
+    p.add_argument("run_dir", help="a run dir holding checkpoint.npz, config.json and progress.csv")
+    p.add_argument("--name", required=True, help="shipped name, e.g. pong-pg (checkpoints/<name>.npz)")
+    p.add_argument("--episodes", type=int, default=30, help="evaluation games (default 30)")
+    p.add_argument("--seed", type=int, default=1000, help="seed of the first evaluation game")
+    p.add_argument("--no-sticky", action="store_true", help="also report the NoFrameskip-v4 protocol")
+    p.add_argument("--out-dir", default=CHECKPOINTS, help="where to ship (default checkpoints/)")
+    p.add_argument("--force", action="store_true", help="ship even if not better than the shipped one")
+    return p
+
+
+def shipped_mean(card_path):
+    """The sticky-protocol mean return an existing card reports, or None."""
+    if not os.path.exists(card_path):
+        return None
+    match = re.search(r'"protocol": "v5-sticky".*?"mean_return": (-?[0-9.]+)', open(card_path).read())
+    if match is None:
+        match = re.search(r'"mean_return": (-?[0-9.]+)', open(card_path).read())
+    return float(match.group(1)) if match else None
+
+
+def card(name, config, header, results, curve_name):
+    def shell(argv):
+        return " ".join(["python", "-m", "scripts.train", *argv[1:]])
+    command = "\n".join([shell(config.get("command", []))] +
+                        [f"# then, after a stop:\n{shell(r['command'])}" for r in config.get("resumes", [])])
+    hours = header.get("wall_seconds", 0.0) / 3600
+    lines = [f"# {name}", "",
+             f"Agent `{header['agent']}` on `{header['env']['env_id']}` (preset `{header['env']['preset']}`), "
+             f"trained for {header['step']:,} agent steps and {header['episode']:,} episodes in "
+             f"{hours:.2f} hours ({header.get('wall_seconds', 0.0):,.0f} s) of wall clock on a 2-core CPU "
+             "machine.", "",
+             "## How it was trained", "", "```bash", command, "```", "",
+             "Settings (from the run's config.json):", "", "```json",
+             json.dumps(config.get("config", {}), indent=1, sort_keys=True), "```", "",
+             "## Evaluation", "",
+             "Whole games on fresh seeds, printed by `python -m scripts.evaluate` "
+             f"(`--episodes {results[0]['episodes']}`):", ""]
+    for r in results:
+        lines += ["```json", json.dumps(r), "```", ""]
+    lines += ["## Learning curve", "", f"![learning curve]({curve_name})", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        if args.episodes < 1:
+            raise UsageError(f"--episodes must be >= 1, got {args.episodes}")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", args.name):
+            raise UsageError(f"--name {args.name!r}: use lower-case letters, digits, - and _")
+        src = os.path.join(args.run_dir, "checkpoint.npz")
+        if not os.path.isdir(args.run_dir) or not os.path.exists(src):
+            raise UsageError(f"{args.run_dir}: not a run dir with a checkpoint.npz")
+        try:
+            with open(os.path.join(args.run_dir, "config.json")) as f:
+                config = json.load(f)
+        except (OSError, ValueError):
+            raise UsageError(f"{args.run_dir}: missing or damaged config.json") from None
+        import agents
+        from agents.run import export_for_playing
+        os.makedirs(args.out_dir, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=args.out_dir, prefix=".ship-")
+        staged = os.path.join(tmp, f"{args.name}.npz")
+        try:
+            header = export_for_playing(src, staged)
+            agent = agents.load(staged, seed=args.seed)
+        except agents.CheckpointError as e:
+            raise UsageError(str(e)) from None
+    except UsageError as e:
+        fail(str(e))
+    from agents.evaluation import evaluate
+    from envs import env_spec
+    results = []
+    for sticky in ([True, False] if args.no_sticky else [True]):
+        summary = evaluate(agent, args.episodes, seed=args.seed, sticky=sticky,
+                           explore=agent.kind == "pg",
+                           on_game=lambda k, r, n: print(f"game {k + 1:3d}  return {r:6.1f}  length {n}",
+                                                         file=sys.stderr, flush=True))
+        protocol = env_spec(agent.env["env_id"], agent.env["preset"], sticky)["protocol"]
+        results.append({"checkpoint": f"checkpoints/{args.name}.npz", "game": agent.env["env_id"],
+                        "protocol": protocol, "episodes": args.episodes,
+                        **{k: summary[k] for k in ("mean_return", "std_return", "min_return", "max_return")}})
+        print(json.dumps(results[-1]))
+    card_path = os.path.join(args.out_dir, f"{args.name}.md")
+    old = shipped_mean(card_path)
+    new = results[0]["mean_return"]
+    if old is not None and new <= old and not args.force:
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"not shipped: mean {new:.2f} is not better than the shipped {old:.2f} (--force ships anyway)",
+              file=sys.stderr)
+        return 1
+    header["env"] = agent.env
+    curve_name = f"{args.name}.png"
+    curve_src = os.path.join(args.run_dir, "curve.png")
+    if os.path.exists(curve_src):
+        shutil.copyfile(curve_src, os.path.join(tmp, curve_name))
+        os.replace(os.path.join(tmp, curve_name), os.path.join(args.out_dir, curve_name))
+    os.replace(staged, os.path.join(args.out_dir, f"{args.name}.npz"))
+    with open(os.path.join(tmp, "card.md"), "w") as f:
+        f.write(card(args.name, config, header, results, curve_name))
+    os.replace(os.path.join(tmp, "card.md"), card_path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"shipped {args.out_dir}/{args.name}.npz (mean {new:.2f}"
+          f"{'' if old is None else f', was {old:.2f}'})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
