@@ -19,7 +19,9 @@ File (FORMAT, VERSION):
   screen_crc32  (length+1,)  uint32   zlib.crc32 of the RGB screen after reset, then after each step
 """
 import datetime
+import json
 import os
+import zipfile
 import zlib
 from dataclasses import dataclass
 from importlib import metadata
@@ -27,7 +29,7 @@ from importlib import metadata
 import numpy as np
 
 from envs import versus
-from envs.recording import RecordingError, read_npz, write_npz
+from envs.recording import HEADER_KEY, RecordingError, _read_member, read_npz, write_npz
 
 FORMAT = "grok-arcade-versus-recording"
 VERSION = 1
@@ -118,12 +120,16 @@ class VersusRecording:
 
 
 def is_versus(path):
-    """True when path is a readable file whose header says it is a two-player recording."""
+    """True when path's header says it is a two-player recording. Reads the header alone (a
+    single-player recording with frames can be large); anything unreadable is False, and the
+    single-player reader then says what is wrong with it."""
     try:
-        _, header = read_npz(path)
-    except RecordingError:
+        with zipfile.ZipFile(path) as zf:
+            raw = _read_member(zf, zf.getinfo(HEADER_KEY + ".npy"), os.fspath(path))  # (bytes,) uint8
+        header = json.loads(raw.tobytes().decode("utf-8"))
+    except Exception:  # not a zip, no header, damaged, not JSON: not ours
         return False
-    return header.get("format") == FORMAT
+    return isinstance(header, dict) and header.get("format") == FORMAT
 
 
 def load(path):

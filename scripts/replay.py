@@ -6,7 +6,7 @@ CRC32 is checked as it plays; a mismatch stops the replay with a one-line error.
 Keys: Space pause, Left/Right seek 10 s of game time (one step while paused), N/P next and previous
 game, + and - speed, Esc or Q quit. At the end of the last game the window waits for a key.
 --export writes one recording as a video without opening a window; --info prints each recording's
-metadata as one JSON line.
+metadata as one JSON line. Two-player recordings (scripts.versus) play back the same way.
 """
 import json
 import os

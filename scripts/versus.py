@@ -38,7 +38,8 @@ STEPS_PER_SECOND = 15.0  # 60 frames a second, 4 a step
 def build_parser():
     p = Parser(prog="python -m scripts.versus", description=__doc__.splitlines()[0])
     p.add_argument("checkpoints", nargs="*", metavar="CHECKPOINT",
-                   help="with --human: the agent you play (default: the best shipped one); else A (left) and B (right)")
+                   help="with --human: the agent you play (default: the best shipped one); "
+                        "else A (left) and B (right)")
     p.add_argument("--human", action="store_true", help="you play the left paddle with the arrow keys")
     p.add_argument("--games", type=int, default=None,
                    help="games to play (default: until you quit with --human, else 5)")
@@ -53,7 +54,8 @@ def build_parser():
                    help="idle frames before a game starts, drawn from 0..N (default 30; 0 with --human)")
     p.add_argument("--greedy", action="store_true",
                    help="policy gradient: take the most likely action instead of sampling")
-    p.add_argument("--fps", type=float, default=None, help="steps per second (default 15, real time; 0: as fast as possible)")
+    p.add_argument("--fps", type=float, default=None,
+                   help="steps per second (default 15, real time; 0: as fast as possible)")
     p.add_argument("--scale", type=int, default=3, help="zoom of the game frame (default 3)")
     return p
 

@@ -250,6 +250,25 @@ def test_edited_recording_is_caught(pg_checkpoint, tmp_path, capsys):
         list(versus_recording.replay(forged))
 
 
+@needs_extra
+def test_round_robin_prints_a_table_and_the_matches(pg_checkpoint, tmp_path, capsys):
+    from scripts import versus as script
+    assert script.main([pg_checkpoint, "--round-robin", "--games", "1", "--max-steps", "30"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    matches = json.loads(lines[-1])["matches"]
+    assert [(m["left"], m["right"], m["games"]) for m in matches] == [(pg_checkpoint, pg_checkpoint, 1)]
+    assert lines[-3].startswith("left \\ right") and lines[-2].startswith(pg_checkpoint)
+
+
+def test_single_player_recordings_are_told_apart(tmp_path):
+    path = tmp_path / "single.npz"
+    envs.record("pong", lambda obs: 0, path, preset="karpathy", max_steps=5)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    assert not versus_recording.is_versus(path) and not versus_recording.is_versus(tmp_path / "junk.npz")
+    with pytest.raises(RecordingError, match="not a two-player recording"):
+        versus_recording.load(path)
+
+
 # ----------------------------------------------------------------------------- errors
 
 def one_line_exit_2(capsys, fn, *args, **kwargs):
