@@ -19,8 +19,10 @@ from nets.tasks import TaskError, make_result, minibatches, subset
 
 MODELS = ("mlp", "cnn")
 DATASETS = ("mnist", "fashion")
-# test accuracy each model must reach after its full schedule; Fashion-MNIST is harder (about 10 points)
-TARGETS = {("mlp", "mnist"): 0.98, ("cnn", "mnist"): 0.99, ("mlp", "fashion"): 0.88, ("cnn", "fashion"): 0.90}
+# Test accuracy each model must reach after its full schedule. MNIST's are the chapter's targets; the
+# issue sets none for Fashion-MNIST, so its bars sit about a point below what this schedule measured
+# (MLP 89.17%, CNN 90.27%) and only catch a broken stack.
+TARGETS = {("mlp", "mnist"): 0.98, ("cnn", "mnist"): 0.99, ("mlp", "fashion"): 0.88, ("cnn", "fashion"): 0.89}
 QUICK_TARGETS = {("mlp", "mnist"): 0.90, ("cnn", "mnist"): 0.75, ("mlp", "fashion"): 0.75, ("cnn", "fashion"): 0.65}
 
 
@@ -57,7 +59,7 @@ def full_config(model="mlp", dataset="mnist", **overrides):
 
 
 def quick_config(model="mlp", dataset="mnist", **overrides):
-    """A small, fast version (a few thousand images, one or two epochs) with a lower bar."""
+    """A small, fast version (a few thousand images, one to three epochs) with a lower bar."""
     cfg = full_config(model, dataset)
     cfg = replace(cfg, batch_size=32, lr=2e-3, target=QUICK_TARGETS[model, dataset])
     if model == "mlp":
