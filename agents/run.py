@@ -12,14 +12,13 @@ import os
 import platform
 import signal
 import sys
-import tempfile
 import time
 from collections import deque
 
 import numpy as np
 
 from nets.model import CheckpointError, check_header, model_from_arrays, package_versions
-from nets.npzfile import current_umask, read_npz, write_npz
+from nets.npzfile import atomic_write, read_npz, write_npz
 
 AGENT_FORMAT = "grok-arcade.agent"
 AGENT_FORMAT_VERSION = 1
@@ -32,19 +31,8 @@ def versions():
 
 
 def write_text_atomic(path, text):
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_write(path, "w") as f:
+        f.write(text)
 
 
 def save_checkpoint(path, models, header, extra_arrays=None):

@@ -119,14 +119,16 @@ def build(spec, dtype=np.float32, _budget=None):
     # a forged file must not make us allocate gigabytes before its arrays are even compared
     size = 1
     for key, value in config.items():
-        if isinstance(value, bool):
-            continue
-        if not isinstance(value, (int, float)):
-            raise ValueError(f"{spec['type']} config {key!r} must be a number or a flag, got {value!r}")
-        if isinstance(value, int):
-            if value < 0:
-                raise ValueError(f"{spec['type']} config {key!r} must be >= 0, got {value}")
-            size *= max(value, 1)
+        values = value if isinstance(value, list) and 0 < len(value) <= 4 else [value]
+        for v in values:
+            if isinstance(v, bool):
+                continue
+            if not isinstance(v, (int, float)):
+                raise ValueError(f"{spec['type']} config {key!r} must be numbers or a flag, got {value!r}")
+            if isinstance(v, int):
+                if v < 0:
+                    raise ValueError(f"{spec['type']} config {key!r} must be >= 0, got {value}")
+                size *= max(v, 1)
     budget[0] -= size
     if budget[0] < 0:
         raise ValueError(f"{spec['type']} config {config} makes the model implausibly large")

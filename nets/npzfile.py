@@ -5,6 +5,7 @@ defences live in one place: object arrays are refused before anything is read, e
 array size is checked against the archive's own directory and a cap (no memory blow-up from a
 forged header), and any failure becomes the caller's own one-line error.
 """
+import contextlib
 import io
 import json
 import os
@@ -32,11 +33,19 @@ def write_npz(path, arrays, header, compress=False):
             raise ValueError(f"array {name!r} cannot be stored (reserved name or object dtype)")
     payload = dict(arrays)
     payload[HEADER_KEY] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+    with atomic_write(path, "wb") as f:
+        (np.savez_compressed if compress else np.savez)(f, **payload)
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb"):
+    """Open a temp file beside path for writing; on success it replaces path in one step
+    (os.replace), on any failure it is removed and path is left as it was."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            (np.savez_compressed if compress else np.savez)(f, **payload)
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a saved file is a normal file
