@@ -1,0 +1,105 @@
+"""Pretrain an agent on recorded games: python -m scripts.pretrain --from RECORDINGS --agent pg|dqn --out CHECKPOINT.
+
+Behaviour cloning (agents/pretrain.py): every recording is re-simulated, the agent's observations
+are rebuilt as its preset makes them, and its network learns the recorded actions by cross-entropy
+on whole games, some held out. RECORDINGS are files or folders of them, from scripts.evaluate
+--record, scripts.watch --record or scripts.play. The checkpoint starts RL with
+`python -m scripts.train --agent AGENT --game GAME --init CHECKPOINT` (same --hidden).
+"""
+import os
+import sys
+
+from scripts.common import Parser, UsageError, add_config_flags, config_from_args, fail
+
+
+def build_parser(config_cls):
+    p = Parser(prog="python -m scripts.pretrain", description=__doc__.splitlines()[0])
+    p.add_argument("--from", dest="sources", nargs="+", required=True, metavar="RECORDINGS",
+                   help="recordings (.npz) or folders holding them")
+    p.add_argument("--out", required=True, metavar="CHECKPOINT", help="where to write the checkpoint (.npz)")
+    p.add_argument("--agent", choices=["pg", "dqn"], default="pg", help="which agent to pretrain (default pg)")
+    p.add_argument("--blas-threads", type=int, default=1,
+                   help="OpenBLAS threads (default 1: more threads than free cores spin and slow down)")
+    p.add_argument("--quiet", action="store_true", help="only the last line")
+    add_config_flags(p, config_cls, skip=("agent",))
+    return p
+
+
+def set_blas_threads(argv):
+    """OpenBLAS reads its thread count once, when numpy loads: settle it before any import of it."""
+    pre = Parser(add_help=False)
+    pre.add_argument("--blas-threads", type=int, default=1)
+    known, _ = pre.parse_known_args(argv)
+    if known.blas_threads < 1:
+        raise UsageError(f"--blas-threads must be >= 1, got {known.blas_threads}")
+    if "numpy" not in sys.modules:
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+            os.environ.setdefault(var, str(known.blas_threads))
+
+
+def check_out(path):
+    if os.path.isdir(path):
+        raise UsageError(f"--out {path}: is a directory; give a file name such as pong-pg-pretrained.npz")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"--out {path}: folder {folder} does not exist")
+
+
+def train_flags(cfg, target):
+    """The scripts.train flags that make the same network and env as the checkpoint."""
+    flags = f"--agent {cfg.agent} --game {cfg.game}"
+    if cfg.preset and target.cfg.preset != ("deepmind" if cfg.agent == "dqn" else "karpathy"):
+        flags += f" --preset {target.cfg.preset}"
+    if target.cfg.hidden != (200 if cfg.agent == "pg" else 512):
+        flags += f" --hidden {target.cfg.hidden}"
+    return flags
+
+
+def percent(x):
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        set_blas_threads(argv)
+        from agents import pretrain
+        args = build_parser(pretrain.Config).parse_args(argv)
+        cfg = config_from_args(pretrain.Config, args, pretrain.Config(agent=args.agent))
+        try:
+            target = pretrain.resolved(cfg)
+        except ValueError as e:  # unknown game, bad preset or value
+            raise UsageError(str(e).splitlines()[0]) from None
+        check_out(args.out)
+    except UsageError as e:
+        fail(str(e))
+
+    def said(text):
+        if not args.quiet:
+            print(text, flush=True)
+
+    def on_recording(info):
+        said(f"{os.path.basename(info['path'])}: {info['agent_steps']} agent steps, {info['samples']} samples"
+             f" ({info['dropped']} dropped), return {info['return']:g}, player {info['player']}")
+
+    def on_epoch(row):
+        said(f"epoch {row['epoch']:3d}/{cfg.epochs}  loss {row['loss']:.4f}  train {percent(row['train_accuracy'])}"
+             f"  val {percent(row['val_accuracy'])}  {row['seconds']:.1f} s")
+
+    from envs.recording import RecordingError
+    try:  # every recording's header is read before the first (slow) replay: bad input fails at once
+        summary = pretrain.pretrain(cfg, args.sources, args.out, on_recording, on_epoch)
+    except (RecordingError, pretrain.DemonstrationError, FloatingPointError) as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"cannot write {args.out}: {e.strerror or e}")
+    game = target.spec["env_id"]
+    print(f"saved {args.out}: {cfg.agent} on {game} ({target.spec['preset']}), {summary['train_samples']} training "
+          f"and {summary['val_samples']} held-out samples; val accuracy {percent(summary['val_accuracy'])} "
+          f"(majority action {percent(summary['val_majority'])}) at epoch {summary['best_epoch']}", flush=True)
+    said(f"start RL from it: python -m scripts.train {train_flags(cfg, target)} --init {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
