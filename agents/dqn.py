@@ -81,6 +81,8 @@ class Config:
     max_bad_updates: int = 5  # stop after this many NaN/inf updates in a row
     checkpoint_minutes: float = 5.0  # write checkpoint.npz this often
     save_buffer: bool = False  # also write replay.npz beside the checkpoint when the run stops (big)
+    workers: int = 0  # Ray actors stepping the envs (agents/distributed.py, apex.py); 0: all here
+    ray_address: str = ""  # with workers: join this Ray cluster (auto, HOST:6379); empty: start a local Ray
 
 
 def resolved(cfg):
@@ -398,6 +400,9 @@ def train(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
     own checkpoint. callback(metrics) gets "episode" events after every finished game, "eval" after
     every evaluation and "update" every log_every steps (with the seconds spent per part of the
     loop). stopwatch: a Stopwatch to charge the time to (the benchmark reads it)."""
+    if cfg.workers > 0:
+        from agents.apex import train_dqn
+        return train_dqn(cfg, run, callback, init, resume, stopwatch)
     rng = np.random.default_rng(cfg.seed)
     venv = envs.make_vector(cfg.game, cfg.preset, cfg.num_envs, sticky=cfg.sticky, training=False)
     run.env = venv.grok_spec  # what checkpoints record is the env this run really plays

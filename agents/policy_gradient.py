@@ -43,6 +43,8 @@ class Config:
     max_grad_norm: float = 0.0  # clip the gradient's global norm (0: off)
     max_bad_updates: int = 5  # stop after this many NaN/inf updates in a row
     checkpoint_minutes: float = 5.0  # write checkpoint.npz this often
+    workers: int = 0  # Ray actors stepping the envs (agents/distributed.py); 0: all in this process
+    ray_address: str = ""  # with workers: join this Ray cluster (auto, HOST:6379); empty: start a local Ray
 
 
 def resolved(cfg):
@@ -205,6 +207,9 @@ def train(cfg, run, callback=None, init=None, resume=None):
     init: (models, header) of a checkpoint to start the weights from; resume: the same for the run's
     own checkpoint (weights, optimizer, counters and random state). callback(metrics) is called
     after every finished episode and update."""
+    if cfg.workers > 0:
+        from agents.distributed import train_pg
+        return train_pg(cfg, run, callback, init, resume)
     rng = np.random.default_rng(cfg.seed)
     venv = envs.make_vector(cfg.game, cfg.preset, cfg.num_envs, sticky=cfg.sticky)
     run.env = venv.grok_spec  # what checkpoints record is the env this run really plays

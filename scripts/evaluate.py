@@ -2,6 +2,7 @@
 
 Prints one row per game and, as its last line, one JSON object with the mean, std, min and max return.
 """
+import importlib.util
 import json
 import os
 import sys
@@ -19,6 +20,9 @@ def build_parser():
     p.add_argument("--record", metavar="DIR", help="save every game as a recording in DIR")
     p.add_argument("--greedy", action="store_true",
                    help="policy gradient: take the most likely action instead of sampling")
+    p.add_argument("--workers", type=int, default=0,
+                   help="spread the games over N Ray actors (needs the distributed extra)")
+    p.add_argument("--ray-address", default="", help="with --workers: join this Ray cluster (default: a local Ray)")
     return p
 
 
@@ -27,6 +31,14 @@ def main(argv=None):
     try:
         if args.episodes < 1:
             raise UsageError(f"--episodes must be >= 1, got {args.episodes}")
+        if args.workers < 0:
+            raise UsageError(f"--workers must be >= 0, got {args.workers}")
+        if args.workers and importlib.util.find_spec("ray") is None:
+            raise UsageError('--workers needs Ray: pip install -e ".[distributed]"')
+        if args.ray_address and not args.workers:
+            raise UsageError("--ray-address needs --workers N")
+        if args.workers and args.record:
+            raise UsageError("--record writes the games where they are played: drop --workers to record")
         import agents
         try:
             agent = agents.load(args.checkpoint, seed=args.seed)
@@ -46,9 +58,18 @@ def main(argv=None):
         print(f"game {k + 1:3d}  seed {args.seed + k:6d}  return {ret:7.1f}  length {length:6d}", flush=True)
 
     explore = agent.kind == "pg" and not args.greedy
-    summary = evaluate(agent, args.episodes, seed=args.seed, sticky=not args.no_sticky,
-                       explore=explore, on_game=row, record_dir=args.record,
-                       message=lambda text: print(text, file=sys.stderr))
+    if args.workers:
+        from agents import distributed
+        try:
+            summary = distributed.evaluate(args.checkpoint, args.episodes, seed=args.seed, sticky=not args.no_sticky,
+                                           explore=explore, workers=args.workers, ray_address=args.ray_address,
+                                           on_game=row)
+        except distributed.WorkerError as e:
+            fail(str(e))
+    else:
+        summary = evaluate(agent, args.episodes, seed=args.seed, sticky=not args.no_sticky,
+                           explore=explore, on_game=row, record_dir=args.record,
+                           message=lambda text: print(text, file=sys.stderr))
     from envs import env_spec
     protocol = env_spec(agent.env["env_id"], agent.env["preset"], not args.no_sticky)["protocol"]
     result = {"checkpoint": args.checkpoint, "game": agent.env["env_id"], "protocol": protocol,

@@ -6,6 +6,7 @@ config.json, progress.csv, checkpoint.npz (every few minutes and on Ctrl-C / SIG
 """
 import dataclasses
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -107,6 +108,16 @@ def set_blas_threads(threads, agent):
         os.environ.setdefault(var, str(threads))
 
 
+def check_workers(cfg):
+    """--workers needs Ray (an optional extra): say so before anything starts."""
+    if cfg.workers < 0:
+        raise UsageError(f"--workers must be >= 0, got {cfg.workers}")
+    if cfg.ray_address and not cfg.workers:
+        raise UsageError("--ray-address needs --workers N")
+    if cfg.workers and importlib.util.find_spec("ray") is None:
+        raise UsageError('--workers needs Ray: pip install -e ".[distributed]"')
+
+
 def prepare(argv):
     """Parse flags into (module, cfg, run_dir, init, resume); UsageError for anything wrong."""
     pre = Parser(add_help=False)
@@ -130,6 +141,7 @@ def prepare(argv):
         cfg = module.resolved(config_from_args(module.Config, args, base))
     except ValueError as e:  # unknown game, bad preset or value
         raise UsageError(str(e).splitlines()[0]) from None
+    check_workers(cfg)
     import envs
     env = envs.env_spec(cfg.game, cfg.preset, cfg.sticky)
     from agents.run import load_checkpoint
@@ -181,6 +193,10 @@ def main(argv=None):
     bar = ProgressBar(cfg.total_steps, resume[1].get("step", 0) if resume else 0, quiet)
     run.message = bar.write
     print(f"run dir: {run.dir}", file=sys.stderr)
+    worker_errors = ()
+    if cfg.workers:
+        from agents.distributed import WorkerError
+        worker_errors = (WorkerError,)
     try:
         with run:
             module.train(cfg, run, callback=bar, init=init, resume=resume)
@@ -192,6 +208,9 @@ def main(argv=None):
     except module.NumericalError as e:
         bar.close()
         fail(str(e), code=1)
+    except worker_errors as e:  # no cluster at --ray-address, actors that cannot start
+        bar.close()
+        fail(str(e))
     bar.close()
     why = "stopped by signal" if run.stop_requested else "finished"
     print(f"{why}: step {run.step}, episode {run.episode}; saved {run.checkpoint_path}", file=sys.stderr)
