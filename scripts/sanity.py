@@ -84,7 +84,7 @@ def set_blas_threads(threads):
 
 
 def task_configs(args):
-    """[(task name, module, config)] for what the command line asks."""
+    """[(task module, config)] for what the command line asks."""
     from nets.tasks import digits, sentiment, shakespeare
     common = {"data_dir": args.data_dir}
     if args.epochs is not None:
@@ -96,12 +96,12 @@ def task_configs(args):
     if args.task in (None, "digits"):
         dataset = getattr(args, "dataset", "mnist")
         models = ("mlp", "cnn") if getattr(args, "model", "both") == "both" else (args.model,)
-        out += [("digits", digits, getattr(digits, preset)(m, dataset, **common)) for m in models]
+        out += [(digits, getattr(digits, preset)(m, dataset, **common)) for m in models]
     if args.task in (None, "sentiment"):
-        out.append(("sentiment", sentiment, getattr(sentiment, preset)(**common)))
+        out.append((sentiment, getattr(sentiment, preset)(**common)))
     if args.task in (None, "shakespeare"):
         text = getattr(args, "text", None)
-        out.append(("shakespeare", shakespeare, getattr(shakespeare, preset)(text_path=text, **common)))
+        out.append((shakespeare, getattr(shakespeare, preset)(text_path=text, **common)))
     return out
 
 
@@ -157,11 +157,12 @@ def run(args):
     from nets.tasks import TaskError
     try:
         configs = task_configs(args)
-        for _, module, cfg in configs:
+        for module, cfg in configs:  # every data set and word checked before an hour of training
+            module.check_data(cfg)
             if args.task == "sentiment":
                 check_words(args, module, cfg)
         results = []
-        for _, module, cfg in configs:
+        for module, cfg in configs:
             result = module.train(cfg, log=None if args.quiet else print_epoch)
             print(f"{result['task']}: {result['metric']} {format_value(result, result['value'])} after "
                   f"{result['epochs']} epochs in {result['seconds']:.0f}s", flush=True)

@@ -180,7 +180,14 @@ def canned(task, value, target, passed, lower=False):
     return train
 
 
-def test_all_tasks_print_one_table_and_exit_1_on_a_miss(monkeypatch, capsys):
+@pytest.fixture
+def any_data(monkeypatch):
+    """The canned tasks below need no data."""
+    for module in (digits, sentiment, shakespeare):
+        monkeypatch.setattr(module, "check_data", lambda cfg: None)
+
+
+def test_all_tasks_print_one_table_and_exit_1_on_a_miss(monkeypatch, capsys, any_data):
     monkeypatch.setattr(digits, "train", canned("digits/mnist/mlp", 0.985, 0.98, True))
     monkeypatch.setattr(sentiment, "train", canned("sentiment", 0.77, 0.76, True))
     monkeypatch.setattr(shakespeare, "train", canned("shakespeare", 1.55, 1.60, True, lower=True))
@@ -195,7 +202,7 @@ def test_all_tasks_print_one_table_and_exit_1_on_a_miss(monkeypatch, capsys):
     assert "MISSED" in capsys.readouterr().out
 
 
-def test_flags_reach_the_configs_before_or_after_the_task(monkeypatch, capsys):
+def test_flags_reach_the_configs_before_or_after_the_task(monkeypatch, capsys, any_data):
     seen = []
     monkeypatch.setattr(digits, "train", lambda cfg, log=None: seen.append(cfg) or canned("d", 0.99, 0.98, True)(cfg))
     assert sanity.main(["--epochs", "3", "digits", "--model", "cnn", "--seed", "7", "--data-dir", "/x"]) == 0
@@ -254,6 +261,18 @@ def test_shakespeare_command_on_any_text_file(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         sanity.main(["shakespeare", "--quick", "--text", str(path)])
     assert e.value.code == 2 and "too few" in capsys.readouterr().err
+
+
+@needs_data
+def test_missing_data_stops_the_run_before_any_training(tmp_path, monkeypatch, capsys):
+    (tmp_path / "shakespeare").mkdir()
+    (tmp_path / "shakespeare" / "input.txt").write_text("damaged\n")
+    for name in ("mnist", "sentiment"):
+        os.symlink(DATA / name, tmp_path / name)
+    monkeypatch.setattr(digits, "train", lambda cfg, log=None: pytest.fail("trained before checking all the data"))
+    with pytest.raises(SystemExit) as e:
+        sanity.main(["--data-dir", str(tmp_path)])
+    assert e.value.code == 2 and "tiny Shakespeare" in capsys.readouterr().err
 
 
 def test_missing_data_is_one_line_exit_2_without_traceback(tmp_path):

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from nets.conv import Conv2d, MaxPool2d
-from nets.data import load_mnist
+from nets.data import ensure_files, load_mnist
 from nets.layers import Dropout, Flatten, Linear, ReLU
 from nets.losses import SoftmaxCrossEntropy
 from nets.model import Sequential
@@ -67,6 +67,11 @@ def quick_config(model="mlp", dataset="mnist", **overrides):
     else:
         cfg = replace(cfg, epochs=1, train_size=3000, test_size=1000, channels=(8, 16), hidden=64)
     return replace(cfg, **overrides)
+
+
+def check_data(cfg):
+    """Raise DataError now, not after other tasks trained, if cfg's data set cannot be had."""
+    ensure_files(cfg.dataset, cfg.data_dir)
 
 
 def build_mlp(cfg, rng):

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from nets.data import load_polarity
+from nets.data import ensure_files, load_polarity
 from nets.layers import Dropout, Embedding, Linear
 from nets.losses import SoftmaxCrossEntropy
 from nets.model import Sequential
@@ -141,6 +141,11 @@ def load_split(cfg):
     (tr_texts, tr_labels), test = split(texts, labels, cfg.held_out, cfg.split_seed)
     n = subset(len(tr_texts), cfg.train_size)
     return (tr_texts[:n], tr_labels[:n]), test
+
+
+def check_data(cfg):
+    """Raise DataError now, not after other tasks trained, if the polarity files cannot be had."""
+    ensure_files("polarity", cfg.data_dir)
 
 
 def vocabulary(cfg):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from nets.data import load_text
+from nets.data import ensure_files, load_text
 from nets.layers import Embedding, Linear
 from nets.losses import SoftmaxCrossEntropy, softmax
 from nets.model import Sequential
@@ -47,6 +47,14 @@ def quick_config(**overrides):
     """A small, fast version: 100k characters, a small LSTM, one epoch, a lower bar."""
     return replace(ShakespeareConfig(hidden=64, embed=16, seq_len=50, batch_size=32, epochs=1, lr=1e-2,
                                      train_chars=100_000, val_chars=20_000, target=2.6), **overrides)
+
+
+def check_data(cfg):
+    """Raise DataError now, not after other tasks trained, if the text cannot be had."""
+    if cfg.text_path is None:
+        ensure_files("shakespeare", cfg.data_dir)
+    else:
+        load_text(cfg.text_path)
 
 
 class CharLSTM(Sequential):
