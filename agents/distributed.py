@@ -15,10 +15,16 @@ round waits for its slowest actor rather than learn from stale games: letting fa
 (one update stale) made CartPole runs climb to 400 and collapse. Pieces an actor holds unfinished
 at the end of a round carry over to its next one.
 
-Faults: an actor that dies (RayActorError) or fails in a call is replaced by a new one with fresh
-envs; whatever it had not returned is lost and never counted in run.step, so progress.csv and the
-checkpoint (written by the learner alone) stay consistent. A stop request (Ctrl-C, SIGTERM) ends the
-loop, the run saves, and the actors are killed.
+Faults: an actor that dies (RayActorError), fails in a call or loses its node (any RayError) is
+replaced by a new one with fresh envs; whatever it had not returned is lost and never counted in
+run.step, so progress.csv and the checkpoint (written by the learner alone) stay consistent. A stop
+request (Ctrl-C, SIGTERM) ends the loop, the run saves, and the actors are killed.
+
+Evaluation: games seed, seed+1, ... go to whichever actor is free; each game draws the agent's
+randomness from a stream seeded by its own env seed, so a game's return does not depend on which
+actor played it. agents.evaluation.evaluate draws every game from one stream instead, so the two
+agree game for game only when the agent plays deterministically (greedy policy gradient, DQN with
+eval_epsilon 0).
 """
 import dataclasses
 import logging
@@ -221,7 +227,7 @@ class Fleet:
         i = self.pending.pop(ready[0])
         try:
             result = self.ray.get(ready[0])
-        except (self.ray.exceptions.RayActorError, self.ray.exceptions.RayTaskError) as e:
+        except self.ray.exceptions.RayError as e:  # the actor died, its call failed, its node went away
             self.replace(i, e)
             return i, None
         self.lost_in_a_row = 0
@@ -368,10 +374,9 @@ def shut_down(ray, fleet, started):
 # ----------------------------------------------------------------------------- evaluation
 
 def evaluate(path, episodes, seed=0, sticky=True, explore=False, workers=2, ray_address="", on_game=None):
-    """agents.evaluation.evaluate spread over `workers` actors: games seed, seed+1, ... on whichever
-    actor is free. Each game draws the agent's randomness from its own stream seeded by its env seed,
-    so results do not depend on how games fall on actors (and equal the single-process ones whenever
-    the agent plays deterministically). on_game(k, return, length) is called in game order."""
+    """agents.evaluation.evaluate's games and summary, played on `workers` actors that each load the
+    checkpoint from its bytes (see the module's note on randomness). on_game(k, return, length) is
+    called in game order."""
     with open(path, "rb") as f:
         blob = f.read()
     ray, started = start_ray(ray_address, workers)

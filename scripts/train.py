@@ -116,6 +116,12 @@ def check_workers(cfg):
         raise UsageError("--ray-address needs --workers N")
     if cfg.workers and importlib.util.find_spec("ray") is None:
         raise UsageError('--workers needs Ray: pip install -e ".[distributed]"')
+    if cfg.ray_address:  # before the run dir exists: an address nobody answers at is a typo
+        from agents.distributed import check_reachable
+        try:
+            check_reachable(cfg.ray_address)
+        except ConnectionError as e:
+            raise UsageError(f"--ray-address {cfg.ray_address}: {e}") from None
 
 
 def prepare(argv):

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -263,6 +264,28 @@ def test_workers_without_ray_is_one_line(script, argv, tmp_path, monkeypatch, ca
         module.main(argv + (["--run-dir", "run"] if script == "scripts.train" else []))
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [INSTALL_LINE]
+    assert os.listdir(tmp_path) == []
+
+
+def closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--workers", "-1"], "--workers must be >= 0"),
+    (["--ray-address", "auto"], "--ray-address needs --workers"),
+    pytest.param(["--workers", "2", "--ray-address", f"127.0.0.1:{closed_port()}"], "nothing answers at",
+                 marks=needs_ray),
+])
+def test_bad_worker_flags_are_one_line(argv, says, tmp_path, monkeypatch, capsys):
+    from scripts import train
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--game", "CartPole-v1", "--run-dir", "run", *argv])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(lines) == 1 and says in lines[0], lines
     assert os.listdir(tmp_path) == []
 
 
