@@ -22,6 +22,7 @@ import numpy as np
 import envs
 from agents.distributed import (Fleet, WorkerError, check_update, lost_reporter, report_rollout, shut_down,
                                 start_ray, stopping, worker_seed)
+from agents.replay import Batch, ReplayBuffer
 
 DQN_BROADCAST_EVERY = 50  # DQN updates every 4 steps: 50 updates (200 agent steps; Ape-X: 100)
 DQN_CHUNK_STEPS = 256  # agent steps per actor call (Ape-X sends 50-step batches)
@@ -88,7 +89,7 @@ class DQNWorker:
                 self.lives = info["lives"]
             for i in np.flatnonzero(ended):
                 final_at.append((t, i))
-                final_frames.append(newest_frames(info["final_obs"][i][None], self.stack)[0])
+                final_frames.append(np.array(newest_frames(info["final_obs"][i][None], self.stack)[0]))  # a copy
                 episodes.append((float(self.game_return[i] + rewards[i]), int(self.game_length[i] + 1)))
             self.game_return = np.where(ended, 0.0, self.game_return + rewards)
             self.game_length = np.where(ended, 0, self.game_length + 1)
@@ -131,7 +132,6 @@ class SharedReplay:
                     chunk["next"][t], final)
 
     def sample(self, batch_size):
-        from agents.replay import Batch
         weights = np.array([b.sampleable() for b in self.buffers], np.float64)
         counts = self.rng.multinomial(batch_size, weights / weights.sum())
         parts = [b.sample(int(c)) for b, c in zip(self.buffers, counts) if c > 0]
@@ -142,7 +142,6 @@ def train_dqn(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
     """agents.dqn.train with cfg.workers actors stepping the envs (Ape-X); same arguments, run dir
     and checkpoint. The replay buffers are not saved (save_buffer): a resumed run refills them."""
     from agents import dqn
-    from agents.replay import ReplayBuffer
     rng = np.random.default_rng(cfg.seed)
     probe = envs.make_vector(cfg.game, cfg.preset, 1, sticky=cfg.sticky, training=False)
     run.env = probe.grok_spec
