@@ -17,7 +17,7 @@ from agents import pretrain
 from envs.recording import Recorder, data_crc32, read_npz, write_npz
 
 PG_FLAGS = ["--hidden", "64", "--epochs", "6", "--lr", "3e-3", "--val-fraction", "0.25"]
-DQN_FLAGS = ["--hidden", "32", "--epochs", "3", "--batch-size", "32", "--val-fraction", "0.25"]
+DQN_FLAGS = ["--hidden", "32", "--epochs", "3", "--val-fraction", "0.25"]
 
 
 def teacher(env, preset):
@@ -186,7 +186,9 @@ def test_dqn_clone_and_init(demos, tmp_path, capsys):
     info = agent.header["pretrained"]
     history = info["history"]
     assert history[-1]["loss"] < history[0]["loss"]
-    assert info["val_accuracy"] > 1 / 6  # above chance over Pong's six actions (a small bar: 180 samples)
+    # a small bar: in a dozen updates the Nature network learns how often each action comes, little more
+    # (agents/pretrain.py's docstring); this checks the pipeline and the checkpoint, not the cloning
+    assert info["val_accuracy"] > 1 / 6 and info["batch_size"] == 32
     assert agent.kind == "dqn" and agent.header["n_actions"] == 6 and "target" in agent.header["models"]
     seen, actions = demos["deepmind_seen"]
     greedy = agent.model.forward(seen[:40].astype(np.float32) / 255.0).argmax(axis=1)
