@@ -93,6 +93,9 @@ def main(argv=None):
         fail(str(e))
     except OSError as e:
         fail(f"cannot write {args.out}: {e.strerror or e}")
+    except KeyboardInterrupt:
+        print(f"interrupted: {args.out} was not written", file=sys.stderr)
+        return 130
     game = target.spec["env_id"]
     print(f"saved {args.out}: {cfg.agent} on {game} ({target.spec['preset']}), {summary['train_samples']} training "
           f"and {summary['val_samples']} held-out samples; val accuracy {percent(summary['val_accuracy'])} "
