@@ -223,7 +223,8 @@ def layouts(paths, target):
                 try:
                     base_envs[key] = gym.make(h["env_id"], **kwargs)
                 except Exception as e:  # a kwarg of another ale-py version
-                    raise RecordingError(f"{path}: cannot make {h['env_id']} with the recorded kwargs ({e})") from None
+                    raise RecordingError(f"{path}: cannot make {h['env_id']} with the recorded kwargs "
+                                         f"({e})") from None
             env = base_envs[key]
             noops = 0
             noop_max = int(spec.get("noop_max", 0)) if spec.get("preset") == "deepmind" else 0
@@ -436,7 +437,9 @@ def fit(model, data, train_rows, val_rows, cfg, rng, on_epoch=None):
                 raise FloatingPointError(f"epoch {epoch}: the loss became {value}; try a lower lr")
             total += value * len(rows)
             correct += int((guess == data.labels[rows]).sum())
-        val_acc = float((predict(model, data, val_rows) == data.labels[val_rows]).mean()) if len(val_rows) else None
+        val_acc = None
+        if len(val_rows):
+            val_acc = float((predict(model, data, val_rows) == data.labels[val_rows]).mean())
         row = {"epoch": epoch, "loss": total / len(train_rows), "train_accuracy": correct / len(train_rows),
                "val_accuracy": val_acc, "seconds": time.monotonic() - started}
         history.append(row)
