@@ -69,6 +69,26 @@ def check_compatible(header, cfg, env, path):
                          f"not {env['env_id']} ({env['preset']})")
 
 
+# settings that shape the network: an --init checkpoint decides them unless the flag is given
+NETWORK_FIELDS = ("hidden", "head", "network", "dueling")
+
+
+def network_from_checkpoint(module, cfg, args, header, path):
+    saved = header.get("config", {}) if isinstance(header.get("config"), dict) else {}
+    changes = {}
+    for name in NETWORK_FIELDS:
+        if name not in saved or not hasattr(cfg, name):
+            continue
+        given = getattr(args, name, None)
+        if given is not None and given != saved[name] and not (name == "head" and given == "auto"):
+            raise UsageError(f"--{name} {given} does not fit {path}, whose network has {name} {saved[name]}")
+        changes[name] = saved[name]
+    try:
+        return module.resolved(dataclasses.replace(cfg, **changes))
+    except ValueError as e:
+        raise UsageError(f"{path}: {str(e).splitlines()[0]}") from None
+
+
 class ProgressBar:
     """tqdm bar: steps, steps/s, episodes, last and running return."""
 
@@ -159,6 +179,7 @@ def prepare(argv):
         except CheckpointError as e:
             raise UsageError(str(e)) from None
         check_compatible(header, cfg, env, args.init)
+        cfg = network_from_checkpoint(module, cfg, args, header, args.init)
         init = (models, header)
     run_dir = args.run_dir
     if known.resume:

@@ -79,6 +79,7 @@ case(M, "--init", "{cartpole}", says="is for CartPole-v1")
 case(M, "--game", "CartPole-v1", "--init", "{pong}", says="is for ALE/Pong-v5")
 case(M, "--agent", "dqn", "--init", "{pong}", says="is a pg checkpoint")
 case(M, "--run-dir", "{run}", says="already holds a run")
+case(M, "--init", "{pong}", "--hidden", "64", says="does not fit")
 case(M, "--total-steps", "ten", says="--total-steps")
 case(M, "--bogus-flag", says="unrecognized")
 M = "scripts.evaluate"
