@@ -18,17 +18,8 @@ DATA = pathlib.Path(os.environ.get("GROK_ARCADE_DATA") or ROOT.parent / "shared"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"data folder {DATA} is absent (set GROK_ARCADE_DATA)")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """These small matmuls with OpenBLAS's threads on a busy machine ran 5-10x slower (scripts.sanity sets
-    OPENBLAS_NUM_THREADS before numpy loads; here numpy is already loaded)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1, user_api="blas"):
-        yield
+# one BLAS thread for this module: see one_blas_thread in conftest.py
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 # ---- the chapters, small ---------------------------------------------------------------------------

@@ -27,16 +27,8 @@ needs_extra = pytest.mark.skipif(not versus.available(), reason='two-player Pong
 GREEN, ORANGE = versus.PADDLE_RGB["right"], versus.PADDLE_RGB["left"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """Batch-1 forwards with OpenBLAS's threads on a busy machine are 30x slower (see test_viewer)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1, user_api="blas"):
-        yield
+# one BLAS thread for this module: see one_blas_thread in conftest.py
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 @pytest.fixture(scope="module")

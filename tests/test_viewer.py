@@ -25,17 +25,8 @@ from scripts import inspect as inspect_script, play, replay, viewer, watch  # no
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """Batch-1 forwards with OpenBLAS's threads on a busy machine are 30x slower (scripts.watch sets
-    this before numpy loads; here numpy is already loaded)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1, user_api="blas"):
-        yield
+# one BLAS thread for this module: see one_blas_thread in conftest.py
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def pixels(surface, rect=None):
