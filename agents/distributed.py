@@ -123,7 +123,8 @@ class PGWorker:
         self.venv = envs.make_vector(self.cfg.game, self.cfg.preset, n, sticky=self.cfg.sticky)
         obs_size = int(np.prod(self.venv.single_observation_space.shape))
         n_actions = int(self.venv.single_action_space.n)
-        self.model = pg.build_policy(obs_size, n_actions, self.cfg.hidden, self.cfg.head, self.rng).eval()
+        self.model = pg.build_policy(obs_size, n_actions, self.cfg.hidden, self.cfg.head, self.rng,
+                                    sparse_input=self.cfg.preset == "karpathy").eval()
         self.rollouts = pg.Rollouts(n, np.int8 if self.cfg.preset == "karpathy" else np.float32)
         self.obs, _ = self.venv.reset(seed=seed)
         self.ep_return, self.ep_length = np.zeros(n), np.zeros(n, np.int64)

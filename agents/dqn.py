@@ -132,7 +132,7 @@ def build_q_network(obs_shape, n_actions, network, hidden, dueling, rng):
         features = 64 * h * w  # 3136 on 84x84
     else:
         features = int(np.prod(obs_shape))
-        trunk = [Linear(features, hidden, rng=rng), ReLU()]
+        trunk = [Linear(features, hidden, input_grad=False, rng=rng), ReLU()]  # no dx: its input is data
         features = hidden
     if dueling:
         head = [DuelingHead(features, hidden, n_actions, rng=rng)]

@@ -66,9 +66,14 @@ def resolved(cfg):
     return dataclasses.replace(cfg, preset=preset, head=head, reset_on_reward=reset)
 
 
-def build_policy(obs_size, n_actions, hidden, head, rng):
+def build_policy(obs_size, n_actions, hidden, head, rng, sparse_input=False):
+    """obs -> hidden (ReLU) -> 1 logit (sigmoid head) or n_actions logits (softmax head).
+
+    sparse_input: the observations are mostly zeros (Karpathy's frame differences), so the first
+    layer multiplies only the pixels that changed somewhere in the batch (see nets.Linear)."""
     out = 1 if head == "sigmoid" else n_actions
-    return Sequential(Linear(obs_size, hidden, rng=rng), ReLU(), Linear(hidden, out, rng=rng))
+    return Sequential(Linear(obs_size, hidden, input_grad=False, sparse_input=sparse_input, rng=rng),
+                      ReLU(), Linear(hidden, out, rng=rng))
 
 
 def action_probs(model, obs, head):
@@ -145,7 +150,7 @@ class Rollouts:
         self.obs[i], self.actions[i], self.rewards[i] = [], [], []
 
     def take(self):
-        obs = np.concatenate([b[0] for b in self.batch]).astype(np.float32)  # (B, D)
+        obs = np.concatenate([b[0] for b in self.batch])  # (B, D), stored dtype: the net converts
         actions = np.concatenate([b[1] for b in self.batch])  # (B,)
         returns = np.concatenate([b[2] for b in self.batch])  # (B,)
         self.batch, self.batch_steps = [], 0
@@ -157,7 +162,8 @@ class Learner:
 
     def __init__(self, cfg, obs_size, n_actions, rng):
         self.cfg = cfg
-        self.model = build_policy(obs_size, n_actions, cfg.hidden, cfg.head, rng)
+        self.model = build_policy(obs_size, n_actions, cfg.hidden, cfg.head, rng,
+                                  sparse_input=cfg.preset == "karpathy")
         if cfg.optimizer == "adam":
             self.opt = Adam(self.model, lr=cfg.lr)
         else:

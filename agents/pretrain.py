@@ -380,7 +380,7 @@ def build_network(target, rng):
     """The agent's own network, built as its train() builds it: (model, dqn Learner or None)."""
     if target.agent == "pg":
         return pg.build_policy(int(np.prod(target.obs_shape)), target.n_actions, target.cfg.hidden,
-                               target.head, rng), None
+                               target.head, rng, sparse_input=target.spec["preset"] == "karpathy"), None
     learner = dqn.Learner(target.cfg, target.obs_shape, target.n_actions, target.obs_scale, rng)
     return learner.online, learner
 

@@ -54,28 +54,58 @@ def default_rng(rng):
 
 
 class Linear(Layer):
-    """y = x @ W + b, W: (in, out). Init uniform(-1/sqrt(in), 1/sqrt(in)) as PyTorch does."""
+    """y = x @ W + b, W: (in, out). Init uniform(-1/sqrt(in), 1/sqrt(in)) as PyTorch does.
 
-    def __init__(self, in_features, out_features, *, rng=None, dtype=np.float32):
+    input_grad=False (for a first layer fed with data) skips dx: backward returns None.
+    sparse_input=True suits inputs that are mostly zeros, such as Pong frame differences (about 30
+    of 6400 pixels change between frames): forward and backward multiply only the columns of x
+    that hold a nonzero somewhere in the batch. The zero columns add nothing to y and their rows
+    of dW are zero, so the result is the same sum without its zero terms. x may then be stored
+    compactly (int8 -1/0/1); the columns kept are converted to the layer's dtype.
+    """
+
+    def __init__(self, in_features, out_features, *, input_grad=True, sparse_input=False, rng=None,
+                 dtype=np.float32):
         super().__init__(dtype)
         self.in_features, self.out_features = int(in_features), int(out_features)
+        self.input_grad, self.sparse_input = bool(input_grad), bool(sparse_input)
         bound = 1.0 / np.sqrt(self.in_features)
         rng = default_rng(rng)
         self.add_param("W", rng.uniform(-bound, bound, (self.in_features, self.out_features)))
         self.add_param("b", rng.uniform(-bound, bound, self.out_features))
         self.x = None
+        self.cols = None  # the input columns used by the last forward; None: all of them
 
     def config(self):
-        return {"in_features": self.in_features, "out_features": self.out_features}
+        cfg = {"in_features": self.in_features, "out_features": self.out_features}
+        if not self.input_grad:
+            cfg["input_grad"] = False
+        if self.sparse_input:
+            cfg["sparse_input"] = True
+        return cfg
 
     def forward(self, x):
         check_input(self, x, 2, self.in_features)
-        self.x = x  # (N, in)
-        return x @ self.params["W"] + self.params["b"]  # (N, out)
+        W, b = self.params["W"], self.params["b"]
+        self.cols = None
+        if self.sparse_input:
+            cols = np.flatnonzero(x.any(axis=0))
+            if 2 * len(cols) < self.in_features:  # else the dense product is as quick
+                self.cols = cols
+                self.x = x[:, cols].astype(self.dtype, copy=False)  # (N, kept)
+                return self.x @ W[cols] + b  # (N, out)
+        self.x = x.astype(self.dtype, copy=False)  # (N, in)
+        return self.x @ W + b  # (N, out)
 
     def backward(self, dy):
-        np.matmul(self.x.T, dy, out=self.grads["W"])  # (in, out)
+        if self.cols is None:
+            np.matmul(self.x.T, dy, out=self.grads["W"])  # (in, out)
+        else:
+            self.grads["W"].fill(0.0)
+            self.grads["W"][self.cols] = self.x.T @ dy  # (kept, out); the other rows stay zero
         np.sum(dy, axis=0, out=self.grads["b"])  # (out,)
+        if not self.input_grad:
+            return None
         return dy @ self.params["W"].T  # (N, in)
 
 

@@ -59,6 +59,46 @@ def test_linear():
     check_layer(nets.Linear(4, 3, rng=rng, dtype=F64), rng.standard_normal((5, 4)))
 
 
+def test_linear_without_input_grad():
+    rng = rng_for(4)
+    layer = nets.Linear(4, 3, input_grad=False, rng=rng, dtype=F64)
+    x = rng.standard_normal((5, 4))
+    layer.forward(x)
+    assert layer.backward(np.ones((5, 3))) is None
+    check_layer(layer, x, check_input_grad=False)
+
+
+def sparse_rows(rng, n, features, used):
+    """-1/0/1 rows whose nonzeros fall in the first `used` columns, as Pong frame differences do."""
+    x = np.zeros((n, features))
+    x[:, :used] = rng.choice([-1.0, 0.0, 0.0, 1.0], (n, used))
+    return x
+
+
+def test_linear_sparse_input_matches_dense():
+    rng = rng_for(5)
+    sparse = nets.Linear(40, 3, sparse_input=True, rng=rng_for(6), dtype=F64)
+    dense = nets.Linear(40, 3, rng=rng_for(6), dtype=F64)
+    for x in (sparse_rows(rng, 6, 40, 7), rng.standard_normal((6, 40))):  # the second takes the dense path
+        np.testing.assert_allclose(sparse.forward(x), dense.forward(x), rtol=1e-12)
+        dy = rng.standard_normal((6, 3))
+        np.testing.assert_allclose(sparse.backward(dy), dense.backward(dy), rtol=1e-12)
+        for name in ("W", "b"):
+            np.testing.assert_allclose(sparse.grads[name], dense.grads[name], rtol=1e-12, atol=1e-15)
+    assert sparse.cols is None  # the dense batch used every column
+    sparse.forward(sparse_rows(rng, 6, 40, 7))
+    assert sparse.cols is not None and len(sparse.cols) <= 7
+    check_layer(sparse, sparse_rows(rng, 5, 40, 6))
+
+
+def test_linear_sparse_input_takes_int8_rows():
+    layer = nets.Linear(30, 2, input_grad=False, sparse_input=True, rng=rng_for(7))
+    x8 = sparse_rows(rng_for(8), 4, 30, 5).astype(np.int8)
+    y = layer.forward(x8)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, x8.astype(np.float32) @ layer.params["W"] + layer.params["b"], rtol=1e-6)
+
+
 @pytest.mark.parametrize("n,c,h,w,out,kernel,stride,padding", [
     (2, 3, 7, 6, 4, 3, 1, 0),
     (2, 2, 9, 8, 3, 3, 2, 1),

@@ -57,6 +57,15 @@ def test_conv_layer_config_round_trips():
     assert rebuilt.input_grad is False and rebuilt.params["W"].shape == (5, 3, 2, 4)
 
 
+def test_linear_layer_flags_round_trip():
+    spec = json.loads(json.dumps(nets.Sequential(nets.Linear(6, 2, input_grad=False, sparse_input=True),
+                                                 nets.Linear(2, 1)).spec()))
+    first, second = nets.build(spec).layers
+    assert (first.input_grad, first.sparse_input) == (False, True)
+    assert (second.input_grad, second.sparse_input) == (True, False)
+    assert spec["layers"][1]["config"] == {"in_features": 2, "out_features": 1}  # old checkpoints read the same
+
+
 # ---- bad input shapes ---------------------------------------------------------------------------
 
 def escaped(shape):

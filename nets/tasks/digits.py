@@ -76,7 +76,7 @@ def check_data(cfg):
 
 def build_mlp(cfg, rng):
     return Sequential(
-        Linear(28 * 28, cfg.hidden, rng=rng), ReLU(), Dropout(cfg.dropout, rng=rng),
+        Linear(28 * 28, cfg.hidden, input_grad=False, rng=rng), ReLU(), Dropout(cfg.dropout, rng=rng),
         Linear(cfg.hidden, cfg.hidden, rng=rng), ReLU(), Dropout(cfg.dropout, rng=rng),
         Linear(cfg.hidden, 10, rng=rng))
 
