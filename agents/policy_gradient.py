@@ -17,7 +17,6 @@ import time
 import numpy as np
 
 import envs
-from agents.run import config_dict
 from nets import Adam, BCEWithLogits, Linear, ReLU, RMSProp, Sequential, SoftmaxCrossEntropy, softmax
 from nets.layers import sigmoid
 

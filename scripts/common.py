@@ -13,6 +13,24 @@ def fail(message, code=2):
     sys.exit(code)
 
 
+def load_agent(path, seed):
+    """agents.load, with a bad checkpoint as a UsageError (one line, exit 2)."""
+    import agents
+    try:
+        return agents.load(path, seed=seed)
+    except agents.CheckpointError as e:
+        raise UsageError(str(e)) from None
+
+
+def check_record_dir(agent, record):
+    """--record DIR: only Atari games are recorded, and DIR must be (or become) a folder."""
+    import os
+    if not agent.env["env_id"].startswith("ALE/"):
+        raise UsageError(f"--record: recordings are for Atari games, not {agent.env['env_id']}")
+    if os.path.exists(record) and not os.path.isdir(record):
+        raise UsageError(f"--record {record}: exists and is not a directory")
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (no usage dump) and exit code 2."""
 

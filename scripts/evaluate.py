@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from scripts.common import Parser, UsageError, fail
+from scripts.common import Parser, UsageError, check_record_dir, fail, load_agent
 
 
 def build_parser():
@@ -39,16 +39,9 @@ def main(argv=None):
             raise UsageError("--ray-address needs --workers N")
         if args.workers and args.record:
             raise UsageError("--record writes the games where they are played: drop --workers to record")
-        import agents
-        try:
-            agent = agents.load(args.checkpoint, seed=args.seed)
-        except agents.CheckpointError as e:
-            raise UsageError(str(e)) from None
+        agent = load_agent(args.checkpoint, args.seed)
         if args.record:
-            if not agent.env["env_id"].startswith("ALE/"):
-                raise UsageError(f"--record: recordings are for Atari games, not {agent.env['env_id']}")
-            if os.path.exists(args.record) and not os.path.isdir(args.record):
-                raise UsageError(f"--record {args.record}: exists and is not a directory")
+            check_record_dir(agent, args.record)
             os.makedirs(args.record, exist_ok=True)
     except UsageError as e:
         fail(str(e))

@@ -14,7 +14,7 @@ import shutil
 import sys
 import tempfile
 
-from scripts.common import Parser, UsageError, fail
+from scripts.common import Parser, UsageError, fail, load_agent
 
 CHECKPOINTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints")
 
@@ -86,9 +86,9 @@ def main(argv=None):
         staged = os.path.join(tmp, f"{args.name}.npz")
         try:
             header = export_for_playing(src, staged)
-            agent = agents.load(staged, seed=args.seed)
         except agents.CheckpointError as e:
             raise UsageError(str(e)) from None
+        agent = load_agent(staged, args.seed)
     except UsageError as e:
         fail(str(e))
     from agents.evaluation import evaluate

@@ -29,7 +29,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from scripts.common import Parser, UsageError, fail  # noqa: E402
+from scripts.common import Parser, UsageError, fail, load_agent  # noqa: E402
 
 DEFAULT_RECORD_DIR = "recordings"
 STEPS_PER_SECOND = 15.0  # 60 frames a second, 4 a step
@@ -115,12 +115,9 @@ def side_seed(seed, side):
 
 
 def load_player(path, side, seed, greedy):
-    import agents
+    agent = load_agent(path, side_seed(seed, side))
     try:
-        agent = agents.load(path, seed=side_seed(seed, side))
         return AgentPlayer(agent, side, explore=agent.kind == "pg" and not greedy)
-    except agents.CheckpointError as e:
-        raise UsageError(str(e)) from None
     except ValueError as e:  # not a Pong agent
         raise UsageError(f"{path}: {e}") from None
 

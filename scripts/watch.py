@@ -23,7 +23,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from scripts.common import Parser, UsageError, fail, parse_bool  # noqa: E402
+from scripts.common import Parser, UsageError, check_record_dir, fail, load_agent, parse_bool  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHIPPED = ("pong-pg", "pong-dqn")  # preference order when the model cards do not decide
@@ -194,16 +194,9 @@ def main(argv=None, *, max_frames=None, keys=None, on_frame=None):
         if args.scale is not None and not 1 <= args.scale <= 8:
             raise UsageError(f"--scale must be 1 to 8, got {args.scale}")
         path = args.checkpoint or shipped_checkpoint()
-        import agents
-        try:
-            agent = agents.load(path, seed=args.seed)
-        except agents.CheckpointError as e:
-            raise UsageError(str(e)) from None
+        agent = load_agent(path, args.seed)
         if args.record:
-            if not agent.env["env_id"].startswith("ALE/"):
-                raise UsageError(f"--record: recordings are for Atari games, not {agent.env['env_id']}")
-            if os.path.exists(args.record) and not os.path.isdir(args.record):
-                raise UsageError(f"--record {args.record}: exists and is not a directory")
+            check_record_dir(agent, args.record)
         from scripts.viewer import NoDisplayError, Viewer, check_display, run
         try:
             check_display(", or record games without a window (`python -m scripts.evaluate CHECKPOINT --record DIR`) "

@@ -35,37 +35,6 @@ def make_run(path, cfg):
 
 # ----------------------------------------------------------------------------- the dueling head
 
-def numeric_grad(f, a, eps=1e-6):
-    g = np.zeros(a.shape)
-    for idx in np.ndindex(a.shape):
-        old = a[idx]
-        a[idx] = old + eps
-        plus = f()
-        a[idx] = old - eps
-        minus = f()
-        a[idx] = old
-        g[idx] = (plus - minus) / (2 * eps)
-    return g
-
-
-def test_dueling_head_gradients_float64():
-    rng = np.random.default_rng(0)
-    layer = nets.DuelingHead(6, 5, 3, rng=rng, dtype=np.float64)
-    x = rng.standard_normal((4, 6))
-    r = rng.standard_normal((4, 3))  # dL/dQ for L = sum(Q * r)
-
-    def loss():
-        return float(np.sum(layer.forward(x) * r))
-
-    layer.forward(x)
-    dx = layer.backward(r.copy())
-    grads = {name: g.copy() for name, g in layer.grads.items()}
-    np.testing.assert_allclose(dx, numeric_grad(loss, x), rtol=1e-5, atol=1e-7)
-    assert set(grads) == set(layer.params) and len(grads) == 8
-    for name, p in layer.params.items():
-        np.testing.assert_allclose(grads[name], numeric_grad(loss, p), rtol=1e-5, atol=1e-7, err_msg=name)
-
-
 def test_dueling_combine_is_value_plus_centred_advantage():
     value = np.array([[2.0], [-1.0]])
     adv = np.array([[1.0, 2.0, 6.0], [0.0, 0.0, 3.0]])

@@ -68,6 +68,13 @@ def test_linear_without_input_grad():
     check_layer(layer, x, check_input_grad=False)
 
 
+def test_dueling_head():
+    rng = rng_for(9)
+    layer = nets.DuelingHead(6, 5, 3, rng=rng, dtype=F64)
+    check_layer(layer, away_from_zero(rng.standard_normal((4, 6))))
+    assert set(layer.grads) == set(layer.params) and len(layer.grads) == 8
+
+
 def sparse_rows(rng, n, features, used):
     """-1/0/1 rows whose nonzeros fall in the first `used` columns, as Pong frame differences do."""
     x = np.zeros((n, features))

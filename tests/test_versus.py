@@ -147,7 +147,7 @@ def test_two_player_frames_and_the_left_view():
     karpathy_left.reset(env)
     for _ in range(10):
         env.step(2, 3)  # left up, right down
-        obs, diff = left.step(env), karpathy_left.step(env)
+        obs, _ = left.step(env), karpathy_left.step(env)
     orange, green = where(env.rgb, ORANGE), where(env.rgb, GREEN)
     assert (orange[0], orange[2]) == (34, 16) and (green[1], green[2]) == (193, 140)  # left top, right bottom
     pooled = left._pooled(env)  # (210, 160): max of the last two frames, mirrored

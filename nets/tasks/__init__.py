@@ -9,7 +9,6 @@ and a quick one (a data subset, few epochs, a lower bar) used by the tests. log,
 with a dict after every epoch. The result dict always holds task, metric, value, target, passed,
 epochs and seconds; tasks add what a caller may want next (the model, the vocabulary).
 """
-import numpy as np
 
 
 class TaskError(ValueError):
