@@ -267,6 +267,7 @@ class Learner:
         self.target.load_state_dict(models["target"].state_dict())
         self.opt.load_state_dict(header.get("optim", {"t": 0}),
                                  {k[6:]: v for k, v in rest.items() if k.startswith("optim.")})
+        self.opt.lr = self.cfg.lr  # the run's config rules: `--resume RUN --lr X` changes it
         self.updates = int(header.get("updates", 0))
 
     def checkpoint(self):

@@ -108,11 +108,15 @@ def test_train_resume_and_evaluate_scripts(tmp_path):
     assert (run_dir / "curve.png").exists()
     episodes_before = header["episode"]
 
-    out = script("scripts.train", "--resume", str(run_dir), "--total-steps", "8000", "--quiet")
+    # a flag given on resume overrides the saved setting (here a lower learning rate)
+    out = script("scripts.train", "--resume", str(run_dir), "--total-steps", "8000", "--lr", "0.0042", "--quiet")
     assert out.returncode == 0, out.stderr
     _, header2, rest = load_checkpoint(run_dir / "checkpoint.npz")
     assert header2["step"] >= 8000 and header2["episode"] > episodes_before
     assert header2["optim"]["t"] > header["optim"]["t"]
+    assert header["optim"]["lr"] != 0.0042 and header2["optim"]["lr"] == 0.0042
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["config"]["lr"] == 0.0042 and "--lr" in config["resumes"][-1]["command"]
     assert any(k.startswith("optim.") for k in rest)
     rows = list(csv.DictReader(open(run_dir / "progress.csv")))
     assert [int(r["episode"]) for r in rows] == list(range(1, len(rows) + 1))
