@@ -16,14 +16,14 @@ def read_progress(path):
     return cols
 
 
-def plot_progress(progress_path, out_path, title="", others=()):
+def plot_progress(progress_path, out_path, title="", others=(), label="this run"):
     """Episode returns (faint) and running mean against episodes; others: [(label, path)] overlaid."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    for label, path in [("this run", progress_path), *others]:
+    for label, path in [(label, progress_path), *others]:
         cols = read_progress(path)
         if not cols.get("episode"):
             continue
