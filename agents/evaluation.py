@@ -31,6 +31,15 @@ def play_game(agent, env, seed, explore=False, recorder=None, max_steps=200_000,
     return total, length
 
 
+def action_rule(agent, explore):
+    """How the agent picks its actions in these games, for the report: a policy gradient agent
+    samples from its policy or takes the most likely action; DQN is epsilon-greedy."""
+    if agent.kind == "pg":
+        return "sampled" if explore else "greedy"
+    eps = agent.epsilon if explore else agent.eval_epsilon
+    return f"epsilon-greedy {eps:g}"
+
+
 def evaluate(agent, episodes, seed=0, sticky=True, explore=False, on_game=None, record_dir=None,
              message=None):
     """Play `episodes` games with seeds seed, seed+1, ...; returns a summary dict.

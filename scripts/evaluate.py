@@ -45,7 +45,7 @@ def main(argv=None):
             os.makedirs(args.record, exist_ok=True)
     except UsageError as e:
         fail(str(e))
-    from agents.evaluation import evaluate
+    from agents.evaluation import action_rule, evaluate
 
     def row(k, ret, length):
         print(f"game {k + 1:3d}  seed {args.seed + k:6d}  return {ret:7.1f}  length {length:6d}", flush=True)
@@ -66,6 +66,7 @@ def main(argv=None):
     from envs import env_spec
     protocol = env_spec(agent.env["env_id"], agent.env["preset"], not args.no_sticky)["protocol"]
     result = {"checkpoint": args.checkpoint, "game": agent.env["env_id"], "protocol": protocol,
+              "actions": action_rule(agent, explore),
               "episodes": args.episodes, **{k: summary[k] for k in
                                             ("mean_return", "std_return", "min_return", "max_return")}}
     print(json.dumps(result))

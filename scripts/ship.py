@@ -91,19 +91,22 @@ def main(argv=None):
         agent = load_agent(staged, args.seed)
     except UsageError as e:
         fail(str(e))
-    from agents.evaluation import evaluate
+    from agents.evaluation import action_rule, evaluate
     from envs import env_spec
     results = []
+    # a policy-gradient agent is scored sampling its actions (the policy it learned, and what the
+    # comparison with a shipped card uses) and also taking the most likely one (SB3's deterministic
+    # evaluation), on the same seeds
     for sticky in ([True, False] if args.no_sticky else [True]):
-        summary = evaluate(agent, args.episodes, seed=args.seed, sticky=sticky,
-                           explore=agent.kind == "pg",
-                           on_game=lambda k, r, n: print(f"game {k + 1:3d}  return {r:6.1f}  length {n}",
-                                                         file=sys.stderr, flush=True))
-        protocol = env_spec(agent.env["env_id"], agent.env["preset"], sticky)["protocol"]
-        results.append({"checkpoint": f"checkpoints/{args.name}.npz", "game": agent.env["env_id"],
-                        "protocol": protocol, "episodes": args.episodes,
-                        **{k: summary[k] for k in ("mean_return", "std_return", "min_return", "max_return")}})
-        print(json.dumps(results[-1]))
+        for explore in ([True, False] if agent.kind == "pg" else [False]):
+            summary = evaluate(agent, args.episodes, seed=args.seed, sticky=sticky, explore=explore,
+                               on_game=lambda k, r, n: print(f"game {k + 1:3d}  return {r:6.1f}  length {n}",
+                                                             file=sys.stderr, flush=True))
+            protocol = env_spec(agent.env["env_id"], agent.env["preset"], sticky)["protocol"]
+            results.append({"checkpoint": f"checkpoints/{args.name}.npz", "game": agent.env["env_id"],
+                            "protocol": protocol, "actions": action_rule(agent, explore), "episodes": args.episodes,
+                            **{k: summary[k] for k in ("mean_return", "std_return", "min_return", "max_return")}})
+            print(json.dumps(results[-1]))
     card_path = os.path.join(args.out_dir, f"{args.name}.md")
     old = shipped_mean(card_path)
     new = results[0]["mean_return"]

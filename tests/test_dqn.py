@@ -189,3 +189,4 @@ def test_train_resume_and_evaluate_scripts(tmp_path):
     proc = script("scripts.evaluate", os.path.join(run_dir, "checkpoint.npz"), "--episodes", "2")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["episodes"] == 2 and result["game"] == "CartPole-v1" and result["mean_return"] > 0
+    assert result["actions"].startswith("epsilon-greedy ")

@@ -125,7 +125,7 @@ def test_train_resume_and_evaluate_scripts(tmp_path):
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["episodes"] == 2 and result["game"] == "CartPole-v1"
-    assert result["min_return"] <= result["mean_return"] <= result["max_return"]
+    assert result["min_return"] <= result["mean_return"] <= result["max_return"] and result["actions"] == "sampled"
 
 
 @pytest.mark.parametrize("args, words", [

@@ -23,14 +23,16 @@ def test_ship_exports_playing_weights_with_a_card_and_refuses_worse(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run("scripts.ship", str(run_dir), "--name", "cp", "--episodes", "2", "--out-dir", str(out))
     assert r.returncode == 0, r.stderr
-    result = json.loads(r.stdout.strip().splitlines()[-1])
+    results = [json.loads(line) for line in r.stdout.strip().splitlines()]
+    assert [x["actions"] for x in results] == ["sampled", "greedy"]  # a PG agent is scored both ways
+    result = results[0]
     models, header, rest = load_checkpoint(out / "cp.npz")
     assert rest == {} and list(models) == ["model"] and "rng" not in header and "optim" not in header
     assert models["model"].dtype.name == "float32"
     agent = agents.load(out / "cp.npz")
     assert agent.env["env_id"] == "CartPole-v1"
     text = (out / "cp.md").read_text()
-    assert "--total-steps 3000" in text and "--resume" in text and json.dumps(result) in text
+    assert "--total-steps 3000" in text and "--resume" in text and all(json.dumps(x) in text for x in results)
     assert (out / "cp.png").exists()
     # the same agent again is not better: refused, nothing changed
     before = (out / "cp.npz").read_bytes()
