@@ -136,6 +136,7 @@ M = "scripts.bench"
 case(M, "gpu", says="invalid choice")
 case(M, says="subcommand")
 case(M, "nets", "--repeats", "many", says="--repeats")
+case(M, "pg", "--game", "CartPole-v1", "--steps", "100", says="less than one update")
 
 
 @pytest.mark.parametrize("module, argv, says, display", CASES)

@@ -156,3 +156,13 @@ def test_checkpoint_for_another_game_is_refused(tmp_path):
                  "--run-dir", str(tmp_path / "other"), "--quiet", timeout=60)
     assert out.returncode == 2 and "is for CartPole-v1" in out.stderr, out.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_bench_pg_prints_both_speeds_and_their_ratio():
+    out = script("scripts.bench", "pg", "--game", "CartPole-v1", "--num-envs", "2", "--steps", "3000",
+                 "--batch-steps", "1000", timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    env_row, train_row = result["rows"]
+    assert env_row["steps_per_s"] > train_row["steps_per_s"] > 0
+    assert abs(result["ratio"] - train_row["steps_per_s"] / env_row["steps_per_s"]) < 1e-3
