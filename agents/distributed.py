@@ -301,10 +301,7 @@ def train_pg(cfg, run, callback=None, init=None, resume=None):
         learner.model.load_state_dict(init[0]["model"].state_dict())
     if resume is not None:
         models, header, rest = resume
-        learner.model.load_state_dict(models["model"].state_dict())
-        learner.opt.load_state_dict(header.get("optim", {"t": 0}),
-                                    {k[6:]: v for k, v in rest.items() if k.startswith("optim.")})
-        learner.opt.lr = cfg.lr  # the run's config rules: `--resume RUN --lr X` changes it
+        learner.restore(models, header, rest)
         rng.bit_generator.state = header["rng"]
         run.restore(header)
 

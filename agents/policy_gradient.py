@@ -196,6 +196,13 @@ class Learner:
         self.bad_in_a_row = 0
         return {"loss": value, "grad_norm": math.sqrt(grad_sq), "skipped": False}
 
+    def restore(self, models, header, rest):
+        """Weights and optimizer state from the run's checkpoint."""
+        self.model.load_state_dict(models["model"].state_dict())
+        self.opt.load_state_dict(header.get("optim", {"t": 0}),
+                                 {k[6:]: v for k, v in rest.items() if k.startswith("optim.")})
+        self.opt.lr = self.cfg.lr  # the run's config rules: `--resume RUN --lr X` changes it
+
 
 class NumericalError(RuntimeError):
     """Training produced NaN/inf too many times in a row; the checkpoint was not overwritten."""
@@ -225,10 +232,7 @@ def train(cfg, run, callback=None, init=None, resume=None):
         learner.model.load_state_dict(init[0]["model"].state_dict())
     if resume is not None:
         models, header, rest = resume
-        learner.model.load_state_dict(models["model"].state_dict())
-        opt_info = header.get("optim", {"t": 0})
-        learner.opt.load_state_dict(opt_info, {k[6:]: v for k, v in rest.items() if k.startswith("optim.")})
-        learner.opt.lr = cfg.lr  # the run's config rules: `--resume RUN --lr X` changes it
+        learner.restore(models, header, rest)
         rng.bit_generator.state = header["rng"]
         run.restore(header)
 

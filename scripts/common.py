@@ -31,6 +31,17 @@ def check_record_dir(agent, record):
         raise UsageError(f"--record {record}: exists and is not a directory")
 
 
+def check_workers(workers, ray_address):
+    """--workers N [--ray-address A]: Ray is an optional extra, so say so before anything starts."""
+    import importlib.util
+    if workers < 0:
+        raise UsageError(f"--workers must be >= 0, got {workers}")
+    if ray_address and not workers:
+        raise UsageError("--ray-address needs --workers N")
+    if workers and importlib.util.find_spec("ray") is None:
+        raise UsageError('--workers needs Ray: pip install -e ".[distributed]"')
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (no usage dump) and exit code 2."""
 

@@ -2,12 +2,11 @@
 
 Prints one row per game and, as its last line, one JSON object with the mean, std, min and max return.
 """
-import importlib.util
 import json
 import os
 import sys
 
-from scripts.common import Parser, UsageError, check_record_dir, fail, load_agent
+from scripts.common import Parser, UsageError, check_record_dir, check_workers, fail, load_agent
 
 
 def build_parser():
@@ -31,12 +30,7 @@ def main(argv=None):
     try:
         if args.episodes < 1:
             raise UsageError(f"--episodes must be >= 1, got {args.episodes}")
-        if args.workers < 0:
-            raise UsageError(f"--workers must be >= 0, got {args.workers}")
-        if args.workers and importlib.util.find_spec("ray") is None:
-            raise UsageError('--workers needs Ray: pip install -e ".[distributed]"')
-        if args.ray_address and not args.workers:
-            raise UsageError("--ray-address needs --workers N")
+        check_workers(args.workers, args.ray_address)
         if args.workers and args.record:
             raise UsageError("--record writes the games where they are played: drop --workers to record")
         agent = load_agent(args.checkpoint, args.seed)

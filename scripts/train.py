@@ -6,13 +6,12 @@ config.json, progress.csv, checkpoint.npz (every few minutes and on Ctrl-C / SIG
 """
 import dataclasses
 import importlib
-import importlib.util
 import json
 import os
 import sys
 import time
 
-from scripts.common import Parser, UsageError, add_config_flags, config_from_args, fail
+from scripts.common import Parser, UsageError, add_config_flags, check_workers, config_from_args, fail
 
 AGENTS = {"pg": "agents.policy_gradient", "dqn": "agents.dqn"}
 
@@ -128,14 +127,9 @@ def set_blas_threads(threads, agent):
         os.environ.setdefault(var, str(threads))
 
 
-def check_workers(cfg):
-    """--workers needs Ray (an optional extra): say so before anything starts."""
-    if cfg.workers < 0:
-        raise UsageError(f"--workers must be >= 0, got {cfg.workers}")
-    if cfg.ray_address and not cfg.workers:
-        raise UsageError("--ray-address needs --workers N")
-    if cfg.workers and importlib.util.find_spec("ray") is None:
-        raise UsageError('--workers needs Ray: pip install -e ".[distributed]"')
+def check_ray(cfg):
+    """--workers and --ray-address, checked before the run dir exists."""
+    check_workers(cfg.workers, cfg.ray_address)
     if cfg.ray_address:  # before the run dir exists: an address nobody answers at is a typo
         from agents.distributed import check_reachable
         try:
@@ -167,7 +161,7 @@ def prepare(argv):
         cfg = module.resolved(config_from_args(module.Config, args, base))
     except ValueError as e:  # unknown game, bad preset or value
         raise UsageError(str(e).splitlines()[0]) from None
-    check_workers(cfg)
+    check_ray(cfg)
     import envs
     env = envs.env_spec(cfg.game, cfg.preset, cfg.sticky)
     from agents.run import load_checkpoint
