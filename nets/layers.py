@@ -58,11 +58,16 @@ class Linear(Layer):
 
     input_grad=False (for a first layer fed with data) skips dx: backward returns None.
     sparse_input=True suits inputs that are mostly zeros, such as Pong frame differences (about 30
-    of 6400 pixels change between frames): forward and backward multiply only the columns of x
-    that hold a nonzero somewhere in the batch. The zero columns add nothing to y and their rows
-    of dW are zero, so the result is the same sum without its zero terms. x may then be stored
-    compactly (int8 -1/0/1); the columns kept are converted to the layer's dtype.
+    of 6400 pixels change between frames): the rows are taken in blocks of `block_rows`, and each
+    block multiplies only the columns of x that hold a nonzero somewhere in that block. The zero
+    columns add nothing to y and their rows of dW are zero, so the result is the same sum without
+    its zero terms. Blocks keep the columns few: consecutive frames of a game change the same
+    pixels, so 128 Pong rows keep about 500 columns where 8000 rows keep over 3000 (measured 5x
+    quicker, forward plus backward). x may be stored compactly (int8 -1/0/1); the columns kept
+    are converted to the layer's dtype.
     """
+
+    block_rows = 128
 
     def __init__(self, in_features, out_features, *, input_grad=True, sparse_input=False, rng=None,
                  dtype=np.float32):
@@ -74,7 +79,7 @@ class Linear(Layer):
         self.add_param("W", rng.uniform(-bound, bound, (self.in_features, self.out_features)))
         self.add_param("b", rng.uniform(-bound, bound, self.out_features))
         self.x = None
-        self.cols = None  # the input columns used by the last forward; None: all of them
+        self.blocks = None  # sparse_input: [(first row, kept columns or None for all, x's kept columns)]
 
     def config(self):
         cfg = {"in_features": self.in_features, "out_features": self.out_features}
@@ -87,23 +92,36 @@ class Linear(Layer):
     def forward(self, x):
         check_input(self, x, 2, self.in_features)
         W, b = self.params["W"], self.params["b"]
-        self.cols = None
-        if self.sparse_input:
-            cols = np.flatnonzero(x.any(axis=0))
-            if 2 * len(cols) < self.in_features:  # else the dense product is as quick
-                self.cols = cols
-                # np.take, not x[:, cols]: the same copy, measured 5x quicker on 8000 x 6400 int8
-                self.x = np.take(x, cols, axis=1).astype(self.dtype, copy=False)  # (N, kept)
-                return self.x @ W[cols] + b  # (N, out)
-        self.x = x.astype(self.dtype, copy=False)  # (N, in)
-        return self.x @ W + b  # (N, out)
+        if not self.sparse_input:
+            self.x = x.astype(self.dtype, copy=False)  # (N, in)
+            return self.x @ W + b  # (N, out)
+        y = np.empty((x.shape[0], self.out_features), self.dtype)  # (N, out)
+        self.blocks = []
+        for start in range(0, x.shape[0], self.block_rows):
+            xb = x[start:start + self.block_rows]  # (R, in)
+            cols = np.flatnonzero(xb.any(axis=0))
+            if 2 * len(cols) < self.in_features:
+                # np.take, not xb[:, cols]: the same copy, measured 5x quicker on int8 rows
+                xk = np.take(xb, cols, axis=1).astype(self.dtype, copy=False)  # (R, kept)
+                y[start:start + len(xb)] = xk @ W[cols]
+            else:  # the dense product is as quick
+                cols, xk = None, xb.astype(self.dtype, copy=False)  # (R, in)
+                y[start:start + len(xb)] = xk @ W
+            self.blocks.append((start, cols, xk))
+        return y + b
 
     def backward(self, dy):
-        if self.cols is None:
+        if not self.sparse_input:
             np.matmul(self.x.T, dy, out=self.grads["W"])  # (in, out)
         else:
-            self.grads["W"].fill(0.0)
-            self.grads["W"][self.cols] = self.x.T @ dy  # (kept, out); the other rows stay zero
+            gW = self.grads["W"]
+            gW.fill(0.0)
+            for start, cols, xk in self.blocks:
+                part = xk.T @ dy[start:start + len(xk)]  # (kept, out)
+                if cols is None:
+                    gW += part
+                else:
+                    gW[cols] += part  # cols are distinct, so += adds each row once
         np.sum(dy, axis=0, out=self.grads["b"])  # (out,)
         if not self.input_grad:
             return None

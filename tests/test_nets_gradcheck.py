@@ -92,10 +92,32 @@ def test_linear_sparse_input_matches_dense():
         np.testing.assert_allclose(sparse.backward(dy), dense.backward(dy), rtol=1e-12)
         for name in ("W", "b"):
             np.testing.assert_allclose(sparse.grads[name], dense.grads[name], rtol=1e-12, atol=1e-15)
-    assert sparse.cols is None  # the dense batch used every column
+    assert [cols for _, cols, _ in sparse.blocks] == [None]  # the dense batch used every column
     sparse.forward(sparse_rows(rng, 6, 40, 7))
-    assert sparse.cols is not None and len(sparse.cols) <= 7
+    assert len(sparse.blocks[0][1]) <= 7
     check_layer(sparse, sparse_rows(rng, 5, 40, 6))
+
+
+def test_linear_sparse_input_blocks_of_rows_keep_their_own_columns():
+    """Rows go in blocks, each multiplying only its own nonzero columns; the sums are unchanged."""
+    rng = rng_for(10)
+    sparse = nets.Linear(50, 4, sparse_input=True, rng=rng_for(11), dtype=F64)
+    dense = nets.Linear(50, 4, rng=rng_for(11), dtype=F64)
+    sparse.block_rows = 4
+    x = np.zeros((10, 50))
+    x[:4, :5] = sparse_rows(rng, 4, 5, 5)  # block 1 uses columns 0-4
+    x[4:8, 20:26] = sparse_rows(rng, 4, 6, 6)  # block 2 uses columns 20-25
+    x[8:] = rng.standard_normal((2, 50))  # block 3 is dense
+    np.testing.assert_allclose(sparse.forward(x), dense.forward(x), rtol=1e-12)
+    dy = rng.standard_normal((10, 4))
+    np.testing.assert_allclose(sparse.backward(dy), dense.backward(dy), rtol=1e-12)
+    for name in ("W", "b"):
+        np.testing.assert_allclose(sparse.grads[name], dense.grads[name], rtol=1e-12, atol=1e-15)
+    starts = [start for start, _, _ in sparse.blocks]
+    kept = [cols for _, cols, _ in sparse.blocks]
+    assert starts == [0, 4, 8] and kept[2] is None
+    assert set(kept[0]) <= set(range(5)) and set(kept[1]) <= set(range(20, 26))
+    check_layer(sparse, x)
 
 
 def test_linear_sparse_input_takes_int8_rows():
