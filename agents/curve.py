@@ -23,17 +23,22 @@ def plot_progress(progress_path, out_path, title="", others=(), label="this run"
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    plotted = False
     for label, path in [(label, progress_path), *others]:
         cols = read_progress(path)
         if not cols.get("episode"):
             continue
         line = ax.plot(cols["episode"], cols["running_mean"], label=f"{label}: running mean (100)")[0]
         ax.plot(cols["episode"], cols["return"], alpha=0.2, color=line.get_color(), linewidth=0.7)
+        plotted = True
     ax.set_xlabel("episode")
     ax.set_ylabel("return")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    if plotted:
+        ax.legend(loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no finished episode yet", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     tmp = f"{out_path}.tmp.png"
     fig.savefig(tmp)

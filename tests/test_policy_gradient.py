@@ -166,3 +166,15 @@ def test_bench_pg_prints_both_speeds_and_their_ratio():
     env_row, train_row = result["rows"]
     assert env_row["steps_per_s"] > train_row["steps_per_s"] > 0
     assert abs(result["ratio"] - train_row["steps_per_s"] / env_row["steps_per_s"]) < 1e-3
+
+
+def test_learning_curve_of_a_run_with_no_finished_episode(tmp_path):
+    """A short run (a benchmark, an early Ctrl-C) still gets its curve, without matplotlib warnings."""
+    import warnings
+    from agents.curve import plot_progress
+    progress = tmp_path / "progress.csv"
+    progress.write_text("step,episode,return,length,running_mean,wall_seconds\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_progress(str(progress), str(tmp_path / "curve.png"))
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
