@@ -503,10 +503,11 @@ def train(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
                 clock.mark("eval")
             if run.step >= next_log:
                 next_log += cfg.log_every
+                update = {"updates": learner.updates, "epsilon": agent.epsilon, "buffer": len(buffer),
+                          **last, "seconds": dict(clock.totals)}
+                run.log_update(update)
                 if callback:
-                    callback({"event": "update", "step": run.step, "updates": learner.updates,
-                              "epsilon": agent.epsilon, "buffer": len(buffer), **last,
-                              "seconds": dict(clock.totals)})
+                    callback({"event": "update", "step": run.step, **update})
             if run.due():
                 save()
             clock.mark("other")

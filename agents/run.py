@@ -1,4 +1,5 @@
-"""A training run on disk: config.json, progress.csv, checkpoint.npz, curve.png; resume; signals.
+"""A training run on disk: config.json, progress.csv, metrics.csv, checkpoint.npz, curve.png;
+resume; signals.
 
 Agents call into a Run; they never print. Messages for people (a checkpoint that could not be
 written, NaN updates) go through `run.message`, which the script points at its progress bar.
@@ -141,22 +142,71 @@ class Run:
             self.message(f"could not append to {self.progress_path}: {e.strerror or e}")
         return mean
 
-    def truncate_progress(self, episode):
-        """On resume: drop rows written after the checkpoint, so the CSV matches the state."""
-        if not os.path.exists(self.progress_path):
-            return
-        with open(self.progress_path, newline="") as f:
+    @property
+    def metrics_path(self):
+        return os.path.join(self.dir, "metrics.csv")
+
+    def log_update(self, metrics):
+        """Training metrics (loss, mean Q, epsilon, seconds per part, ...): one row of metrics.csv.
+
+        Numbers only; a nested dict {"seconds": {"act": 1.2}} becomes the column seconds_act. A
+        row without a column leaves it empty; a row with a new one (the loss, once learning starts)
+        rewrites the file with that column added."""
+        row = {"step": self.step, "wall_seconds": f"{self.wall_seconds():.1f}"}
+        for key, value in metrics.items():
+            items = value.items() if isinstance(value, dict) else [(None, value)]
+            for sub, v in items:
+                name = key if sub is None else f"{key}_{sub}"
+                if name in row or not isinstance(v, (int, float, np.integer, np.floating)):
+                    continue  # bools are ints: a skipped update logs skipped=1
+                row[name] = int(v) if isinstance(v, (int, np.integer)) else f"{float(v):.6g}"
+        try:
+            fields, rows = [], []
+            if os.path.exists(self.metrics_path):
+                with open(self.metrics_path, newline="") as f:
+                    fields = next(csv.reader(f), [])
+            if not fields or set(row) - set(fields):
+                if fields:
+                    with open(self.metrics_path, newline="") as f:
+                        rows = list(csv.DictReader(f))
+                fields = fields + [k for k in row if k not in fields]
+                buf = io.StringIO()
+                writer = csv.DictWriter(buf, fields)
+                writer.writeheader()
+                writer.writerows(rows)
+                write_text_atomic(self.metrics_path, buf.getvalue())
+            with open(self.metrics_path, "a", newline="") as f:
+                csv.DictWriter(f, fields).writerow(row)
+        except OSError as e:
+            self.message(f"could not append to {self.metrics_path}: {e.strerror or e}")
+
+    @staticmethod
+    def _truncate_csv(path, column, last):
+        """Keep the header and the rows whose int `column` is <= last; returns the rows kept."""
+        if not os.path.exists(path):
+            return []
+        with open(path, newline="") as f:
             rows = list(csv.reader(f))
-        keep = [rows[0]] if rows else [PROGRESS_FIELDS]
+        if not rows:
+            return []
+        keep = [rows[0]]
         for row in rows[1:]:
             try:
-                if int(row[1]) <= episode:
+                if int(row[column]) <= last:
                     keep.append(row)
             except (ValueError, IndexError):
                 continue
         buf = io.StringIO()
         csv.writer(buf).writerows(keep)
-        write_text_atomic(self.progress_path, buf.getvalue())
+        write_text_atomic(path, buf.getvalue())
+        return keep
+
+    def truncate_progress(self, episode):
+        """On resume: drop rows written after the checkpoint, so the CSVs match the state."""
+        self._truncate_csv(self.metrics_path, 0, self.step)
+        keep = self._truncate_csv(self.progress_path, 1, episode)
+        if not keep:
+            return
         for row in keep[-100:][1 if keep[0] == PROGRESS_FIELDS else 0:]:
             try:
                 self.returns.append(float(row[2]))

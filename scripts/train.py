@@ -1,7 +1,8 @@
 """Train an agent: python -m scripts.train [--agent pg|dqn] [--game pong] [flags].
 
 With no arguments it trains Karpathy's policy-gradient agent on Pong from pixels. The run dir gets
-config.json, progress.csv, checkpoint.npz (every few minutes and on Ctrl-C / SIGTERM) and curve.png;
+config.json, progress.csv, metrics.csv, checkpoint.npz (every few minutes and on Ctrl-C / SIGTERM)
+and curve.png;
 --resume RUN_DIR continues a run exactly where its checkpoint left it.
 """
 import dataclasses

@@ -152,6 +152,27 @@ def test_atari_checkpoint_loads_acts_and_resumes(tmp_path):
     resumed = dqn.train(more, again, resume=(models, header, rest))
     assert again.step == 300 and resumed.updates >= learner.updates and resumed.opt.t >= learner.opt.t
     assert load_checkpoint(again.checkpoint_path)[1]["step"] == 300
+    # metrics.csv: one row per log_every steps, the resume going on from the checkpoint's step
+    rows = read_csv(tmp_path / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [100, 200, 300]
+    assert rows[0]["loss"] == rows[2]["loss"] == ""  # not learning yet; refilling the buffer after the resume
+    assert float(rows[1]["loss"]) >= 0 and float(rows[1]["q_mean"]) and float(rows[1]["seconds_update"]) > 0
+    assert int(rows[0]["updates"]) == 0 < int(rows[1]["updates"]) <= learner.updates == int(rows[2]["updates"])
+
+
+def test_resume_drops_metrics_rows_written_after_the_checkpoint(tmp_path):
+    """A run killed between checkpoints logged rows the resumed run will log again."""
+    run = Run(str(tmp_path), {}, {}, message=lambda text: None)
+    for step in (100, 200, 300):
+        run.step = step
+        run.log_update({"loss": 0.5, "skipped": False, "seconds": {"act": 1.0}, "note": "text"}
+                       if step > 100 else {"epsilon": 1.0})
+    rows = read_csv(tmp_path / "metrics.csv")
+    assert list(rows[0]) == ["step", "wall_seconds", "epsilon", "loss", "skipped", "seconds_act"]
+    assert rows[0]["loss"] == "" and rows[1]["loss"] == "0.5" and rows[2]["skipped"] == "0"
+    again = Run(str(tmp_path), {}, {}, message=lambda text: None)
+    again.restore({"step": 200, "episode": 0})
+    assert [r["step"] for r in read_csv(tmp_path / "metrics.csv")] == ["100", "200"]
 
 
 # ----------------------------------------------------------------------------- through the scripts

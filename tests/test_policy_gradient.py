@@ -65,6 +65,12 @@ def test_pg_learns_cartpole(tmp_path):
     run = train_cartpole(tmp_path, total_steps=160_000, seed=0)
     returns = returns_of(run.dir)
     assert np.mean(returns[-20:]) >= 450, returns[-20:]
+    with open(os.path.join(run.dir, "metrics.csv")) as f:
+        updates = list(csv.DictReader(f))  # one row per update: step, loss, gradient norm
+    steps = [int(u["step"]) for u in updates]  # an update waits for 2000 steps of whole episodes
+    assert len(steps) >= 50 and steps == sorted(set(steps))
+    assert all(float(u["grad_norm"]) > 0 for u in updates)
+    assert [int(u["skipped"]) for u in updates] == [0] * len(updates)
     agent = agents.load(run.checkpoint_path)
     from agents.evaluation import evaluate
     assert evaluate(agent, 3, seed=100, explore=True)["mean_return"] >= 400
