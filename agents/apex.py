@@ -219,11 +219,8 @@ def train_dqn(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
                     clock.mark("eval")
                 if run.step >= next_log:
                     next_log = (run.step // cfg.log_every + 1) * cfg.log_every
-                    update = {"updates": learner.updates, "buffer": len(replay), "version": fleet.version,
-                              **last, "seconds": dict(clock.totals)}
-                    run.log_update(update)
-                    if callback:
-                        callback({"event": "update", "step": run.step, **update})
+                    run.log_update({"updates": learner.updates, "buffer": len(replay), "version": fleet.version,
+                                    **last, "seconds": dict(clock.totals)}, callback)
             if got is not None:
                 fleet.call(got[0], "collect", DQN_CHUNK_STEPS, run.step)
             if run.due():

@@ -342,9 +342,7 @@ def train_pg(cfg, run, callback=None, init=None, resume=None):
                 updates += 1
                 if updates % PG_BROADCAST_EVERY == 0:
                     fleet.broadcast(learner.model.state_dict())
-                run.log_update({"version": fleet.version, **metrics})
-                if callback:
-                    callback({"event": "update", "step": run.step, "version": fleet.version, **metrics})
+                run.log_update({"version": fleet.version, **metrics}, callback)
             if run.due():
                 save()
         save(final=True)

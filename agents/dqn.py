@@ -503,11 +503,8 @@ def train(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
                 clock.mark("eval")
             if run.step >= next_log:
                 next_log += cfg.log_every
-                update = {"updates": learner.updates, "epsilon": agent.epsilon, "buffer": len(buffer),
-                          **last, "seconds": dict(clock.totals)}
-                run.log_update(update)
-                if callback:
-                    callback({"event": "update", "step": run.step, **update})
+                run.log_update({"updates": learner.updates, "epsilon": agent.epsilon, "buffer": len(buffer),
+                                **last, "seconds": dict(clock.totals)}, callback)
             if run.due():
                 save()
             clock.mark("other")

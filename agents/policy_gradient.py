@@ -284,9 +284,7 @@ def train(cfg, run, callback=None, init=None, resume=None):
                         raise NumericalError(
                             f"{learner.bad_in_a_row} updates in a row produced NaN/inf; stopped without "
                             f"overwriting {run.checkpoint_path}")
-                run.log_update(metrics)
-                if callback:
-                    callback({"event": "update", "step": run.step, **metrics})
+                run.log_update(metrics, callback)
             if run.due():
                 save()
         save(final=True)

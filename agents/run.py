@@ -146,8 +146,9 @@ class Run:
     def metrics_path(self):
         return os.path.join(self.dir, "metrics.csv")
 
-    def log_update(self, metrics):
-        """Training metrics (loss, mean Q, epsilon, seconds per part, ...): one row of metrics.csv.
+    def log_update(self, metrics, callback=None):
+        """Training metrics (loss, mean Q, epsilon, seconds per part, ...): one row of metrics.csv,
+        then callback({"event": "update", "step": ..., **metrics}) when there is a callback.
 
         Numbers only; a nested dict {"seconds": {"act": 1.2}} becomes the column seconds_act. A
         row without a column leaves it empty; a row with a new one (the loss, once learning starts)
@@ -179,6 +180,8 @@ class Run:
                 csv.DictWriter(f, fields).writerow(row)
         except OSError as e:
             self.message(f"could not append to {self.metrics_path}: {e.strerror or e}")
+        if callback:
+            callback({"event": "update", "step": self.step, **metrics})
 
     @staticmethod
     def _truncate_csv(path, column, last):

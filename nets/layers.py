@@ -108,7 +108,8 @@ class Linear(Layer):
                 cols, xk = None, xb.astype(self.dtype, copy=False)  # (R, in)
                 y[start:start + len(xb)] = xk @ W
             self.blocks.append((start, cols, xk))
-        return y + b
+        y += b
+        return y
 
     def backward(self, dy):
         if not self.sparse_input:

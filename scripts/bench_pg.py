@@ -2,8 +2,9 @@
 
 In one run and on the same envs (Karpathy's preset, make_vector with --num-envs): agent steps/s of
 the envs alone under random actions, then of the whole training loop (batched forward, sampling,
-rollout bookkeeping and the updates), timed over whole rollout-and-update cycles. The ratio is the share of env speed that training keeps
-(target >= 0.90). The machine is shared: trust the ratio, not the absolute figures.
+rollout bookkeeping and the updates), timed over whole rollout-and-update cycles. The ratio is the
+share of env speed that training keeps (target >= 0.90). The machine is shared: trust the ratio,
+not the absolute figures.
 """
 import json
 import os
