@@ -112,14 +112,17 @@ class Run:
         """config.json: settings, env, versions and the command; a resume keeps the first command
         and adds itself to "resumes", so the card of a shipped agent shows how it really trained."""
         now = time.strftime("%Y-%m-%dT%H:%M:%S")
+        threads = os.environ.get("OPENBLAS_NUM_THREADS")  # as scripts.train set it, or as inherited
         record = {"config": self.config, "env": self.env, "versions": versions(),
-                  "command": sys.argv, "started": now, "resumes": []}
+                  "command": sys.argv, "blas_threads": threads, "started": now, "resumes": []}
         try:
             with open(os.path.join(self.dir, "config.json")) as f:
                 old = json.load(f)
             if isinstance(old, dict) and isinstance(old.get("command"), list):
                 record["command"], record["started"] = old["command"], old.get("started", now)
-                record["resumes"] = list(old.get("resumes", [])) + [{"command": sys.argv, "at": now}]
+                record["blas_threads"] = old.get("blas_threads")
+                record["resumes"] = list(old.get("resumes", [])) + [
+                    {"command": sys.argv, "blas_threads": threads, "at": now}]
         except (OSError, ValueError):
             pass
         write_text_atomic(os.path.join(self.dir, "config.json"), json.dumps(record, indent=2) + "\n")

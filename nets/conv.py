@@ -95,7 +95,7 @@ class Conv2d(Layer):
         check_input(self, x, 4, self.in_channels, axis=1)
         n, c, h, w = x.shape
         _, o, ho, wo = self.output_shape(x.shape)
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
         # NHWC inside: every kernel row of a window is then kw*C contiguous numbers, which makes the
         # im2col copy below 3 to 20 times faster than NCHW's (C, kh, kw) order.
         xp = self._padded_nhwc(x)  # (N, Hp, Wp, C)
@@ -136,7 +136,7 @@ class Conv2d(Layer):
     def backward(self, dy):
         n, c, h, w = self.x_shape
         _, o, ho, wo = expected = self.output_shape(self.x_shape)
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
         if dy.shape != expected:
             raise ValueError(f"Conv2d.backward expects dy of shape {expected}, got {dy.shape}")
         # dy from the layer above is usually an NCHW view of NHWC memory: this reshape is then free.

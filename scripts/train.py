@@ -146,11 +146,11 @@ def prepare(argv):
     pre.add_argument("--resume")
     pre.add_argument("--blas-threads", type=int)
     known, _ = pre.parse_known_args(argv)
-    set_blas_threads(known.blas_threads, known.agent)
     base = None
-    if known.resume:
+    if known.resume:  # a resumed run's agent picks the thread count, not --agent's default
         saved = load_run_config(known.resume)
         known.agent = saved.get("agent", known.agent)
+    set_blas_threads(known.blas_threads, known.agent)
     module = agent_module(known.agent)
     args = build_parser(module).parse_args(argv)
     if args.list_games:
