@@ -78,6 +78,7 @@ class Config:
     preset: str = ""  # the agent's preset; empty: pg the game's default (Pong: karpathy), dqn deepmind
     epochs: int = 10  # passes over the training samples
     hidden: int = 0  # hidden units; 0: the agent's default (pg 200, dqn 512)
+    dueling: bool = False  # dqn only: a dueling head, to --init a `--dueling true` DQN run
     lr: float = 1e-3  # Adam's learning rate
     batch_size: int = 0  # samples per update; 0: the agent's default (pg 128, dqn 32 as Nature's updates)
     val_fraction: float = 0.1  # share of the samples held out, as whole games (0: none)
@@ -117,12 +118,14 @@ def resolved(cfg):
     env_id = envs.resolve(cfg.game)
     if not envs.atari.is_atari(env_id):
         raise ValueError(f"recordings are of Atari games, not {env_id}")
+    if cfg.dueling and cfg.agent != "dqn":
+        raise ValueError("dueling is a dqn option: the policy network has no Q head")
     if cfg.agent == "pg":
         agent_cfg = pg.resolved(pg.Config(game=env_id, preset=cfg.preset, seed=cfg.seed,
                                           hidden=cfg.hidden or pg.Config.hidden))
     else:
         agent_cfg = dqn.resolved(dqn.Config(game=env_id, preset=cfg.preset or "deepmind", seed=cfg.seed,
-                                            hidden=cfg.hidden))
+                                            hidden=cfg.hidden, dueling=cfg.dueling))
     if agent_cfg.preset not in ("karpathy", "deepmind"):
         raise ValueError(f"preset must be karpathy or deepmind for recordings, got {agent_cfg.preset!r}")
     spec = envs.env_spec(env_id, agent_cfg.preset, agent_cfg.sticky)

@@ -177,10 +177,11 @@ def test_pg_clone_imitates_the_teacher_and_starts_rl(demos, tmp_path, capsys):
     assert agents.load(os.path.join(run_dir, "checkpoint.npz")).header["step"] >= 400
 
 
-def test_dqn_clone_and_init(demos, tmp_path, capsys):
+@pytest.mark.parametrize("dueling", ["false", "true"])
+def test_dqn_clone_and_init(dueling, demos, tmp_path, capsys):
     out = str(tmp_path / "dqn.npz")
     code, stdout, err = run_script("scripts.pretrain", ["--from", demos["deepmind"], "--agent", "dqn",
-                                                        "--out", out, *DQN_FLAGS], capsys)
+                                                        "--dueling", dueling, "--out", out, *DQN_FLAGS], capsys)
     assert code == 0, err
     agent = agents.load(out)
     info = agent.header["pretrained"]
@@ -190,6 +191,7 @@ def test_dqn_clone_and_init(demos, tmp_path, capsys):
     # (agents/pretrain.py's docstring); this checks the pipeline and the checkpoint, not the cloning
     assert info["val_accuracy"] > 1 / 6 and info["batch_size"] == 32
     assert agent.kind == "dqn" and agent.header["n_actions"] == 6 and "target" in agent.header["models"]
+    assert agent.header["config"]["dueling"] == (dueling == "true")
     seen, actions = demos["deepmind_seen"]
     greedy = agent.model.forward(seen[:40].astype(np.float32) / 255.0).argmax(axis=1)
     assert np.mean(greedy == actions[:40]) > 1 / 3  # it has learnt something of what it was shown
@@ -199,6 +201,8 @@ def test_dqn_clone_and_init(demos, tmp_path, capsys):
                                                 "--eval-every", "0", "--quiet",
                                                 "--run-dir", str(tmp_path / "rl")], capsys)
     assert code == 0, err
+    header = agents.load(str(tmp_path / "rl" / "checkpoint.npz")).header
+    assert header["step"] == 200 and header["config"]["dueling"] == (dueling == "true")  # the clone's head
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -247,6 +251,7 @@ BAD = [
     (["--from", "{karpathy}", "--game", "CartPole-v1"], "Atari"),
     (["--from", "{karpathy}", "--agent", "dqn", "--preset", "karpathy"], "deepmind"),
     (["--from", "{karpathy}", "--epochs", "0"], "epochs"),
+    (["--from", "{karpathy}", "--dueling", "true"], "dueling is a dqn option"),
     (["--from", "{karpathy}", "--val-fraction", "0.9"], "val_fraction"),
     (["--from", "{karpathy}", "--lr", "-1"], "lr"),
     (["--from", "{karpathy}", "--out", "{empty}"], "is a directory"),
