@@ -26,6 +26,11 @@ same colours), so its own paddle is again the green one on the right (the paddle
 16-19 and 140-143: the flip maps one onto the other). RGB green (92, 186, 92) and orange
 (213, 130, 74), grayscale 147 and 148 (ALE's luminance). Karpathy's preprocessing binarizes (both
 paddles become 1), so only the flip matters there; DeepMind's keeps the gray shade, so the swap does.
+The score band (rows 0-20, above the top wall) is not flipped: its two fields, each two digits
+right-aligned at columns 20-47 and 100-127 (measured over whole games), trade places, so the digits
+read as they always did and the agent's own score stands where it always stood. (Flipped, they
+came out as mirror-image glyphs 12 columns off: a DeepMind-preset agent sees the band.) The
+mirrored screen is then exactly the right player's screen with the scores exchanged.
 Actions need no mirroring: up is up on both sides.
 """
 import os
@@ -104,9 +109,23 @@ def _is_colour(rgb, colour):
     return (rgb[..., 0] == r) & (rgb[..., 1] == g) & (rgb[..., 2] == b)  # (H, W): 10x faster than .all(axis=2)
 
 
+SCORE_ROWS = slice(0, 21)  # the score band, above the top wall (rows 24-33)
+SCORE_FIELDS = (slice(20, 48), slice(100, 128))  # left's and right's two digits, right-aligned
+
+
+def flip_screen(screen):
+    """(210, 160[, 3]) -> flipped left-right, except the score band, where the two fields trade places."""
+    out = np.ascontiguousarray(screen[:, ::-1])
+    left, right = SCORE_FIELDS
+    out[SCORE_ROWS] = screen[SCORE_ROWS]
+    out[SCORE_ROWS, left] = screen[SCORE_ROWS, right]
+    out[SCORE_ROWS, right] = screen[SCORE_ROWS, left]
+    return out
+
+
 def mirror_rgb(frame):
-    """(210, 160, 3) uint8 -> the same screen flipped left-right with the paddles' colours swapped."""
-    out = np.ascontiguousarray(frame[:, ::-1])  # (210, 160, 3)
+    """(210, 160, 3) uint8 -> flip_screen with the paddles' (and digits') colours swapped."""
+    out = flip_screen(frame)  # (210, 160, 3)
     green, orange = _is_colour(out, PADDLE_RGB["right"]), _is_colour(out, PADDLE_RGB["left"])  # (210, 160)
     out[green] = PADDLE_RGB["left"]
     out[orange] = PADDLE_RGB["right"]
@@ -114,8 +133,8 @@ def mirror_rgb(frame):
 
 
 def mirror_gray(gray):
-    """(210, 160) uint8 grayscale -> flipped left-right with the paddles' shades swapped."""
-    return _GRAY_SWAP[gray[:, ::-1]]  # (210, 160)
+    """(210, 160) uint8 grayscale -> flip_screen with the paddles' (and digits') shades swapped."""
+    return _GRAY_SWAP[flip_screen(gray)]  # (210, 160)
 
 
 # ----------------------------------------------------------------------------- the game

@@ -119,9 +119,10 @@ def test_mirror_swaps_the_paddles_on_a_known_frame():
     # the left paddle is now green on the right, at the same height, and the other way round
     assert where(m, GREEN) == (orange[0], orange[1], 140, 143)
     assert where(m, ORANGE) == (green[0], green[1], 16, 19)
-    # everything else is the flipped screen
+    # everything else is the flipped screen, but for the score band (rows 0-20), which is not flipped
     swapped = versus._is_colour(m, GREEN) | versus._is_colour(m, ORANGE)
-    assert np.array_equal(m[~swapped], rgb[:, ::-1][~swapped])
+    assert np.array_equal(m[21:][~swapped[21:]], rgb[21:, ::-1][~swapped[21:]])
+    assert np.array_equal(m[:21][~swapped[:21]], rgb[:21][~swapped[:21]])
     assert versus.mirror_rgb(m).tobytes() == rgb.tobytes()  # mirroring twice changes nothing
     # grayscale: the paddle shades are ALE's, and mirror_gray is the grayscale of mirror_rgb
     assert set(gray[versus._is_colour(rgb, GREEN)]) == {versus.PADDLE_GRAY["right"]}
@@ -133,6 +134,32 @@ def test_mirror_swaps_the_paddles_on_a_known_frame():
     seen = versus.karpathy_preprocess(m).reshape(80, 80)
     rows = np.nonzero(seen[:, 70])[0]  # column 70 of 80 is screen column 140
     assert (rows.min(), rows.max()) == ((orange[0] - 35) // 2, (orange[1] - 35) // 2)
+
+
+@needs_extra
+def test_mirrored_score_band_reads_as_the_right_players_screen():
+    """The score digits are not mirror images: the left player's score moves, unflipped and in green,
+    into the right player's field, and the right player's score into the left field, in orange."""
+    env = versus.VersusPong()
+    env.reset(seed=0)
+    scores = np.zeros(2)
+    while scores.max() < 2:  # left holds up, right holds down: points come within a few hundred steps
+        rewards, *_ = env.step(2, 3)
+        scores += np.asarray(rewards) > 0
+    left_field, right_field = versus.SCORE_FIELDS
+    band = env.rgb[:21]
+    m = versus.mirror_rgb(env.rgb)[:21]
+    assert not np.array_equal(band[:, left_field], band[:, right_field])  # the scores differ
+    for dst, src in ((right_field, left_field), (left_field, right_field)):
+        want = band[:, src].copy()
+        green, orange = versus._is_colour(want, GREEN), versus._is_colour(want, ORANGE)
+        want[green], want[orange] = ORANGE, GREEN
+        assert np.array_equal(m[:, dst], want)
+    digit = m[:, right_field] if scores[0] == 2 else m[:, left_field]  # a 2, which a flip would change
+    assert not np.array_equal(digit, digit[:, ::-1])
+    gray = env.ale.getScreenGrayscale()[:, :, 0]
+    assert np.array_equal(versus.mirror_gray(gray)[:21, right_field], versus._GRAY_SWAP[gray[:21, left_field]])
+    env.close()
 
 
 @needs_extra
