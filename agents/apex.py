@@ -131,11 +131,12 @@ class SharedReplay:
             buf.add(chunk["actions"][t], chunk["rewards"][t], chunk["terminal"][t], chunk["ended"][t],
                     chunk["next"][t], final)
 
-    def sample(self, batch_size):
+    def sample(self, batch_size, beta=None):  # beta: prioritized replay's, which runs single-process only
         weights = np.array([b.sampleable() for b in self.buffers], np.float64)
         counts = self.rng.multinomial(batch_size, weights / weights.sum())
         parts = [b.sample(int(c)) for b, c in zip(self.buffers, counts) if c > 0]
-        return Batch(*(np.concatenate([p[f] for p in parts]) for f in range(len(Batch._fields))))
+        return Batch(**{f: np.concatenate([getattr(p, f) for p in parts]) for f in Batch._fields
+                        if getattr(parts[0], f) is not None})  # uniform parts: no weights or index
 
 
 def train_dqn(cfg, run, callback=None, init=None, resume=None, stopwatch=None):

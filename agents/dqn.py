@@ -59,6 +59,10 @@ class Config:
     n_step: int = 1  # n-step returns (1: Nature, CleanRL; Rainbow: 3)
     gamma: float = 0.99  # discount (Nature, CleanRL)
     buffer_size: int = 1_000_000  # frames stored (Nature, CleanRL: 1M; 84x84 frames: 7 GB)
+    prioritized: bool = False  # prioritized replay (Schaul et al. 2016), proportional, as in Rainbow
+    priority_alpha: float = 0.5  # priority = (|TD error| + 1e-6) ** alpha (Rainbow: 0.5; Schaul: 0.6)
+    priority_beta: float = 0.4  # importance-weight exponent at step 0, rising linearly to 1 (Rainbow: 0.4)
+    priority_beta_steps: int = 1_500_000  # agent steps of that rise (issue 5's Pong budget)
     learning_starts: int = 80_000  # transitions in the buffer before learning (CleanRL: 80k; Nature: 50k)
     train_freq: int = 4  # agent steps per update (Nature, CleanRL: 4)
     batch_size: int = 32  # transitions per update (Nature, CleanRL: 32)
@@ -109,6 +113,11 @@ def resolved(cfg):
     for name in ("gamma", "epsilon_start", "epsilon_end", "eval_epsilon"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
+    if not 0.0 <= cfg.priority_alpha <= 1.0 or not 0.0 <= cfg.priority_beta <= 1.0 or cfg.priority_beta_steps < 0:
+        raise ValueError(f"priority_alpha and priority_beta must be in [0, 1] and priority_beta_steps >= 0, got "
+                         f"{cfg.priority_alpha}, {cfg.priority_beta}, {cfg.priority_beta_steps}")
+    if cfg.prioritized and cfg.workers > 0:
+        raise ValueError("prioritized replay runs in the single-process loop only: use --workers 0")
     if not 0.0 < cfg.tau <= 1.0 or not cfg.lr > 0:
         raise ValueError(f"tau must be in (0, 1] and lr > 0, got {cfg.tau}, {cfg.lr}")
     stack = 4 if preset == "deepmind" else 1
@@ -160,6 +169,20 @@ def epsilon_at(step, cfg):
         return cfg.epsilon_end
     frac = min(step / cfg.epsilon_steps, 1.0)
     return cfg.epsilon_start + frac * (cfg.epsilon_end - cfg.epsilon_start)
+
+
+def beta_at(step, cfg):
+    """Prioritized replay's importance exponent: priority_beta at step 0, linearly up to 1."""
+    if cfg.priority_beta_steps <= 0:
+        return 1.0
+    return cfg.priority_beta + min(step / cfg.priority_beta_steps, 1.0) * (1.0 - cfg.priority_beta)
+
+
+def make_buffer(cfg, obs_shape, obs_dtype, rng):
+    """The run's replay buffer: frame stacks rebuilt on the deepmind preset, priorities if asked."""
+    stack = 4 if cfg.preset == "deepmind" else 1
+    return ReplayBuffer(cfg.buffer_size, obs_shape, obs_dtype, cfg.num_envs, stack, cfg.n_step, cfg.gamma, rng,
+                        prioritized=cfg.prioritized, alpha=cfg.priority_alpha)
 
 
 class QAgent:
@@ -237,12 +260,15 @@ class Learner:
         return (batch.returns + batch.discounts * bootstrap).astype(np.float32)  # (B,)
 
     def update(self, batch):
-        """One gradient step on a Batch; returns a metrics dict (skipped=True when NaN/inf appeared)."""
+        """One gradient step on a Batch; returns a metrics dict (skipped=True when NaN/inf appeared).
+        A prioritized batch's importance weights scale the loss; td_errors (B,) keeps Q - target
+        for its new priorities."""
         y = self.targets(batch)  # (B,)
         rows = np.arange(len(y))
         q = self.online.train().forward(self._input("obs", batch.obs))  # (B, A)
         q_taken = q[rows, batch.actions]  # (B,)
-        value = self.loss.forward(q_taken, y)
+        self.td_errors = q_taken - y  # (B,)
+        value = self.loss.forward(q_taken, y, batch.weights)
         dq = np.zeros_like(q)  # (B, A): only the taken actions get a gradient
         dq[rows, batch.actions] = self.loss.backward()
         self.online.backward(dq)
@@ -278,10 +304,13 @@ class Learner:
 
     def learn(self, buffer, run, clock):
         """Sample, update, and deal with NaN/inf: message, count, NumericalError after too many."""
-        batch = buffer.sample(self.cfg.batch_size)
+        batch = buffer.sample(self.cfg.batch_size, beta_at(run.step, self.cfg))
         clock.mark("replay_sample")
         metrics = self.update(batch)
         clock.mark("update")
+        if batch.index is not None and not metrics["skipped"]:
+            buffer.update_priorities(batch.index, self.td_errors)
+            clock.mark("replay_sample")
         if metrics["skipped"]:
             run.message(f"update at step {run.step} produced NaN/inf: skipped "
                         f"({self.bad_in_a_row} in a row, {self.bad_total} in all)")
@@ -386,7 +415,7 @@ def restore_buffer(buffer, run):
         run.message(f"could not load {path} ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                     f"refilling the replay buffer")
         return ReplayBuffer(buffer.slots * buffer.num_envs, buffer.obs_shape, buffer.obs_dtype, buffer.num_envs,
-                            buffer.stack, buffer.n_step, buffer.gamma, buffer.rng)
+                            buffer.stack, buffer.n_step, buffer.gamma, buffer.rng, buffer.prioritized, buffer.alpha)
     if header.get("step") != run.step:
         run.message(f"{path} was saved at step {header.get('step')}, the checkpoint at {run.step}: using it")
     return buffer
@@ -413,9 +442,7 @@ def train(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
     learner = Learner(cfg, obs_shape, n_actions, obs_scale, rng)
     spec = envs.env_spec(cfg.game, cfg.preset, cfg.sticky)
     agent = QAgent(learner.online.eval(), spec, n_actions, obs_scale, cfg.eval_epsilon, rng=rng)
-    stack = 4 if cfg.preset == "deepmind" else 1
-    buffer = ReplayBuffer(cfg.buffer_size, obs_shape, obs_space.dtype, cfg.num_envs, stack, cfg.n_step,
-                          cfg.gamma, rng)
+    buffer = make_buffer(cfg, obs_shape, obs_space.dtype, rng)
     if init is not None:
         learner.online.load_state_dict(init[0]["model"].state_dict())
         learner.target.load_state_dict(init[0]["model"].state_dict())

@@ -24,10 +24,21 @@ when the stop was terminal. sample() returns that discount directly, so the lear
 returns + discounts * max_a Q(next_obs, a).
 
 Observations that are not frame stacks (CartPole's 4 floats) use the same code with stack=1.
+
+Prioritized replay (Schaul et al. 2016; prioritized=True): each slot has a priority in a sum tree
+(agents/sumtree.py), and sample() draws transition i with probability p_i / sum p, stratified as
+Schaul's paper does (one draw from each of B equal slices of the total). A new transition gets the
+largest priority seen so far, so it is replayed at least once soon; update_priorities() then sets
+p_i = (|TD error| + eps) ** alpha. Slots without a transition (a final frame, a slot being
+written) have priority 0; the few drawn slots whose n-step future or stack frames are not stored
+(the newest and oldest of each env) are drawn again. The batch carries importance weights
+(N p_i) ** -beta divided by the batch's largest, which the learner multiplies into the loss.
 """
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
+
+from agents.sumtree import SumTree
 
 FORMAT = "grok-arcade.replay"
 FORMAT_VERSION = 1
@@ -40,15 +51,18 @@ class Batch(NamedTuple):
     returns: np.ndarray  # (B,) float32: the n-step discounted reward sum
     discounts: np.ndarray  # (B,) float32: gamma^m, or 0 when the return ended in a terminal
     next_obs: np.ndarray  # (B, *obs_shape): the observation to bootstrap from
+    weights: Optional[np.ndarray] = None  # (B,) float32 importance weights (prioritized replay only)
+    index: Optional[np.ndarray] = None  # (B,) int64 slots sampled, env * slots + slot (prioritized only)
 
 
 class ReplayBuffer:
     """capacity slots split evenly over num_envs circular buffers.
 
-    start(obs) once after every venv.reset(); add(...) after every venv.step(...); sample(B)."""
+    start(obs) once after every venv.reset(); add(...) after every venv.step(...); sample(B);
+    with prioritized=True, update_priorities(batch.index, td_errors) after learning from a batch."""
 
     def __init__(self, capacity, obs_shape, obs_dtype=np.uint8, num_envs=1, stack=1, n_step=1,
-                 gamma=0.99, rng=None):
+                 gamma=0.99, rng=None, prioritized=False, alpha=0.5, priority_eps=1e-6):
         obs_shape = tuple(int(d) for d in obs_shape)
         if stack > 1 and obs_shape[0] != stack:
             raise ValueError(f"stack={stack} needs observations of shape ({stack}, ...), got {obs_shape}")
@@ -74,6 +88,11 @@ class ReplayBuffer:
         self.pos = np.zeros(self.num_envs, np.int64)  # next slot to write, per env
         self.count = np.zeros(self.num_envs, np.int64)  # slots written, at most self.slots
         self._outputs = {}
+        self.prioritized, self.alpha, self.priority_eps = bool(prioritized), float(alpha), float(priority_eps)
+        if self.prioritized and not (0.0 <= self.alpha <= 1.0 and self.priority_eps > 0):
+            raise ValueError(f"prioritized replay needs alpha in [0, 1] and eps > 0, got {alpha}, {priority_eps}")
+        self.tree = SumTree(self.num_envs * self.slots) if self.prioritized else None
+        self.max_priority = 1.0  # what a new transition gets: the largest priority so far
 
     # ------------------------------------------------------------------ writing
     def __len__(self):
@@ -89,6 +108,8 @@ class ReplayBuffer:
         self.first[e, s] = first
         self.has_transition[e, s] = self.terminal[e, s] = self.end[e, s] = False
         self.rewards[e, s] = 0.0
+        if self.tree is not None:
+            self.tree.set(e * self.slots + s, 0.0)
         self.pos[e] = (s + 1) % self.slots
         self.count[e] = min(self.count[e] + 1, self.slots)
 
@@ -114,6 +135,8 @@ class ReplayBuffer:
             self.terminal[e, s] = terminal[e]
             self.end[e, s] = ended[e]
             self.has_transition[e, s] = True
+            if self.tree is not None:
+                self.tree.set(e * self.slots + s, self.max_priority)
             if ended[e]:
                 if final_obs is None:
                     raise ValueError("an episode ended but add() got no final_obs")
@@ -167,14 +190,17 @@ class ReplayBuffer:
         """Transitions whose n-step future and earlier stack frames are all still stored."""
         return int(np.sum(np.maximum(self.count - self.stack - self.n_step + 1, 0)))
 
-    def sample(self, batch_size):
-        """A uniform batch of transitions as a Batch of arrays. Its obs and next_obs arrays are
-        reused by the next sample(): use them (or copy them) before sampling again."""
+    def sample(self, batch_size, beta=0.4):
+        """A batch of transitions as a Batch of arrays: uniform, or by priority with importance
+        weights (N p_i) ** -beta when prioritized. Its obs and next_obs arrays are reused by the
+        next sample(): use them (or copy them) before sampling again."""
         low = self.n_step  # age 0 is the newest slot, the one the env is at now
         high = self.count - self.stack  # older slots may lack the frames of their stack
         if np.any(high < low):
             raise ValueError(f"replay buffer too small to sample: {self.count.tolist()} slots per env, "
                              f"need more than {self.stack + self.n_step}")
+        if self.tree is not None:
+            return self._sample_prioritized(batch_size, beta, low, high)
         env = self.rng.integers(self.num_envs, size=batch_size)
         slot = np.zeros(batch_size, np.int64)
         todo = np.arange(batch_size)
@@ -182,9 +208,44 @@ class ReplayBuffer:
             age = self.rng.integers(low, high[env[todo]] + 1)
             slot[todo] = (self.pos[env[todo]] - 1 - age) % self.slots
             todo = todo[~self.has_transition[env[todo], slot[todo]]]
+        return self._batch(env, slot)
+
+    def _batch(self, env, slot, weights=None):
         returns, discounts, next_slot = self.n_step_returns(env, slot)
+        index = None if weights is None else env * self.slots + slot
         return Batch(self.stacks(env, slot), self.actions[env, slot].astype(np.int64), returns, discounts,
-                     self.stacks(env, next_slot, "next_obs"))
+                     self.stacks(env, next_slot, "next_obs"), weights, index)
+
+    def _sample_prioritized(self, batch_size, beta, low, high):
+        total = self.tree.total
+        if not total > 0:
+            raise ValueError("prioritized replay holds no transition with a priority above 0")
+        u = (np.arange(batch_size) + self.rng.random(batch_size)) * (total / batch_size)  # (B,) one per slice
+        index = self.tree.find(u)  # (B,)
+        for _ in range(100):  # redraw picks too new for their n-step future or too old for their stack
+            env, slot = np.divmod(index, self.slots)
+            age = (self.pos[env] - 1 - slot) % self.slots
+            bad = np.flatnonzero((age < low) | (age > high[env]) | ~self.has_transition[env, slot])
+            if not len(bad):
+                break
+            index[bad] = self.tree.find(self.rng.random(len(bad)) * total)
+        else:
+            raise ValueError("prioritized replay: no sampleable transition found in 100 draws")
+        probs = self.tree.get(index) / total  # (B,)
+        weights = (self.sampleable() * probs) ** -float(beta)
+        return self._batch(env, slot, (weights / weights.max()).astype(np.float32))
+
+    def update_priorities(self, index, td_errors):
+        """After learning from a prioritized batch: p = (|TD error| + eps) ** alpha for its slots."""
+        if self.tree is None:
+            raise ValueError("update_priorities needs a buffer made with prioritized=True")
+        p = (np.abs(np.asarray(td_errors, np.float64)) + self.priority_eps) ** self.alpha  # (B,)
+        if not np.all(np.isfinite(p)):
+            raise ValueError("update_priorities got TD errors that are not finite")
+        env, slot = np.divmod(np.asarray(index, np.int64), self.slots)
+        p = np.where(self.has_transition[env, slot], p, 0.0)  # a slot rewritten since is left at 0
+        self.tree.set(index, p)
+        self.max_priority = max(self.max_priority, float(p.max()))
 
     # ------------------------------------------------------------------ saving
     def state(self):
@@ -193,11 +254,15 @@ class ReplayBuffer:
         arrays = {name: getattr(self, name)[:, :used] for name in
                   ("actions", "rewards", "terminal", "end", "first", "has_transition")}
         arrays.update(pos=self.pos, count=self.count)
+        if self.tree is not None:
+            arrays["priorities"] = self.tree.leaves().reshape(self.num_envs, self.slots)[:, :used]
         for k, lo in enumerate(range(0, used, CHUNK_SLOTS)):
             arrays[f"frames.{k}"] = self.frames[:, lo:lo + CHUNK_SLOTS]
         header = {"format": FORMAT, "version": FORMAT_VERSION, "slots": self.slots, "used": used,
                   "num_envs": self.num_envs, "obs_shape": list(self.obs_shape),
                   "dtype": self.obs_dtype.str, "stack": self.stack}
+        if self.tree is not None:
+            header["max_priority"] = self.max_priority
         return arrays, header
 
     def save(self, path, step):
@@ -225,4 +290,18 @@ class ReplayBuffer:
                 self.frames[:, lo:lo + CHUNK_SLOTS] = z[f"frames.{k}"]
             self.pos[:] = z["pos"]
             self.count[:] = z["count"]
+            if self.tree is not None:
+                self._load_priorities(z, header, used)
         return header
+
+    def _load_priorities(self, z, header, used):
+        """Saved priorities, or (a file from a uniform run) the same priority for every transition."""
+        leaves = np.zeros((self.num_envs, self.slots))
+        if "priorities" in z.files:
+            leaves[:, :used] = z["priorities"]
+            self.max_priority = float(header.get("max_priority", max(leaves.max(), 1.0)))
+        else:
+            self.max_priority = 1.0
+            leaves[:, :used] = self.max_priority
+        leaves[~self.has_transition] = 0.0
+        self.tree.fill(leaves.reshape(-1))

@@ -20,20 +20,31 @@ class MSE:
 
 
 class Huber:
-    """Smooth L1 with threshold delta (PyTorch's HuberLoss), mean over every element."""
+    """Smooth L1 with threshold delta (PyTorch's HuberLoss), mean over every element.
+
+    Optional per-element weights (prioritized replay's importance weights) scale each term."""
 
     def __init__(self, delta=1.0):
         self.delta = float(delta)
 
-    def forward(self, pred, target):
+    def forward(self, pred, target, weights=None):
         _check_same_shape("Huber", pred, target)
         self.diff = pred - target
+        self.weights = None if weights is None else np.asarray(weights, dtype=pred.dtype)
+        if self.weights is not None:
+            _check_same_shape("Huber weights", pred, self.weights)
         a = np.abs(self.diff)
         quad = np.minimum(a, self.delta)
-        return float(np.mean(0.5 * quad * quad + self.delta * (a - quad)))
+        loss = 0.5 * quad * quad + self.delta * (a - quad)
+        if self.weights is not None:
+            loss = loss * self.weights
+        return float(np.mean(loss))
 
     def backward(self):
-        return np.clip(self.diff, -self.delta, self.delta) / self.diff.size
+        d = np.clip(self.diff, -self.delta, self.delta)
+        if self.weights is not None:
+            d = d * self.weights
+        return d / self.diff.size
 
 
 def log_softmax(logits):

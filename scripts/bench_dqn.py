@@ -21,15 +21,16 @@ def add_arguments(parser):
     parser.add_argument("--steps", type=int, default=1000, help="agent steps timed with learning on")
     parser.add_argument("--num-envs", type=int, default=1, help="envs stepped together (default 1)")
     parser.add_argument("--dueling", action="store_true", help="time the dueling head")
+    parser.add_argument("--prioritized", action="store_true", help="time prioritized replay (its sum tree)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the network, the envs and sampling")
 
 
-def run(game="pong", warmup=2000, steps=1000, num_envs=1, dueling=False, seed=0):
+def run(game="pong", warmup=2000, steps=1000, num_envs=1, dueling=False, seed=0, prioritized=False):
     """Train for warmup + steps agent steps; return the rows."""
     import envs
     from agents import dqn
     from agents.run import Run, config_dict
-    cfg = dqn.resolved(dqn.Config(game=game, seed=seed, num_envs=num_envs, dueling=dueling,
+    cfg = dqn.resolved(dqn.Config(game=game, seed=seed, num_envs=num_envs, dueling=dueling, prioritized=prioritized,
                                   total_steps=warmup + steps, learning_starts=warmup,
                                   buffer_size=max(4 * (warmup + steps), 10_000), eval_every=0,
                                   log_every=warmup, checkpoint_minutes=1e6))
@@ -69,7 +70,7 @@ def run(game="pong", warmup=2000, steps=1000, num_envs=1, dueling=False, seed=0)
 def main(args):
     print(f"DQN on {args.game}: {args.warmup} warm-up steps, then {args.steps} with learning on "
           f"(OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}; shared machine: trust the split)")
-    rows = run(args.game, args.warmup, args.steps, args.num_envs, args.dueling, args.seed)
+    rows = run(args.game, args.warmup, args.steps, args.num_envs, args.dueling, args.seed, args.prioritized)
     for row in rows:
         if "value" in row:
             print(f"  {row['name']:<32} {row['value']:>10,}")
@@ -77,5 +78,5 @@ def main(args):
             print(f"  {row['name']:<32} {row['ms_per_step']:>8.3f} ms/step  {100 * row['share']:5.1f} %")
         else:
             print(f"  {row['name']:<32} {row['ms']:>8.3f} ms")
-    print(json.dumps({"bench": "dqn", "rows": rows}))
+    print(json.dumps({"bench": "dqn", "prioritized": bool(args.prioritized), "rows": rows}))
     return 0

@@ -92,6 +92,28 @@ def test_update_lowers_td_loss_and_skips_nan():
         np.testing.assert_array_equal(v, before[k])
 
 
+def test_importance_weights_scale_the_update_and_td_errors_are_kept():
+    """Weights 1 on half a batch and 0 on the rest: the loss and gradient of that half alone,
+    over the whole batch's size. td_errors is Q(s, a) - target for the new priorities."""
+    batch = random_batch(np.random.default_rng(3))
+    half = Batch(*(f[:4] for f in batch[:5]))  # obs .. next_obs; no weights
+    weighted = batch._replace(weights=np.r_[np.ones(4), np.zeros(4)].astype(np.float32))
+    a, b = mlp_learner(), mlp_learner()
+    q = a.online.forward(batch.obs)[np.arange(8), batch.actions]
+    y = a.targets(batch)
+    got, want = a.update(weighted), b.update(half)
+    assert got["loss"] == pytest.approx(want["loss"] / 2, rel=1e-5)
+    assert got["grad_norm"] == pytest.approx(want["grad_norm"] / 2, rel=1e-4)
+    np.testing.assert_allclose(a.td_errors, q - y, rtol=1e-5, atol=1e-6)
+
+
+def test_beta_schedule():
+    cfg = dqn.Config(priority_beta=0.4, priority_beta_steps=1000)
+    assert dqn.beta_at(0, cfg) == pytest.approx(0.4)
+    assert dqn.beta_at(500, cfg) == pytest.approx(0.7)
+    assert dqn.beta_at(1000, cfg) == 1.0 == dqn.beta_at(10**7, cfg)
+
+
 def test_epsilon_schedule():
     cfg = dqn.Config(epsilon_start=1.0, epsilon_end=0.1, epsilon_steps=1000)
     assert dqn.epsilon_at(0, cfg) == 1.0
@@ -106,16 +128,19 @@ def test_resolved_defaults_and_bad_values():
     assert (cart.preset, cart.network, cart.hidden) == ("classic", "mlp", 128)
     for bad in (dict(preset="karpathy"), dict(game="CartPole-v1", network="nature"), dict(lr=0.0),
                 dict(n_step=0), dict(optimizer="sgd"), dict(tau=0.0), dict(epsilon_end=1.5),
-                dict(buffer_size=1000, learning_starts=900)):
+                dict(buffer_size=1000, learning_starts=900), dict(priority_alpha=1.5), dict(priority_beta=-0.1),
+                dict(prioritized=True, workers=2)):
         with pytest.raises(ValueError):
             dqn.resolved(dqn.Config(**bad))
 
 
 # ----------------------------------------------------------------------------- learning and checkpoints
 
-def test_learns_cartpole(tmp_path):
-    """Mean >= 195 over 20 evaluation games (epsilon 0.05), from a fixed seed."""
-    cfg = dqn.resolved(dqn.Config(**CARTPOLE))
+@pytest.mark.parametrize("prioritized", [False, True])
+def test_learns_cartpole(tmp_path, prioritized):
+    """Mean >= 195 over 20 evaluation games (epsilon 0.05), from a fixed seed; uniform replay and
+    prioritized (beta rising to 1 over the run)."""
+    cfg = dqn.resolved(dqn.Config(**CARTPOLE, prioritized=prioritized, priority_beta_steps=CARTPOLE["total_steps"]))
     run = make_run(tmp_path, cfg)
     dqn.train(cfg, run)
     agent = agents.load(run.checkpoint_path, seed=0)

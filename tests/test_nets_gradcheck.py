@@ -273,6 +273,10 @@ def test_huber_both_regions():
     diff[::2] *= 4  # some differences beyond delta, away from the kink at |d| = delta
     check_loss(nets.Huber(delta=1.0), target + diff, target)
     check_loss(nets.Huber(delta=0.5), target + diff, target)
+    weights = rng.uniform(0.1, 1.0, (5, 4))  # prioritized replay's importance weights
+    check_loss(nets.Huber(delta=1.0), target + diff, target, weights=weights)
+    plain, weighted = nets.Huber(), nets.Huber()
+    assert weighted.forward(target + diff, target, np.ones((5, 4))) == plain.forward(target + diff, target)
 
 
 @pytest.mark.parametrize("weighted", [False, True])

@@ -273,3 +273,121 @@ def test_sample_speed():
         buffer.sample(32)
         times.append(time.perf_counter() - t0)
     assert np.median(times) < 3e-3, f"median sample(32) took {np.median(times) * 1e3:.2f} ms"
+
+
+# ----------------------------------------------------------------------------- prioritized replay
+
+def test_sum_tree_matches_a_cumulative_sum():
+    """find() against its slow twin, searchsorted over the cumulative sum of the leaves; batched
+    set() (with a leaf listed twice) and fill() against one-leaf set()."""
+    from agents.sumtree import SumTree
+    rng = np.random.default_rng(0)
+    tree, twin = SumTree(37), SumTree(37)  # not a power of two: padding leaves stay 0
+    values = rng.random(37) * (rng.random(37) < 0.7)  # some zero leaves
+    tree.set(np.arange(37), values)
+    for k, v in enumerate(values):
+        twin.set(k, v)
+    np.testing.assert_allclose(tree.nodes, twin.nodes)
+    tree.set([5, 9, 5], [2.0, 0.0, 3.0])  # a repeated leaf: the last value wins
+    values[[5, 9]] = [3.0, 0.0]
+    filled = SumTree(37)
+    filled.fill(values)
+    np.testing.assert_allclose(filled.nodes, tree.nodes)
+    assert tree.total == pytest.approx(values.sum())
+    u = rng.random(5000) * tree.total
+    found = tree.find(u)
+    np.testing.assert_array_equal(found, np.searchsorted(np.cumsum(values), u, side="right"))
+    assert np.all(values[found] > 0)
+    assert values[tree.find([tree.total * (1 - 1e-16)])[0]] > 0  # the very end: never a zero leaf
+    with pytest.raises(ValueError, match=">= 0"):
+        tree.set(3, -1.0)
+    with pytest.raises(IndexError):
+        tree.set([37], [1.0])
+
+
+def test_prioritized_sampling_follows_priorities_with_importance_weights():
+    buffer = ReplayBuffer(200, (3,), np.float32, stack=1, n_step=1, rng=np.random.default_rng(0),
+                          prioritized=True, alpha=0.5)
+    buffer.start(np.zeros((1, 3), np.float32))
+    for t in range(100):
+        buffer.add([t % 2], [float(t)], [False], [False], np.full((1, 3), t + 1, np.float32))
+    # new transitions all have the largest priority so far (1): sampling starts uniform
+    leaves = buffer.tree.leaves()
+    assert np.all(leaves[:100] == 1.0) and np.all(leaves[100:] == 0.0)
+    index = np.arange(99)  # slots 0..98; slot 99 (age 1, sampleable) keeps priority 1, slot 100 is the env's now
+    td = np.ones(99)
+    td[7] = 99.0  # priority (99 + eps) ** 0.5 ~ 9.95 against (1 + eps) ** 0.5 = 1
+    buffer.update_priorities(index, td)
+    assert buffer.max_priority == pytest.approx(99 ** 0.5)
+    counts = np.zeros(200)
+    weights = {}
+    for _ in range(400):
+        batch = buffer.sample(32, beta=0.5)
+        np.add.at(counts, batch.index, 1)
+        for i, w in zip(batch.index, batch.weights):
+            weights[int(i)] = float(w)
+        np.testing.assert_array_equal(batch.returns, batch.index.astype(np.float32))  # reward t at slot t
+    p = np.r_[np.ones(7), 99 ** 0.5, np.ones(91), 1.0]  # slot 99 was never updated: priority 1
+    share = p[7] / p.sum()
+    assert counts[7] / counts.sum() == pytest.approx(share, rel=0.1)
+    # weights (N p)^-beta over the batch's largest: the favoured slot's is (1 / 9.95) ** 0.5 of a plain one's
+    assert weights[7] / weights[0] == pytest.approx((1 / 99 ** 0.5) ** 0.5, rel=1e-5)
+
+
+def test_prioritized_never_samples_what_cannot_be_rebuilt():
+    """Wrapping many times, with final-frame slots and episode starts: every sampled slot has a
+    transition, its n-step future and its stack frames, and the batch is what the env showed."""
+    env = FakeFrames(2, lengths=[9, 2, 5, 14], kinds=["terminated", "truncated", "truncated", "terminated"])
+    buffer = ReplayBuffer(2 * 57, (4, 2, 2), np.uint8, num_envs=2, stack=4, n_step=3, gamma=GAMMA,
+                          rng=np.random.default_rng(2), prioritized=True)
+    rng = np.random.default_rng(0)
+    log = fill(buffer, env, 100, rng)
+    for _ in range(200):
+        log.update(fill_more(buffer, env, 1, rng))
+        batch = buffer.sample(16)
+        env_, slot = np.divmod(batch.index, buffer.slots)
+        for e, s in zip(env_, slot):
+            assert s in sampleable_slots(buffer, e)
+        buffer.update_priorities(batch.index, rng.random(16) * 5)
+        for k in range(16):
+            o = log[(int(env_[k]), int(slot[k]))][0]
+            np.testing.assert_array_equal(batch.obs[k], o)
+    assert np.all(buffer.tree.leaves()[~buffer.has_transition.reshape(-1)] == 0)
+
+
+def fill_more(buffer, env, steps, rng):
+    """fill() without the reset: go on playing the same episodes."""
+    log = {}
+    for _ in range(steps):
+        obs = np.stack(env.stack)
+        actions = rng.integers(4, size=env.num_envs)
+        slots = (buffer.pos - 1) % buffer.slots
+        rewards, terminal, ended, next_obs, final = env.step()
+        buffer.add(actions, rewards, terminal, ended, next_obs, final)
+        for e in range(env.num_envs):
+            true_next = final[e] if ended[e] else next_obs[e]
+            log[(e, int(slots[e]))] = (obs[e].copy(), actions[e], rewards[e], terminal[e], ended[e], true_next.copy())
+    return log
+
+
+def test_prioritized_save_load_and_a_uniform_file(tmp_path):
+    env = FakeFrames(1, lengths=[7], kinds=["terminated"])
+    buffer = ReplayBuffer(200, (4, 2, 2), np.uint8, stack=4, n_step=2, rng=np.random.default_rng(0), prioritized=True)
+    fill(buffer, env, 150, np.random.default_rng(0))
+    batch = buffer.sample(32)
+    buffer.update_priorities(batch.index, np.arange(32.0))
+    buffer.save(tmp_path / "replay.npz", 150)
+    again = ReplayBuffer(200, (4, 2, 2), np.uint8, stack=4, n_step=2, prioritized=True)
+    again.load(tmp_path / "replay.npz")
+    np.testing.assert_allclose(again.tree.nodes, buffer.tree.nodes)
+    assert again.max_priority == buffer.max_priority
+    # a buffer saved by a uniform run: every stored transition starts at the same priority
+    uniform = ReplayBuffer(200, (4, 2, 2), np.uint8, stack=4, n_step=2)
+    fill(uniform, FakeFrames(1, lengths=[7], kinds=["terminated"]), 150, np.random.default_rng(0))
+    uniform.save(tmp_path / "uniform.npz", 150)
+    again.load(tmp_path / "uniform.npz")
+    has = uniform.has_transition.reshape(-1)
+    assert np.all(again.tree.leaves()[has] == 1.0) and np.all(again.tree.leaves()[~has] == 0.0)
+    assert again.sample(8).weights.max() == 1.0
+    with pytest.raises(ValueError, match="prioritized"):
+        uniform.update_priorities(batch.index, np.ones(32))
