@@ -1,4 +1,4 @@
-"""Ship a trained agent: python -m scripts.ship RUN_DIR --name pong-pg [--episodes 30] [--seed S].
+"""Ship a trained agent: python -m scripts.ship RUN_DIR --name pong-pg [--episodes 30] [--seed S] [--workers N].
 
 Exports the run's checkpoint with only what playing needs (float32 policy or online Q-network),
 evaluates it on --episodes fresh games with scripts.evaluate's protocol, and writes
@@ -14,7 +14,7 @@ import shutil
 import sys
 import tempfile
 
-from scripts.common import Parser, UsageError, fail, load_agent
+from scripts.common import Parser, UsageError, check_workers, fail, load_agent
 
 CHECKPOINTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints")
 
@@ -28,6 +28,9 @@ def build_parser():
     p.add_argument("--no-sticky", action="store_true", help="also report the NoFrameskip-v4 protocol")
     p.add_argument("--out-dir", default=CHECKPOINTS, help="where to ship (default checkpoints/)")
     p.add_argument("--force", action="store_true", help="ship even if not better than the shipped one")
+    p.add_argument("--workers", type=int, default=0,
+                   help="spread the evaluation games over N Ray actors, as scripts.evaluate (same games)")
+    p.add_argument("--ray-address", default="", help="with --workers: join this Ray cluster (default: a local Ray)")
     return p
 
 
@@ -41,7 +44,7 @@ def shipped_mean(card_path):
     return float(match.group(1)) if match else None
 
 
-def card(name, config, header, results, curve_name):
+def card(name, config, header, results, curve_name, seed, workers=0):
     def shell(argv):
         return " ".join(["python", "-m", "scripts.train", *argv[1:]])
     command = "\n".join([shell(config.get("command", []))] +
@@ -56,8 +59,12 @@ def card(name, config, header, results, curve_name):
              "Settings (from the run's config.json):", "", "```json",
              json.dumps(config.get("config", {}), indent=1, sort_keys=True), "```", "",
              "## Evaluation", "",
-             "Whole games on fresh seeds, printed by `python -m scripts.evaluate` "
-             f"(`--episodes {results[0]['episodes']}`):", ""]
+             "Whole games on fresh seeds, printed by `python -m scripts.evaluate "
+             f"checkpoints/{name}.npz --episodes {results[0]['episodes']} --seed {seed}"
+             f"{f' --workers {workers}' if workers else ''}` (`--no-sticky` for NoFrameskip-v4, `--greedy` for a "
+             "policy-gradient agent's most likely actions)"
+             + (". With workers each game draws its random actions from its own seed, so it differs from the "
+                "same game played without them" if workers else "") + ":", ""]
     for r in results:
         lines += ["```json", json.dumps(r), "```", ""]
     lines += ["## Learning curve", "", f"![learning curve]({curve_name})", ""]
@@ -69,6 +76,7 @@ def main(argv=None):
     try:
         if args.episodes < 1:
             raise UsageError(f"--episodes must be >= 1, got {args.episodes}")
+        check_workers(args.workers, args.ray_address)
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", args.name):
             raise UsageError(f"--name {args.name!r}: use lower-case letters, digits, - and _")
         src = os.path.join(args.run_dir, "checkpoint.npz")
@@ -97,11 +105,22 @@ def main(argv=None):
     # a policy-gradient agent is scored sampling its actions (the policy it learned, and what the
     # comparison with a shipped card uses) and also taking the most likely one (SB3's deterministic
     # evaluation), on the same seeds
+    def row(k, ret, length):
+        print(f"game {k + 1:3d}  return {ret:6.1f}  length {length}", file=sys.stderr, flush=True)
+
     for sticky in ([True, False] if args.no_sticky else [True]):
         for explore in ([True, False] if agent.kind == "pg" else [False]):
-            summary = evaluate(agent, args.episodes, seed=args.seed, sticky=sticky, explore=explore,
-                               on_game=lambda k, r, n: print(f"game {k + 1:3d}  return {r:6.1f}  length {n}",
-                                                             file=sys.stderr, flush=True))
+            if args.workers:
+                from agents import distributed
+                try:
+                    summary = distributed.evaluate(staged, args.episodes, seed=args.seed, sticky=sticky,
+                                                   explore=explore, workers=args.workers,
+                                                   ray_address=args.ray_address, on_game=row)
+                except distributed.WorkerError as e:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    fail(str(e))
+            else:
+                summary = evaluate(agent, args.episodes, seed=args.seed, sticky=sticky, explore=explore, on_game=row)
             protocol = env_spec(agent.env["env_id"], agent.env["preset"], sticky)["protocol"]
             results.append({"checkpoint": f"checkpoints/{args.name}.npz", "game": agent.env["env_id"],
                             "protocol": protocol, "actions": action_rule(agent, explore), "episodes": args.episodes,
@@ -123,7 +142,7 @@ def main(argv=None):
         os.replace(os.path.join(tmp, curve_name), os.path.join(args.out_dir, curve_name))
     os.replace(staged, os.path.join(args.out_dir, f"{args.name}.npz"))
     with open(os.path.join(tmp, "card.md"), "w") as f:
-        f.write(card(args.name, config, header, results, curve_name))
+        f.write(card(args.name, config, header, results, curve_name, args.seed, args.workers))
     os.replace(os.path.join(tmp, "card.md"), card_path)
     shutil.rmtree(tmp, ignore_errors=True)
     print(f"shipped {args.out_dir}/{args.name}.npz (mean {new:.2f}"

@@ -226,6 +226,23 @@ def test_evaluate_with_workers_prints_the_same_games(ray_session, cartpole_check
 
 
 @needs_ray
+def test_ship_with_workers_scores_the_same_games(ray_session, cartpole_checkpoint, tmp_path, capsys):
+    from scripts import ship
+    argv = [os.path.dirname(cartpole_checkpoint), "--name", "cp", "--episodes", "4", "--seed", "5"]
+    assert ship.main(argv + ["--out-dir", str(tmp_path / "alone")]) == 0
+    alone = capsys.readouterr().out.strip().splitlines()
+    assert ship.main(argv + ["--out-dir", str(tmp_path / "spread"), "--workers", "2"]) == 0
+    spread = capsys.readouterr().out.strip().splitlines()
+    # greedy games agree game for game; sampled ones draw from per-game streams (agents/distributed.py)
+    assert [json.loads(line)["actions"] for line in spread] == ["sampled", "greedy"] and spread[1] == alone[1]
+    assert json.loads(spread[0])["episodes"] == 4
+    text = (tmp_path / "spread" / "cp.md").read_text()
+    assert "--episodes 4 --seed 5 --workers 2" in text and all(line in text for line in spread)
+    assert "--workers" not in (tmp_path / "alone" / "cp.md").read_text().split("## Evaluation")[1]
+    assert no_actors_left(ray_session)
+
+
+@needs_ray
 def test_train_script_with_workers_saves_on_sigterm(tmp_path):
     """The command line end to end, with its own local Ray: SIGTERM stops, saves, shuts Ray down."""
     run_dir = tmp_path / "run"
@@ -254,6 +271,7 @@ def test_train_script_with_workers_saves_on_sigterm(tmp_path):
 @pytest.mark.parametrize("script, argv", [
     ("scripts.train", ["--game", "CartPole-v1", "--workers", "2"]),
     ("scripts.evaluate", ["checkpoint.npz", "--workers", "2"]),
+    ("scripts.ship", ["run", "--name", "x", "--workers", "2", "--out-dir", "shipped"]),
 ])
 def test_workers_without_ray_is_one_line(script, argv, tmp_path, monkeypatch, capsys):
     real = importlib.util.find_spec
