@@ -414,8 +414,7 @@ def restore_buffer(buffer, run):
     except Exception as e:  # a damaged file (zip, JSON, shapes) must not stop the run: refill instead
         run.message(f"could not load {path} ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                     f"refilling the replay buffer")
-        return ReplayBuffer(buffer.slots * buffer.num_envs, buffer.obs_shape, buffer.obs_dtype, buffer.num_envs,
-                            buffer.stack, buffer.n_step, buffer.gamma, buffer.rng, buffer.prioritized, buffer.alpha)
+        return buffer.empty_like()
     if header.get("step") != run.step:
         run.message(f"{path} was saved at step {header.get('step')}, the checkpoint at {run.step}: using it")
     return buffer

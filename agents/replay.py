@@ -94,6 +94,11 @@ class ReplayBuffer:
         self.tree = SumTree(self.num_envs * self.slots) if self.prioritized else None
         self.max_priority = 1.0  # what a new transition gets: the largest priority so far
 
+    def empty_like(self):
+        """A new, empty buffer with every setting of this one (its rng shared)."""
+        return ReplayBuffer(self.slots * self.num_envs, self.obs_shape, self.obs_dtype, self.num_envs, self.stack,
+                            self.n_step, self.gamma, self.rng, self.prioritized, self.alpha, self.priority_eps)
+
     # ------------------------------------------------------------------ writing
     def __len__(self):
         """Transitions stored (an upper bound on what can be sampled)."""

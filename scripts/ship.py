@@ -29,7 +29,7 @@ def build_parser():
     p.add_argument("--out-dir", default=CHECKPOINTS, help="where to ship (default checkpoints/)")
     p.add_argument("--force", action="store_true", help="ship even if not better than the shipped one")
     p.add_argument("--workers", type=int, default=0,
-                   help="spread the evaluation games over N Ray actors, as scripts.evaluate (same games)")
+                   help="spread the evaluation games over N Ray actors, as scripts.evaluate --workers does")
     p.add_argument("--ray-address", default="", help="with --workers: join this Ray cluster (default: a local Ray)")
     return p
 
