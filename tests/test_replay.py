@@ -362,3 +362,14 @@ def test_prioritized_save_load_and_a_uniform_file(tmp_path):
     assert again.sample(8).weights.max() == 1.0
     with pytest.raises(ValueError, match="prioritized"):
         uniform.update_priorities(batch.index, np.ones(32))
+
+
+def test_empty_like_keeps_every_setting():
+    buffer = ReplayBuffer(200, (4, 2, 2), np.uint8, num_envs=2, stack=4, n_step=3, gamma=0.5, prioritized=True,
+                          alpha=0.7, priority_eps=1e-3)
+    fill(buffer, FakeFrames(2, lengths=[7], kinds=["terminated"]), 50, np.random.default_rng(0))
+    fresh = buffer.empty_like()
+    for name in ("slots", "num_envs", "obs_shape", "obs_dtype", "stack", "n_step", "gamma", "prioritized", "alpha",
+                 "priority_eps", "rng"):
+        assert getattr(fresh, name) == getattr(buffer, name), name
+    assert len(fresh) == 0 and fresh.tree.total == 0.0 and len(buffer) > 0
