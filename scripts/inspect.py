@@ -114,7 +114,9 @@ def draw(models, header, checkpoint, out_path, units=0):
     fig.suptitle(f"{os.path.basename(checkpoint)}: {env.get('env_id')} {header.get('agent')} "
                  f"({env.get('preset')}), step {header.get('step', '?')}")
     fig.tight_layout()
-    fig.savefig(out_path)
+    from nets.npzfile import atomic_write
+    with atomic_write(out_path) as f:  # a picture half written by a crash never replaces a good one
+        fig.savefig(f, format=os.path.splitext(out_path)[1][1:].lower())
     plt.close(fig)
     return len(tiles)
 
