@@ -340,7 +340,6 @@ def test_prioritized_never_samples_what_cannot_be_rebuilt():
     assert np.all(buffer.tree.leaves()[~buffer.has_transition.reshape(-1)] == 0)
 
 
-
 def test_prioritized_save_load_and_a_uniform_file(tmp_path):
     env = FakeFrames(1, lengths=[7], kinds=["terminated"])
     buffer = ReplayBuffer(200, (4, 2, 2), np.uint8, stack=4, n_step=2, rng=np.random.default_rng(0), prioritized=True)
