@@ -72,3 +72,23 @@ def evaluate(agent, episodes, seed=0, sticky=True, explore=False, on_game=None, 
     return {"episodes": episodes, "mean_return": float(r.mean()), "std_return": float(r.std()),
             "min_return": float(r.min()), "max_return": float(r.max()),
             "mean_length": float(np.mean(lengths)), "returns": returns}
+
+
+# Published scores a shipped card sets its own beside. Random and human play: the Atari-57 table of
+# van Hasselt et al. (2016) and Wang et al. (2016), which DQN Zoo uses for human-normalized scores;
+# Nature DQN: Mnih et al. (2015), 50M agent steps, epsilon 0.05. The Pong rows after it are the ones
+# issue 5 names (CleanRL's dqn_atari and the SB3 zoo, both NoFrameskip-v4 after 10M steps).
+REFERENCE_SCORES = {
+    "ALE/Pong-v5": {"random": -20.7, "human": 14.6, "Nature DQN (50M steps)": 18.9,
+                    "CleanRL dqn_atari (10M steps)": 20.25, "SB3 zoo DQN (10M steps)": 20.6},
+    "ALE/Breakout-v5": {"random": 1.7, "human": 30.5, "Nature DQN (50M steps)": 401.2},
+}
+
+
+def human_normalized(env_id, score):
+    """100 * (score - random) / (human - random): 0 plays like random, 100 like the human tester;
+    None for a game without reference scores."""
+    ref = REFERENCE_SCORES.get(env_id)
+    if ref is None:
+        return None
+    return 100.0 * (score - ref["random"]) / (ref["human"] - ref["random"])

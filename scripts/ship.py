@@ -3,9 +3,10 @@
 Exports the run's checkpoint with only what playing needs (float32 policy or online Q-network),
 evaluates it on --episodes fresh games with scripts.evaluate's protocol, and writes
 checkpoints/<name>.npz, <name>.md (the command that trained it, steps, episodes, hours, the
-evaluation JSON) and <name>.png (the learning curve). It refuses, exit 1, unless the new agent
-scores better than the card of the one already shipped (--force overrides), because every
-committed checkpoint stays in every clone forever.
+evaluation JSON, and the published scores of the game beside its own) and <name>.png (the learning
+curve). It refuses, exit 1, unless the new agent scores better than the card of the one already
+shipped, on the protocol the agent trained on (--force overrides), because every committed
+checkpoint stays in every clone forever.
 """
 import json
 import os
@@ -25,7 +26,8 @@ def build_parser():
     p.add_argument("--name", required=True, help="shipped name, e.g. pong-pg (checkpoints/<name>.npz)")
     p.add_argument("--episodes", type=int, default=30, help="evaluation games (default 30)")
     p.add_argument("--seed", type=int, default=1000, help="seed of the first evaluation game")
-    p.add_argument("--no-sticky", action="store_true", help="also report the NoFrameskip-v4 protocol")
+    p.add_argument("--no-sticky", action="store_true",
+                   help="also report the NoFrameskip-v4 protocol (always done for an agent trained on it)")
     p.add_argument("--out-dir", default=CHECKPOINTS, help="where to ship (default checkpoints/)")
     p.add_argument("--force", action="store_true", help="ship even if not better than the shipped one")
     p.add_argument("--workers", type=int, default=0,
@@ -34,17 +36,49 @@ def build_parser():
     return p
 
 
-def shipped_mean(card_path):
-    """The sticky-protocol mean return an existing card reports, or None."""
+def shipped_scores(card_path):
+    """{protocol: mean return} of an existing card, the first result of each protocol ({} if none)."""
     if not os.path.exists(card_path):
-        return None
-    match = re.search(r'"protocol": "v5-sticky".*?"mean_return": (-?[0-9.]+)', open(card_path).read())
-    if match is None:
-        match = re.search(r'"mean_return": (-?[0-9.]+)', open(card_path).read())
-    return float(match.group(1)) if match else None
+        return {}
+    scores = {}
+    for m in re.finditer(r'"protocol": "([a-z0-9-]+)".*?"mean_return": (-?[0-9.]+)', open(card_path).read()):
+        scores.setdefault(m.group(1), float(m.group(2)))
+    return scores
 
 
-def card(name, config, header, results, curve_name, seed, workers=0):
+def comparison(results, old_scores, trained):
+    """(protocol, new mean, old mean or None) deciding a ship: the protocol the agent trained on,
+    else one both the card and the new results report."""
+    new_scores = {}
+    for r in results:
+        new_scores.setdefault(r["protocol"], r["mean_return"])
+    for protocol in [trained, *new_scores]:
+        if protocol in new_scores and protocol in old_scores:
+            return protocol, new_scores[protocol], old_scores[protocol]
+    protocol = trained if trained in new_scores else results[0]["protocol"]
+    return protocol, new_scores[protocol], None
+
+
+def references(env_id, result):
+    """Markdown lines setting the agent's score beside the published ones, [] for other games."""
+    from agents.evaluation import REFERENCE_SCORES, human_normalized
+    ref = REFERENCE_SCORES.get(env_id)
+    if ref is None:
+        return []
+    score = result["mean_return"]
+    lines = ["## Against published scores", "",
+             "Random and human play from the Atari-57 table of van Hasselt et al. (2016), the one DQN Zoo "
+             "normalizes by; Nature DQN from Mnih et al. (2015). Human-normalized: 100 * (score - random) / "
+             "(human - random).", "",
+             f"| {env_id} | mean return | human-normalized |", "|---|---|---|"]
+    for who, value in ref.items():
+        lines.append(f"| {who} | {value:g} | {human_normalized(env_id, value):.0f}% |")
+    lines += [f"| **this agent** ({result['protocol']}, {result['episodes']} games) | **{score:.2f}** | "
+              f"**{human_normalized(env_id, score):.0f}%** |", ""]
+    return lines
+
+
+def card(name, config, header, results, curve_name, seed, workers=0, scored=None):
     def shell(argv):
         return " ".join(["python", "-m", "scripts.train", *argv[1:]])
     command = "\n".join([shell(config.get("command", []))] +
@@ -67,6 +101,7 @@ def card(name, config, header, results, curve_name, seed, workers=0):
                 "same game played without them" if workers else "") + ":", ""]
     for r in results:
         lines += ["```json", json.dumps(r), "```", ""]
+    lines += references(header["env"]["env_id"], scored or results[0])
     lines += ["## Learning curve", "", f"![learning curve]({curve_name})", ""]
     return "\n".join(lines)
 
@@ -108,7 +143,8 @@ def main(argv=None):
     def row(k, ret, length):
         print(f"game {k + 1:3d}  return {ret:6.1f}  length {length}", file=sys.stderr, flush=True)
 
-    for sticky in ([True, False] if args.no_sticky else [True]):
+    trained = agent.env.get("protocol")
+    for sticky in ([True, False] if args.no_sticky or trained == "v4-nosticky" else [True]):
         for explore in ([True, False] if agent.kind == "pg" else [False]):
             if args.workers:
                 from agents import distributed
@@ -127,12 +163,11 @@ def main(argv=None):
                             **{k: summary[k] for k in ("mean_return", "std_return", "min_return", "max_return")}})
             print(json.dumps(results[-1]))
     card_path = os.path.join(args.out_dir, f"{args.name}.md")
-    old = shipped_mean(card_path)
-    new = results[0]["mean_return"]
+    protocol, new, old = comparison(results, shipped_scores(card_path), trained)
     if old is not None and new <= old and not args.force:
         shutil.rmtree(tmp, ignore_errors=True)
-        print(f"not shipped: mean {new:.2f} is not better than the shipped {old:.2f} (--force ships anyway)",
-              file=sys.stderr)
+        print(f"not shipped: mean {new:.2f} ({protocol}) is not better than the shipped {old:.2f} "
+              "(--force ships anyway)", file=sys.stderr)
         return 1
     header["env"] = agent.env
     curve_name = f"{args.name}.png"
@@ -142,10 +177,11 @@ def main(argv=None):
         os.replace(os.path.join(tmp, curve_name), os.path.join(args.out_dir, curve_name))
     os.replace(staged, os.path.join(args.out_dir, f"{args.name}.npz"))
     with open(os.path.join(tmp, "card.md"), "w") as f:
-        f.write(card(args.name, config, header, results, curve_name, args.seed, args.workers))
+        scored = next(r for r in results if r["protocol"] == protocol)
+        f.write(card(args.name, config, header, results, curve_name, args.seed, args.workers, scored))
     os.replace(os.path.join(tmp, "card.md"), card_path)
     shutil.rmtree(tmp, ignore_errors=True)
-    print(f"shipped {args.out_dir}/{args.name}.npz (mean {new:.2f}"
+    print(f"shipped {args.out_dir}/{args.name}.npz (mean {new:.2f} {protocol}"
           f"{'' if old is None else f', was {old:.2f}'})", file=sys.stderr)
     return 0
 

@@ -38,7 +38,44 @@ def test_ship_exports_playing_weights_with_a_card_and_refuses_worse(tmp_path):
     before = (out / "cp.npz").read_bytes()
     r = run("scripts.ship", str(run_dir), "--name", "cp", "--episodes", "2", "--out-dir", str(out),
             "--seed", "1000")
-    assert (r.returncode == 1 and "not shipped" in r.stderr) or result["mean_return"] < 500
-    if r.returncode == 1:
-        assert (out / "cp.npz").read_bytes() == before
+    assert r.returncode == 1 and "not shipped" in r.stderr and f"{result['mean_return']:.2f}" in r.stderr
+    assert (out / "cp.npz").read_bytes() == before
     assert not [n for n in os.listdir(out) if n.startswith(".ship-")]
+    assert "published scores" not in text  # CartPole has none
+
+
+def results_for(means):
+    return [{"protocol": p, "mean_return": m, "episodes": 30} for p, m in means]
+
+
+def test_a_ship_is_judged_on_the_protocol_the_agent_trained_on():
+    from scripts.ship import comparison
+    new = results_for([("v5-sticky", -1.0), ("v4-nosticky", 12.0)])
+    # a no-sticky DQN: better without sticky actions ships, even though its sticky score fell
+    assert comparison(new, {"v5-sticky": 2.0, "v4-nosticky": 8.9}, "v4-nosticky") == ("v4-nosticky", 12.0, 8.9)
+    assert comparison(new, {"v5-sticky": -3.0, "v4-nosticky": 13.0}, "v4-nosticky") == ("v4-nosticky", 12.0, 13.0)
+    # a card without the trained protocol: judged on one both report; first ship: nothing to beat
+    assert comparison(new, {"v5-sticky": -2.0}, "v4-nosticky") == ("v5-sticky", -1.0, -2.0)
+    assert comparison(new, {}, "v4-nosticky") == ("v4-nosticky", 12.0, None)
+
+
+def test_shipped_scores_read_the_first_result_of_each_protocol(tmp_path):
+    from scripts.ship import shipped_scores
+    card = tmp_path / "x.md"
+    card.write_text("\n".join(['{"protocol": "v5-sticky", "actions": "sampled", "mean_return": 0.67}',
+                                '{"protocol": "v5-sticky", "actions": "greedy", "mean_return": 3.5}',
+                                '{"protocol": "v4-nosticky", "actions": "sampled", "mean_return": -13.5}']))
+    assert shipped_scores(card) == {"v5-sticky": 0.67, "v4-nosticky": -13.5}
+    assert shipped_scores(tmp_path / "none.md") == {}
+
+
+def test_a_breakout_card_sets_its_score_beside_random_human_and_nature_dqn():
+    from agents.evaluation import human_normalized
+    from scripts.ship import references
+    assert human_normalized("ALE/Breakout-v5", 1.7) == 0.0
+    assert abs(human_normalized("ALE/Breakout-v5", 30.5) - 100.0) < 1e-9
+    assert human_normalized("CartPole-v1", 100.0) is None
+    text = "\n".join(references("ALE/Breakout-v5", {"protocol": "v4-nosticky", "episodes": 30, "mean_return": 16.1}))
+    assert "| random | 1.7 | 0% |" in text and "| human | 30.5 | 100% |" in text and "401.2" in text
+    assert "**16.10**" in text and "**50%**" in text
+    assert references("CartPole-v1", {"protocol": "gymnasium", "episodes": 2, "mean_return": 9.0}) == []
