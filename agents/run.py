@@ -108,9 +108,10 @@ class Run:
     def progress_path(self):
         return os.path.join(self.dir, "progress.csv")
 
-    def write_config(self):
+    def write_config(self, step=0):
         """config.json: settings, env, versions and the command; a resume keeps the first command
-        and adds itself to "resumes", so the card of a shipped agent shows how it really trained."""
+        and adds itself, with the step it resumed from, to "resumes", so the card of a shipped agent
+        shows how it really trained (a flag changed on a resume took effect from that step)."""
         now = time.strftime("%Y-%m-%dT%H:%M:%S")
         threads = os.environ.get("OPENBLAS_NUM_THREADS")  # as scripts.train set it, or as inherited
         record = {"config": self.config, "env": self.env, "versions": versions(),
@@ -122,7 +123,7 @@ class Run:
                 record["command"], record["started"] = old["command"], old.get("started", now)
                 record["blas_threads"] = old.get("blas_threads")
                 record["resumes"] = list(old.get("resumes", [])) + [
-                    {"command": sys.argv, "blas_threads": threads, "at": now}]
+                    {"command": sys.argv, "blas_threads": threads, "at": now, "step": int(step)}]
         except (OSError, ValueError):
             pass
         write_text_atomic(os.path.join(self.dir, "config.json"), json.dumps(record, indent=2) + "\n")

@@ -81,8 +81,10 @@ def references(env_id, result):
 def card(name, config, header, results, curve_name, seed, workers=0, scored=None):
     def shell(argv):
         return " ".join(["python", "-m", "scripts.train", *argv[1:]])
+    def stop(r):
+        return f"# then, after a stop at step {r['step']:,}:" if "step" in r else "# then, after a stop:"
     command = "\n".join([shell(config.get("command", []))] +
-                        [f"# then, after a stop:\n{shell(r['command'])}" for r in config.get("resumes", [])])
+                        [f"{stop(r)}\n{shell(r['command'])}" for r in config.get("resumes", [])])
     hours = header.get("wall_seconds", 0.0) / 3600
     lines = [f"# {name}", "",
              f"Agent `{header['agent']}` on `{header['env']['env_id']}` (preset `{header['env']['preset']}`), "

@@ -207,7 +207,7 @@ def main(argv=None):
         from agents.run import Run, config_dict
         try:
             run = Run(run_dir, config_dict(cfg), env, cfg.checkpoint_minutes)
-            run.write_config()
+            run.write_config(resume[1].get("step", 0) if resume else 0)
         except OSError as e:
             raise UsageError(f"cannot write the run dir {run_dir}: {e.strerror or e}") from None
     except UsageError as e:

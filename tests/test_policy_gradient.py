@@ -123,6 +123,7 @@ def test_train_resume_and_evaluate_scripts(tmp_path):
     assert header["optim"]["lr"] != 0.0042 and header2["optim"]["lr"] == 0.0042
     config = json.loads((run_dir / "config.json").read_text())
     assert config["config"]["lr"] == 0.0042 and "--lr" in config["resumes"][-1]["command"]
+    assert config["resumes"][-1]["step"] == header["step"]  # the step the new rate took over from
     assert any(k.startswith("optim.") for k in rest)
     rows = list(csv.DictReader(open(run_dir / "progress.csv")))
     assert [int(r["episode"]) for r in rows] == list(range(1, len(rows) + 1))

@@ -33,6 +33,8 @@ def test_ship_exports_playing_weights_with_a_card_and_refuses_worse(tmp_path):
     assert agent.env["env_id"] == "CartPole-v1"
     text = (out / "cp.md").read_text()
     assert "--total-steps 3000" in text and "--resume" in text and all(json.dumps(x) in text for x in results)
+    stopped = json.loads((run_dir / "config.json").read_text())["resumes"][0]["step"]
+    assert stopped >= 3000 and f"# then, after a stop at step {stopped:,}:\n" in text
     assert (out / "cp.png").exists()
     # the same agent again is not better: refused, nothing changed
     before = (out / "cp.npz").read_bytes()
