@@ -158,7 +158,10 @@ def main(argv=None):
                     shutil.rmtree(tmp, ignore_errors=True)
                     fail(str(e))
             else:
-                summary = evaluate(agent, args.episodes, seed=args.seed, sticky=sticky, explore=explore, on_game=row)
+                # a freshly seeded agent for each row, as `scripts.evaluate --seed` starts with: each JSON
+                # line on the card is then exactly what that command prints, whichever rows came before
+                fresh = load_agent(staged, args.seed)
+                summary = evaluate(fresh, args.episodes, seed=args.seed, sticky=sticky, explore=explore, on_game=row)
             protocol = env_spec(agent.env["env_id"], agent.env["preset"], sticky)["protocol"]
             results.append({"checkpoint": f"checkpoints/{args.name}.npz", "game": agent.env["env_id"],
                             "protocol": protocol, "actions": action_rule(agent, explore), "episodes": args.episodes,

@@ -39,8 +39,17 @@ def test_ship_exports_playing_weights_with_a_card_and_refuses_worse(tmp_path):
     # the same agent again is not better: refused, nothing changed
     before = (out / "cp.npz").read_bytes()
     r = run("scripts.ship", str(run_dir), "--name", "cp", "--episodes", "2", "--out-dir", str(out),
-            "--seed", "1000")
+            "--seed", "1000", "--no-sticky")
     assert r.returncode == 1 and "not shipped" in r.stderr and f"{result['mean_return']:.2f}" in r.stderr
+    # every row is played by a freshly seeded agent, so each is what `scripts.evaluate --seed` prints:
+    # CartPole has no sticky actions, and its sampled row comes out the same for both "protocols"
+    again = [json.loads(line) for line in r.stdout.strip().splitlines()]
+    assert len(again) == 4 and again[0] == again[2] == result and again[1] == again[3] == results[1]
+    r = run("scripts.evaluate", str(out / "cp.npz"), "--episodes", "2", "--seed", "1000")
+    assert r.returncode == 0, r.stderr
+    printed = json.loads(r.stdout.strip().splitlines()[-1])
+    assert {k: printed[k] for k in ("mean_return", "std_return", "min_return", "max_return")} == \
+        {k: result[k] for k in ("mean_return", "std_return", "min_return", "max_return")}
     assert (out / "cp.npz").read_bytes() == before
     assert not [n for n in os.listdir(out) if n.startswith(".ship-")]
     assert "published scores" not in text  # CartPole has none
