@@ -108,20 +108,26 @@ class Run:
     def progress_path(self):
         return os.path.join(self.dir, "progress.csv")
 
-    def write_config(self, step=0):
+    def write_config(self, step=0, init=None):
         """config.json: settings, env, versions and the command; a resume keeps the first command
         and adds itself, with the step it resumed from, to "resumes", so the card of a shipped agent
-        shows how it really trained (a flag changed on a resume took effect from that step)."""
+        shows how it really trained (a flag changed on a resume took effect from that step).
+        init: what an --init checkpoint brought (path, sha256, its steps, episodes and wall seconds),
+        kept by every resume, so a shipped agent's card counts the training its weights started from."""
         now = time.strftime("%Y-%m-%dT%H:%M:%S")
         threads = os.environ.get("OPENBLAS_NUM_THREADS")  # as scripts.train set it, or as inherited
         record = {"config": self.config, "env": self.env, "versions": versions(),
                   "command": sys.argv, "blas_threads": threads, "started": now, "resumes": []}
+        if init is not None:
+            record["init"] = init
         try:
             with open(os.path.join(self.dir, "config.json")) as f:
                 old = json.load(f)
             if isinstance(old, dict) and isinstance(old.get("command"), list):
                 record["command"], record["started"] = old["command"], old.get("started", now)
                 record["blas_threads"] = old.get("blas_threads")
+                if isinstance(old.get("init"), dict):
+                    record["init"] = old["init"]
                 record["resumes"] = list(old.get("resumes", [])) + [
                     {"command": sys.argv, "blas_threads": threads, "at": now, "step": int(step)}]
         except (OSError, ValueError):
@@ -280,9 +286,11 @@ def config_dict(cfg):
     return dataclasses.asdict(cfg)
 
 
-def export_for_playing(src, dst):
+def export_for_playing(src, dst, before=None):
     """Copy a checkpoint keeping only what playing needs: the policy / online network in float32
-    and the header fields that rebuild it (no optimizer, target network, RNG or replay state)."""
+    and the header fields that rebuild it (no optimizer, target network, RNG or replay state).
+    before: the run's --init record (config.json's "init"), kept as "trained_before" so that a run
+    continued from this file counts all the training behind it."""
     models, header, _ = load_checkpoint(src)
     model = models["model"]
     if model.dtype != np.float32:
@@ -292,5 +300,7 @@ def export_for_playing(src, dst):
                          "optim", "optimizer")}
     keep["exported_from"] = {"path": os.path.abspath(src), "step": header.get("step"),
                              "episode": header.get("episode")}
+    if isinstance(before, dict):
+        keep["trained_before"] = before
     save_checkpoint(dst, {"model": model}, keep)
     return keep

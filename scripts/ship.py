@@ -78,19 +78,62 @@ def references(env_id, result):
     return lines
 
 
-def card(name, config, header, results, curve_name, seed, workers=0, scored=None):
+def init_record(config):
+    """config.json's "init" (what an --init checkpoint brought the run), None if absent or malformed."""
+    init = config.get("init")
+    number = (int, float)
+    if (isinstance(init, dict) and isinstance(init.get("path"), str) and isinstance(init.get("sha256"), str)
+            and all(isinstance(init.get(k), number) and not isinstance(init.get(k), bool)
+                    for k in ("step", "episode", "wall_seconds"))):
+        return init
+    return None
+
+
+def earlier_commands(init):
+    """The commands that trained a run's --init checkpoint, from the card beside it, while that file is
+    still the one the run started from (same sha256); None otherwise. A relative path is tried from
+    here, then from the repo root (where scripts.train usually runs)."""
+    import hashlib
+    for path in (init["path"], os.path.join(os.path.dirname(CHECKPOINTS), init["path"])):
+        try:
+            with open(path, "rb") as f:
+                if hashlib.sha256(f.read()).hexdigest() != init["sha256"]:
+                    continue
+            with open(os.path.splitext(path)[0] + ".md") as f:
+                text = f.read()
+            break
+        except OSError:
+            continue
+    else:
+        return None
+    m = re.search(r"## How it was trained\n\n```bash\n(.*?)\n```", text, re.S)
+    return m.group(1) if m else None
+
+
+def card(name, config, header, results, curve_name, seed, workers=0, scored=None, earlier=None):
+    """The markdown card; earlier: the --init checkpoint's own commands (earlier_commands)."""
     def shell(argv):
         return " ".join(["python", "-m", "scripts.train", *argv[1:]])
     def stop(r):
         return f"# then, after a stop at step {r['step']:,}:" if "step" in r else "# then, after a stop:"
     command = "\n".join([shell(config.get("command", []))] +
                         [f"{stop(r)}\n{shell(r['command'])}" for r in config.get("resumes", [])])
-    hours = header.get("wall_seconds", 0.0) / 3600
+    init = init_record(config)
+    steps, episodes, seconds = header["step"], header["episode"], header.get("wall_seconds", 0.0)
+    trained = ""
+    if init:
+        command = (f"{earlier}\n# then, a new run from those weights ({init['path']}, sha256 {init['sha256'][:12]}):\n"
+                   if earlier else f"# from the weights of {init['path']} (sha256 {init['sha256']}), "
+                   "trained as its own card says:\n") + command
+        trained = (f" That is {init['step']:,} steps ({init['wall_seconds'] / 3600:.2f} h) behind its starting "
+                   f"weights (`--init {init['path']}`), then {steps:,} steps ({seconds / 3600:.2f} h) "
+                   "in the run that continued from them.")
+        steps, episodes, seconds = steps + init["step"], episodes + init["episode"], seconds + init["wall_seconds"]
     lines = [f"# {name}", "",
              f"Agent `{header['agent']}` on `{header['env']['env_id']}` (preset `{header['env']['preset']}`), "
-             f"trained for {header['step']:,} agent steps and {header['episode']:,} episodes in "
-             f"{hours:.2f} hours ({header.get('wall_seconds', 0.0):,.0f} s) of wall clock on a 2-core CPU "
-             "machine.", "",
+             f"trained for {steps:,} agent steps and {episodes:,} episodes in "
+             f"{seconds / 3600:.2f} hours ({seconds:,.0f} s) of wall clock on a 2-core CPU "
+             f"machine.{trained}", "",
              "## How it was trained", "", "```bash", command, "```", "",
              "Settings (from the run's config.json):", "", "```json",
              json.dumps(config.get("config", {}), indent=1, sort_keys=True), "```", "",
@@ -105,6 +148,8 @@ def card(name, config, header, results, curve_name, seed, workers=0, scored=None
         lines += ["```json", json.dumps(r), "```", ""]
     lines += references(header["env"]["env_id"], scored or results[0])
     lines += ["## Learning curve", "", f"![learning curve]({curve_name})", ""]
+    if init:
+        lines[-1:-1] = ["", "The curve is of the last run, the one continued from the `--init` weights."]
     return "\n".join(lines)
 
 
@@ -130,7 +175,7 @@ def main(argv=None):
         tmp = tempfile.mkdtemp(dir=args.out_dir, prefix=".ship-")
         staged = os.path.join(tmp, f"{args.name}.npz")
         try:
-            header = export_for_playing(src, staged)
+            header = export_for_playing(src, staged, before=init_record(config))
         except agents.CheckpointError as e:
             raise UsageError(str(e)) from None
         agent = load_agent(staged, args.seed)
@@ -168,6 +213,8 @@ def main(argv=None):
                             **{k: summary[k] for k in ("mean_return", "std_return", "min_return", "max_return")}})
             print(json.dumps(results[-1]))
     card_path = os.path.join(args.out_dir, f"{args.name}.md")
+    init = init_record(config)
+    earlier = earlier_commands(init) if init else None
     protocol, new, old = comparison(results, shipped_scores(card_path), trained)
     if old is not None and new <= old and not args.force:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -183,7 +230,7 @@ def main(argv=None):
     os.replace(staged, os.path.join(args.out_dir, f"{args.name}.npz"))
     with open(os.path.join(tmp, "card.md"), "w") as f:
         scored = next(r for r in results if r["protocol"] == protocol)
-        f.write(card(args.name, config, header, results, curve_name, args.seed, args.workers, scored))
+        f.write(card(args.name, config, header, results, curve_name, args.seed, args.workers, scored, earlier))
     os.replace(os.path.join(tmp, "card.md"), card_path)
     shutil.rmtree(tmp, ignore_errors=True)
     print(f"shipped {args.out_dir}/{args.name}.npz (mean {new:.2f} {protocol}"

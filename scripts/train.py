@@ -139,6 +139,20 @@ def check_ray(cfg):
             raise UsageError(f"--ray-address {cfg.ray_address}: {e}") from None
 
 
+def init_summary(path, header):
+    """What an --init checkpoint brings to a run's record: which file (and its sha256) and the
+    training it holds, its own plus what it was itself continued from ("trained_before")."""
+    import hashlib
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    before = header.get("trained_before") if isinstance(header.get("trained_before"), dict) else {}
+    def total(key, kind):
+        values = [record.get(key, 0) for record in (header, before)]
+        return kind(sum(v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)))
+    return {"path": path, "sha256": digest, "step": total("step", int), "episode": total("episode", int),
+            "wall_seconds": total("wall_seconds", float)}
+
+
 def prepare(argv):
     """Parse flags into (module, cfg, run_dir, init, resume); UsageError for anything wrong."""
     pre = Parser(add_help=False)
@@ -167,7 +181,7 @@ def prepare(argv):
     env = envs.env_spec(cfg.game, cfg.preset, cfg.sticky)
     from agents.run import load_checkpoint
     from nets import CheckpointError
-    init = resume = None
+    init = resume = init_record = None
     if args.init:
         try:
             models, header, _ = load_checkpoint(args.init)
@@ -176,6 +190,7 @@ def prepare(argv):
         check_compatible(header, cfg, env, args.init)
         cfg = network_from_checkpoint(module, cfg, args, header, args.init)
         init = (models, header)
+        init_record = init_summary(args.init, header)
     run_dir = args.run_dir
     if known.resume:
         run_dir = known.resume
@@ -193,7 +208,7 @@ def prepare(argv):
         run_dir = os.path.join("runs", f"{game}-{cfg.agent}-{cfg.seed}-{stamp}")
     elif os.path.exists(os.path.join(run_dir, "checkpoint.npz")):
         raise UsageError(f"{run_dir} already holds a run: use --resume {run_dir} or another --run-dir")
-    return module, cfg, env, run_dir, init, resume, args.quiet
+    return module, cfg, env, run_dir, init, resume, init_record, args.quiet
 
 
 def main(argv=None):
@@ -203,11 +218,11 @@ def main(argv=None):
         if prepared is None:
             list_games()
             return 0
-        module, cfg, env, run_dir, init, resume, quiet = prepared
+        module, cfg, env, run_dir, init, resume, init_record, quiet = prepared
         from agents.run import Run, config_dict
         try:
             run = Run(run_dir, config_dict(cfg), env, cfg.checkpoint_minutes)
-            run.write_config(resume[1].get("step", 0) if resume else 0)
+            run.write_config(resume[1].get("step", 0) if resume else 0, init_record)
         except OSError as e:
             raise UsageError(f"cannot write the run dir {run_dir}: {e.strerror or e}") from None
     except UsageError as e:

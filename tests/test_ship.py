@@ -90,3 +90,55 @@ def test_a_breakout_card_sets_its_score_beside_random_human_and_nature_dqn():
     assert "| random | 1.7 | 0% |" in text and "| human | 30.5 | 100% |" in text and "401.2" in text
     assert "**16.10**" in text and "**50%**" in text
     assert references("CartPole-v1", {"protocol": "gymnasium", "episodes": 2, "mean_return": 9.0}) == []
+
+
+def test_a_run_continued_with_init_ships_a_card_that_counts_all_its_training(tmp_path):
+    first, second, third, out = tmp_path / "a", tmp_path / "b", tmp_path / "c", tmp_path / "shipped"
+    common = ("--game", "CartPole-v1", "--num-envs", "4", "--hidden", "16", "--optimizer", "adam", "--quiet")
+    r = run("scripts.train", *common, "--total-steps", "3000", "--run-dir", str(first))
+    assert r.returncode == 0, r.stderr
+    r = run("scripts.ship", str(first), "--name", "cp", "--episodes", "2", "--out-dir", str(out))
+    assert r.returncode == 0, r.stderr
+    _, header1, _ = load_checkpoint(out / "cp.npz")
+    assert "trained_before" not in header1
+    r = run("scripts.train", *common, "--total-steps", "2000", "--init", str(out / "cp.npz"), "--run-dir", str(second))
+    assert r.returncode == 0, r.stderr
+    record = json.loads((second / "config.json").read_text())["init"]
+    import hashlib
+    assert record["sha256"] == hashlib.sha256((out / "cp.npz").read_bytes()).hexdigest()
+    assert record["step"] == header1["step"] and record["episode"] == header1["episode"]
+    # a resume keeps the record
+    r = run("scripts.train", "--resume", str(second), "--total-steps", "2500", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((second / "config.json").read_text())["init"] == record
+    r = run("scripts.ship", str(second), "--name", "cp", "--episodes", "2", "--out-dir", str(out), "--force")
+    assert r.returncode == 0, r.stderr
+    _, header2, _ = load_checkpoint(out / "cp.npz")
+    assert header2["trained_before"] == record
+    text = (out / "cp.md").read_text()
+    total = header1["step"] + header2["step"]
+    assert f"trained for {total:,} agent steps" in text
+    assert f"That is {header1['step']:,} steps" in text and f"then {header2['step']:,} steps" in text
+    # the first run's own commands come first, read from the card beside the --init file
+    commands = text.split("```bash\n")[1].split("\n```")[0].splitlines()
+    assert "--total-steps 3000" in commands[0] and "--init" not in commands[0]
+    assert commands[1].startswith("# then, a new run from those weights") and "--init" in commands[2]
+    assert "--resume" in commands[4] and "continued from the `--init` weights" in text
+    # a third run from that file counts the training of both before it
+    r = run("scripts.train", *common, "--total-steps", "1000", "--init", str(out / "cp.npz"), "--run-dir", str(third))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((third / "config.json").read_text())["init"]["step"] == total
+
+
+def test_a_card_without_the_init_file_still_names_it():
+    from scripts.ship import card, earlier_commands, init_record
+    init = {"path": "/nowhere/x.npz", "sha256": "ab" * 32, "step": 100, "episode": 3, "wall_seconds": 7200.0}
+    config = {"command": ["train.py", "--init", "/nowhere/x.npz"], "init": init, "config": {}}
+    assert init_record(config) == init and init_record({"init": {"path": 1}}) is None
+    assert earlier_commands(init) is None
+    header = {"agent": "dqn", "env": {"env_id": "CartPole-v1", "preset": "none"}, "step": 50, "episode": 2,
+              "wall_seconds": 3600.0}
+    result = {"protocol": "gymnasium", "episodes": 2, "mean_return": 9.0}
+    text = card("x", config, header, [result], "x.png", 1000)
+    assert "trained for 150 agent steps and 5 episodes in 3.00 hours" in text
+    assert f"# from the weights of /nowhere/x.npz (sha256 {'ab' * 32})" in text
