@@ -2,7 +2,8 @@
 
 With no CHECKPOINT it plays the best shipped Pong agent: of checkpoints/pong-pg.npz and
 checkpoints/pong-dqn.npz, the one whose model card (checkpoints/<name>.md) reports the higher mean
-return ("mean return: X"); without cards, pong-pg first. Game k is seeded seed+k and the agent acts
+return on the protocol it trained on, the one it is watched on (a card without scripts.ship's
+evaluation JSON: its "mean return: X"); without cards, pong-pg first. Game k is seeded seed+k and the agent acts
 as in scripts.evaluate (policy gradient samples unless --greedy; DQN is greedy with the evaluation
 epsilon), on the protocol it was trained on unless --sticky says otherwise.
 
@@ -48,14 +49,30 @@ def build_parser():
     return p
 
 
-def model_card_mean(card):
-    """The mean return a model card reports ('mean return: 18.3'), or None."""
+def model_card_mean(card, protocol=None):
+    """The mean return a model card reports on `protocol` (scripts.ship's evaluation JSON; its first
+    row if none is on that protocol), else a looser 'mean return: 18.3', else None."""
+    from scripts.ship import shipped_scores
     try:
         text = pathlib.Path(card).read_text(errors="replace")
+        scores = shipped_scores(card)
     except OSError:
         return None
+    if scores:
+        return scores.get(protocol, next(iter(scores.values())))
     found = re.search(r"mean[ _]return\D{0,20}?(-?\d+(?:\.\d+)?)", text, re.IGNORECASE)
     return float(found.group(1)) if found else None
+
+
+def trained_protocol(path):
+    """The protocol a checkpoint was trained on ('v4-nosticky', ...), None if it cannot be read."""
+    from agents.run import load_checkpoint
+    from nets import CheckpointError
+    try:
+        env = load_checkpoint(path)[1].get("env")
+    except (CheckpointError, OSError):
+        return None
+    return env.get("protocol") if isinstance(env, dict) else None
 
 
 def shipped_checkpoint(folder=None):
@@ -64,7 +81,7 @@ def shipped_checkpoint(folder=None):
     found = [name for name in SHIPPED if (folder / f"{name}.npz").is_file()]
     if not found:
         raise UsageError(f"no shipped checkpoint yet ({folder}/{SHIPPED[0]}.npz or {SHIPPED[1]}.npz): {TRAIN_HINT}")
-    means = {name: model_card_mean(folder / f"{name}.md") for name in found}
+    means = {name: model_card_mean(folder / f"{name}.md", trained_protocol(folder / f"{name}.npz")) for name in found}
     best = max(found, key=lambda name: -np.inf if means[name] is None else means[name])  # ties: SHIPPED order
     return str(folder / f"{best}.npz")
 

@@ -18,7 +18,7 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 import agents  # noqa: E402
 import envs  # noqa: E402
 from agents.policy_gradient import Config as PGConfig, build_policy, resolved as pg_resolved  # noqa: E402
-from agents.run import config_dict, save_checkpoint  # noqa: E402
+from agents.run import config_dict, load_checkpoint, save_checkpoint  # noqa: E402
 from envs import recording  # noqa: E402
 from scripts import inspect as inspect_script, play, replay, viewer, watch  # noqa: E402
 
@@ -332,6 +332,20 @@ def test_shipped_checkpoint_choice(tmp_path, pg_checkpoint, monkeypatch, capsys)
     (folder / "pong-pg.md").write_text("Evaluation: mean return: 3.5 over 30 games\n")
     (folder / "pong-dqn.md").write_text("| mean return | 19.2 |\n")
     assert watch.shipped_checkpoint().endswith("pong-dqn.npz")
+    # scripts.ship's cards: each agent is judged on the protocol it trained on (and is watched on),
+    # not on the card's first row: the no-sticky agent scores less with sticky actions, more without
+    models, header, _ = load_checkpoint(pg_checkpoint)
+    save_checkpoint(folder / "pong-dqn.npz", models, {**header, "env": envs.env_spec("pong", "karpathy", False)})
+    row = '{{"protocol": "{}", "actions": "sampled", "mean_return": {}}}'
+    (folder / "pong-pg.md").write_text("\n".join([row.format("v5-sticky", 0.67), row.format("v4-nosticky", 13.67)]))
+    (folder / "pong-dqn.md").write_text("\n".join([row.format("v5-sticky", -2.0), row.format("v4-nosticky", 8.0)]))
+    assert watch.trained_protocol(folder / "pong-dqn.npz") == "v4-nosticky"
+    assert watch.model_card_mean(folder / "pong-dqn.md", "v4-nosticky") == 8.0
+    assert watch.shipped_checkpoint().endswith("pong-dqn.npz")  # 8.0 without sticky beats 0.67 with
+    (folder / "pong-dqn.md").write_text("\n".join([row.format("v5-sticky", 5.0), row.format("v4-nosticky", 0.5)]))
+    assert watch.shipped_checkpoint().endswith("pong-pg.npz")  # 0.5 loses, though its sticky row is higher
+    (folder / "pong-dqn.npz").write_bytes(b"not a checkpoint")
+    assert watch.trained_protocol(folder / "pong-dqn.npz") is None
 
 
 def test_command_line_exits_2_in_one_line(tmp_path):
