@@ -71,6 +71,8 @@ class Config:
     tau: float = 1.0  # target sync: 1 copies (CleanRL's default), < 1 blends target = tau*online + (1-tau)*target
     optimizer: str = "adam"  # adam (CleanRL) or rmsprop (Nature: centered, decay 0.95, eps 0.01, lr 2.5e-4)
     lr: float = 1e-4  # learning rate (CleanRL dqn_atari: 1e-4)
+    lr_end: float = 0.0  # with lr_steps: the learning rate reached at lr_steps (own Pong run: 3e-5)
+    lr_steps: int = 0  # agent steps of linear decay from lr to lr_end, then flat (0: lr throughout, CleanRL)
     adam_eps: float = 1.5e-4  # Adam's epsilon (Rainbow / Dopamine: 0.01 / batch 32)
     rmsprop_decay: float = 0.95  # RMSProp decay (Nature: 0.95)
     rmsprop_eps: float = 0.01  # RMSProp epsilon (Nature's min squared gradient 0.01; here added after the sqrt)
@@ -108,7 +110,8 @@ def resolved(cfg):
         value = hidden if name == "hidden" else getattr(cfg, name)
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    for name in ("total_steps", "learning_starts", "epsilon_steps", "eval_every", "hours", "max_grad_norm"):
+    for name in ("total_steps", "learning_starts", "epsilon_steps", "eval_every", "hours", "max_grad_norm",
+                 "lr_steps", "lr_end"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
     for name in ("gamma", "epsilon_start", "epsilon_end", "eval_epsilon"):
@@ -119,8 +122,8 @@ def resolved(cfg):
                          f"{cfg.priority_alpha}, {cfg.priority_beta}, {cfg.priority_beta_steps}")
     if cfg.prioritized and cfg.workers > 0:
         raise ValueError("prioritized replay runs in the single-process loop only: use --workers 0")
-    if not 0.0 < cfg.tau <= 1.0 or not cfg.lr > 0:
-        raise ValueError(f"tau must be in (0, 1] and lr > 0, got {cfg.tau}, {cfg.lr}")
+    if not 0.0 < cfg.tau <= 1.0 or not cfg.lr > 0 or not math.isfinite(cfg.lr_end):
+        raise ValueError(f"tau must be in (0, 1], lr > 0 and lr_end finite, got {cfg.tau}, {cfg.lr}, {cfg.lr_end}")
     stack = 4 if preset == "deepmind" else 1
     if cfg.buffer_size // cfg.num_envs <= stack + cfg.n_step + 1 or cfg.learning_starts > cfg.buffer_size // 2:
         raise ValueError(f"buffer_size {cfg.buffer_size} is too small for num_envs {cfg.num_envs}, "
@@ -170,6 +173,14 @@ def epsilon_at(step, cfg):
         return cfg.epsilon_end
     frac = min(step / cfg.epsilon_steps, 1.0)
     return cfg.epsilon_start + frac * (cfg.epsilon_end - cfg.epsilon_start)
+
+
+def lr_at(step, cfg):
+    """Learning rate: lr, or with lr_steps a linear decay from lr to lr_end over that many agent
+    steps, then flat (SB3's linear schedule; the Pong agent's own run dropped 1e-4 to 3e-5 by hand)."""
+    if cfg.lr_steps <= 0:
+        return cfg.lr
+    return cfg.lr + min(step / cfg.lr_steps, 1.0) * (cfg.lr_end - cfg.lr)
 
 
 def beta_at(step, cfg):
@@ -294,7 +305,7 @@ class Learner:
         self.target.load_state_dict(models["target"].state_dict())
         self.opt.load_state_dict(header.get("optim", {"t": 0}),
                                  {k[6:]: v for k, v in rest.items() if k.startswith("optim.")})
-        self.opt.lr = self.cfg.lr  # the run's config rules: `--resume RUN --lr X` changes it
+        self.opt.lr = self.cfg.lr  # the run's config rules: `--resume RUN --lr X` changes it (lr_at: each update)
         self.updates = int(header.get("updates", 0))
 
     def checkpoint(self):
@@ -305,6 +316,7 @@ class Learner:
 
     def learn(self, buffer, run, clock):
         """Sample, update, and deal with NaN/inf: message, count, NumericalError after too many."""
+        self.opt.lr = lr_at(run.step, self.cfg)
         batch = buffer.sample(self.cfg.batch_size, beta_at(run.step, self.cfg))
         clock.mark("replay_sample")
         metrics = self.update(batch)

@@ -121,6 +121,23 @@ def test_epsilon_schedule():
     assert dqn.epsilon_at(1000, cfg) == pytest.approx(0.1) == dqn.epsilon_at(10**7, cfg)
 
 
+def test_lr_schedule_decays_linearly_then_holds_and_reaches_the_optimizer(tmp_path):
+    cfg = dqn.Config(lr=1e-4, lr_end=3e-5, lr_steps=1000)
+    assert dqn.lr_at(0, cfg) == 1e-4 and dqn.lr_at(500, cfg) == pytest.approx(6.5e-5)
+    assert dqn.lr_at(1000, cfg) == pytest.approx(3e-5) == dqn.lr_at(10**7, cfg)
+    assert dqn.lr_at(10**7, dqn.Config(lr=2e-4)) == 2e-4  # no lr_steps: constant
+    short = dict(CARTPOLE, total_steps=3000, learning_starts=500)
+    cfg = dqn.resolved(dqn.Config(**dict(short, lr=1e-3, lr_end=1e-4, lr_steps=2000)))
+    run = make_run(tmp_path, cfg)
+    dqn.train(cfg, run)
+    _, header, _ = load_checkpoint(run.checkpoint_path)
+    assert header["optim"]["lr"] == pytest.approx(1e-4)  # the last update's rate, after the decay
+    cfg = dqn.resolved(dqn.Config(**dict(short, lr=1e-3)))
+    run = make_run(tmp_path / "flat", cfg)
+    dqn.train(cfg, run)
+    assert load_checkpoint(run.checkpoint_path)[1]["optim"]["lr"] == pytest.approx(1e-3)
+
+
 def test_resolved_defaults_and_bad_values():
     cfg = dqn.resolved(dqn.Config())
     assert (cfg.preset, cfg.network, cfg.hidden) == ("deepmind", "nature", 512)
@@ -129,7 +146,7 @@ def test_resolved_defaults_and_bad_values():
     for bad in (dict(preset="karpathy"), dict(game="CartPole-v1", network="nature"), dict(lr=0.0),
                 dict(n_step=0), dict(optimizer="sgd"), dict(tau=0.0), dict(epsilon_end=1.5),
                 dict(buffer_size=1000, learning_starts=900), dict(priority_alpha=1.5), dict(priority_beta=-0.1),
-                dict(prioritized=True, workers=2)):
+                dict(prioritized=True, workers=2), dict(lr_steps=-1), dict(lr_end=-1e-4), dict(lr_end=float("nan"))):
         with pytest.raises(ValueError):
             dqn.resolved(dqn.Config(**bad))
 
