@@ -41,7 +41,9 @@ def shipped_scores(card_path):
     if not os.path.exists(card_path):
         return {}
     scores = {}
-    for m in re.finditer(r'"protocol": "([a-z0-9-]+)".*?"mean_return": (-?[0-9.]+)', open(card_path, errors="replace").read()):
+    with open(card_path, errors="replace") as f:
+        text = f.read()
+    for m in re.finditer(r'"protocol": "([a-z0-9-]+)".*?"mean_return": (-?[0-9.]+)', text):
         scores.setdefault(m.group(1), float(m.group(2)))
     return scores
 
