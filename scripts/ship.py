@@ -36,16 +36,20 @@ def build_parser():
     return p
 
 
-def shipped_scores(card_path):
-    """{protocol: mean return} of an existing card, the first result of each protocol ({} if none)."""
-    if not os.path.exists(card_path):
-        return {}
+def scores_in(text):
+    """{protocol: mean return} of a card's text, the first result of each protocol ({} if none)."""
     scores = {}
-    with open(card_path, errors="replace") as f:
-        text = f.read()
     for m in re.finditer(r'"protocol": "([a-z0-9-]+)".*?"mean_return": (-?[0-9.]+)', text):
         scores.setdefault(m.group(1), float(m.group(2)))
     return scores
+
+
+def shipped_scores(card_path):
+    """scores_in an existing card ({} if there is none)."""
+    if not os.path.exists(card_path):
+        return {}
+    with open(card_path, errors="replace") as f:
+        return scores_in(f.read())
 
 
 def comparison(results, old_scores, trained):
@@ -95,12 +99,11 @@ def earlier_commands(init):
     """The commands that trained a run's --init checkpoint, from the card beside it, while that file is
     still the one the run started from (same sha256); None otherwise. A relative path is tried from
     here, then from the repo root (where scripts.train usually runs)."""
-    import hashlib
+    from nets.data import sha256_of
     for path in (init["path"], os.path.join(os.path.dirname(CHECKPOINTS), init["path"])):
         try:
-            with open(path, "rb") as f:
-                if hashlib.sha256(f.read()).hexdigest() != init["sha256"]:
-                    continue
+            if sha256_of(path) != init["sha256"]:
+                continue
             with open(os.path.splitext(path)[0] + ".md") as f:
                 text = f.read()
             break
@@ -169,15 +172,18 @@ def main(argv=None):
         try:
             with open(os.path.join(args.run_dir, "config.json")) as f:
                 config = json.load(f)
+            if not isinstance(config, dict):
+                raise ValueError("not an object")
         except (OSError, ValueError):
             raise UsageError(f"{args.run_dir}: missing or damaged config.json") from None
         import agents
         from agents.run import export_for_playing
+        init = init_record(config)
         os.makedirs(args.out_dir, exist_ok=True)
         tmp = tempfile.mkdtemp(dir=args.out_dir, prefix=".ship-")
         staged = os.path.join(tmp, f"{args.name}.npz")
         try:
-            header = export_for_playing(src, staged, before=init_record(config))
+            header = export_for_playing(src, staged, before=init)
         except agents.CheckpointError as e:
             raise UsageError(str(e)) from None
         agent = load_agent(staged, args.seed)
@@ -215,7 +221,6 @@ def main(argv=None):
                             **{k: summary[k] for k in ("mean_return", "std_return", "min_return", "max_return")}})
             print(json.dumps(results[-1]))
     card_path = os.path.join(args.out_dir, f"{args.name}.md")
-    init = init_record(config)
     earlier = earlier_commands(init) if init else None
     protocol, new, old = comparison(results, shipped_scores(card_path), trained)
     if old is not None and new <= old and not args.force:

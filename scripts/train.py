@@ -142,14 +142,12 @@ def check_ray(cfg):
 def init_summary(path, header):
     """What an --init checkpoint brings to a run's record: which file (and its sha256) and the
     training it holds, its own plus what it was itself continued from ("trained_before")."""
-    import hashlib
-    with open(path, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
+    from nets.data import sha256_of
     before = header.get("trained_before") if isinstance(header.get("trained_before"), dict) else {}
     def total(key, kind):
         values = [record.get(key, 0) for record in (header, before)]
         return kind(sum(v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)))
-    return {"path": path, "sha256": digest, "step": total("step", int), "episode": total("episode", int),
+    return {"path": path, "sha256": sha256_of(path), "step": total("step", int), "episode": total("episode", int),
             "wall_seconds": total("wall_seconds", float)}
 
 

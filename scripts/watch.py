@@ -52,12 +52,12 @@ def build_parser():
 def model_card_mean(card, protocol=None):
     """The mean return a model card reports on `protocol` (scripts.ship's evaluation JSON; its first
     row if none is on that protocol), else a looser 'mean return: 18.3', else None."""
-    from scripts.ship import shipped_scores
+    from scripts.ship import scores_in
     try:
         text = pathlib.Path(card).read_text(errors="replace")
-        scores = shipped_scores(card)
     except OSError:
         return None
+    scores = scores_in(text)
     if scores:
         return scores.get(protocol, next(iter(scores.values())))
     found = re.search(r"mean[ _]return\D{0,20}?(-?\d+(?:\.\d+)?)", text, re.IGNORECASE)

@@ -142,3 +142,10 @@ def test_a_card_without_the_init_file_still_names_it():
     text = card("x", config, header, [result], "x.png", 1000)
     assert "trained for 150 agent steps and 5 episodes in 3.00 hours" in text
     assert f"# from the weights of /nowhere/x.npz (sha256 {'ab' * 32})" in text
+
+
+def test_a_config_json_that_is_not_an_object_is_a_one_line_error(tmp_path):
+    (tmp_path / "checkpoint.npz").write_bytes(b"")
+    (tmp_path / "config.json").write_text("[1]")
+    r = run("scripts.ship", str(tmp_path), "--name", "x", "--out-dir", str(tmp_path / "out"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "damaged config.json" in r.stderr, r.stderr
