@@ -81,6 +81,8 @@ class Config:
     epsilon_end: float = 0.01  # exploration after the decay (CleanRL: 0.01; Nature: 0.1)
     epsilon_steps: int = 250_000  # agent steps of linear decay (CleanRL 1M of 10M; shorter for a 1.5M-step run)
     eval_epsilon: float = 0.05  # exploration of evaluation games, explore=False (Nature: 0.05)
+    target_epsilon: float = 0.0  # bootstrap on an epsilon-greedy policy's expected value (Expected SARSA);
+    # 0: the greedy max of Q-learning (Nature, CleanRL). eval_epsilon values a play that survives random moves
     eval_every: int = 100_000  # agent steps between evaluations on whole games (0: never)
     eval_episodes: int = 10  # games per evaluation
     life_loss_terminal: bool = True  # a lost life is terminal for the learner; the game goes on (DeepMind)
@@ -114,7 +116,7 @@ def resolved(cfg):
                  "lr_steps", "lr_end"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
-    for name in ("gamma", "epsilon_start", "epsilon_end", "eval_epsilon"):
+    for name in ("gamma", "epsilon_start", "epsilon_end", "eval_epsilon", "target_epsilon"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
     if not 0.0 <= cfg.priority_alpha <= 1.0 or not 0.0 <= cfg.priority_beta <= 1.0 or cfg.priority_beta_steps < 0:
@@ -261,7 +263,9 @@ class Learner:
         return network_input(obs, self.obs_scale, out=buf)
 
     def targets(self, batch):
-        """r + gamma^m max_a Q_target(s', a), with the online net choosing a under Double DQN."""
+        """r + gamma^m max_a Q_target(s', a), with the online net choosing a under Double DQN.
+        With target_epsilon e the bootstrap is the epsilon-greedy policy's expected value instead:
+        (1 - e) Q_target(s', best) + e mean_a Q_target(s', a) (Expected SARSA)."""
         x_next = self._input("next_obs", batch.next_obs)  # (B, *obs) float32
         q_next = self.target.forward(x_next)  # (B, A)
         if self.cfg.double:
@@ -269,6 +273,9 @@ class Learner:
         else:
             best = q_next.argmax(axis=1)
         bootstrap = q_next[np.arange(len(best)), best]  # (B,)
+        e = self.cfg.target_epsilon
+        if e > 0:
+            bootstrap = (1.0 - e) * bootstrap + e * q_next.mean(axis=1)  # (B,)
         return (batch.returns + batch.discounts * bootstrap).astype(np.float32)  # (B,)
 
     def update(self, batch):

@@ -77,6 +77,23 @@ def test_targets_double_and_plain(double):
     np.testing.assert_allclose(learner.targets(batch), want, rtol=1e-6)
 
 
+def test_expected_sarsa_targets_value_the_epsilon_greedy_policy():
+    """target_epsilon e: the bootstrap is what an e-greedy policy gets on average, the chosen
+    action's value with weight 1 - e + e/A and every other action's with e/A."""
+    learner = mlp_learner(target_epsilon=0.2)
+    batch = random_batch(np.random.default_rng(4))
+    q_target = learner.target.forward(batch.next_obs)  # (8, 2)
+    best = learner.online.forward(batch.next_obs).argmax(axis=1)
+    weights = np.full((8, 2), 0.2 / 2)
+    weights[np.arange(8), best] += 0.8
+    want = batch.returns + batch.discounts * (weights * q_target).sum(axis=1)
+    np.testing.assert_allclose(learner.targets(batch), want, rtol=1e-5)
+    greedy = mlp_learner(target_epsilon=0.0).targets(batch)
+    assert np.abs(learner.targets(batch) - greedy).max() > 1e-4  # the option changes the targets
+    with pytest.raises(ValueError, match="target_epsilon"):
+        dqn.resolved(dqn.Config(game="CartPole-v1", target_epsilon=1.5))
+
+
 def test_update_lowers_td_loss_and_skips_nan():
     learner = mlp_learner(lr=1e-2)
     batch = random_batch(np.random.default_rng(2))
