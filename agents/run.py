@@ -19,7 +19,7 @@ from collections import deque
 import numpy as np
 
 from nets.model import CheckpointError, check_header, model_from_arrays, package_versions
-from nets.npzfile import atomic_write, read_npz, write_npz
+from nets.npzfile import atomic_write, read_npz, read_npz_header, write_npz
 
 AGENT_FORMAT = "grok-arcade.agent"
 AGENT_FORMAT_VERSION = 1
@@ -47,6 +47,13 @@ def save_checkpoint(path, models, header, extra_arrays=None):
             "architecture": main.spec(), "dtype": str(main.dtype),
             "models": sorted(models), "versions": versions(), **header}
     write_npz(path, arrays, full)
+
+
+def checkpoint_header(path):
+    """The header of an agent checkpoint, without loading its weights; CheckpointError if it is not one."""
+    header = read_npz_header(path, error=CheckpointError)
+    check_header(header, path, AGENT_FORMAT, AGENT_FORMAT_VERSION)
+    return header
 
 
 def load_checkpoint(path):

@@ -87,6 +87,41 @@ def _read_member(zf, info, error):
     return array.reshape(shape).copy()
 
 
+def read_npz_header(path, error=ValueError):
+    """Only the JSON header of an .npz written by write_npz, without reading its arrays (a 13 MB
+    checkpoint's header costs a few kB). Anything off raises error(msg); the arrays are not checked."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise error(f"{path}: no such file")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            try:
+                info = zf.getinfo(HEADER_KEY + ".npy")
+            except KeyError:
+                raise error(f"{path}: not a grok-arcade file (no header)") from None
+            raw = _read_member(zf, info, error)
+    except error:
+        raise
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror or e})") from None
+    except Exception as e:  # BadZipFile, zlib.error, EOFError, ...
+        raise error(f"{path}: not a valid .npz archive ({type(e).__name__})") from None
+    return _header_from(raw, path, error)
+
+
+def _header_from(raw_header, path, error):
+    """The JSON object stored in the header member; error(msg) when it is missing or not JSON."""
+    if raw_header is None or raw_header.dtype != np.uint8 or raw_header.ndim != 1:
+        raise error(f"{path}: not a grok-arcade file (no header)")
+    try:
+        header = json.loads(raw_header.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise error(f"{path}: header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise error(f"{path}: header is not a JSON object")
+    return header
+
+
 def read_npz(path, error=ValueError):
     """Return (arrays, header) from an .npz written by write_npz. Anything off raises error(msg)."""
     path = os.fspath(path)
@@ -114,13 +149,4 @@ def read_npz(path, error=ValueError):
         raise error(f"{path}: declares more data than fits in memory") from None
     except Exception as e:  # zlib.error, EOFError, ValueError from a damaged member, ...
         raise error(f"{path}: damaged archive ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    raw_header = arrays.pop(HEADER_KEY, None)
-    if raw_header is None or raw_header.dtype != np.uint8 or raw_header.ndim != 1:
-        raise error(f"{path}: not a grok-arcade file (no header)")
-    try:
-        header = json.loads(raw_header.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise error(f"{path}: header is not valid JSON") from None
-    if not isinstance(header, dict):
-        raise error(f"{path}: header is not a JSON object")
-    return arrays, header
+    return arrays, _header_from(arrays.pop(HEADER_KEY, None), path, error)

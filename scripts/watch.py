@@ -66,10 +66,10 @@ def model_card_mean(card, protocol=None):
 
 def trained_protocol(path):
     """The protocol a checkpoint was trained on ('v4-nosticky', ...), None if it cannot be read."""
-    from agents.run import load_checkpoint
+    from agents.run import checkpoint_header
     from nets import CheckpointError
     try:
-        env = load_checkpoint(path)[1].get("env")
+        env = checkpoint_header(path).get("env")
     except (CheckpointError, OSError):
         return None
     return env.get("protocol") if isinstance(env, dict) else None

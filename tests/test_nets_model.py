@@ -303,3 +303,29 @@ def test_save_is_atomic_and_leaves_no_temp_files(saved):
     path, model = saved
     nets.save(path, model)  # overwrite
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.npz"]
+
+
+def test_header_alone_reads_the_header_and_refuses_what_read_npz_refuses(saved, tmp_path):
+    """read_npz_header: the header read_npz gives, without reading the arrays (a damaged weight
+    still lets the header be read), and the same one-line errors for files that are not ours."""
+    from nets.npzfile import read_npz, read_npz_header
+    path, _ = saved
+    assert read_npz_header(path, nets.CheckpointError) == read_npz(path, nets.CheckpointError)[1]
+    arrays = read_members(path)
+    weights = next(k for k in arrays if k != HEADER_KEY)
+    with zipfile.ZipFile(tmp_path / "half.npz", "w") as zf:  # a weight member that is not an array
+        zf.writestr(weights + ".npy", b"garbage")
+        buffer = io.BytesIO()
+        np.save(buffer, arrays[HEADER_KEY])
+        zf.writestr(HEADER_KEY + ".npy", buffer.getvalue())
+    assert read_npz_header(tmp_path / "half.npz", nets.CheckpointError)["format"] == "grok-arcade.nets"
+    bad = {"missing": tmp_path / "nope.npz", "dir": tmp_path, "random": tmp_path / "r.npz",
+           "truncated": tmp_path / "t.npz", "headerless": tmp_path / "h.npz", "not json": tmp_path / "j.npz"}
+    bad["random"].write_bytes(np.random.default_rng(0).bytes(5000))
+    bad["truncated"].write_bytes(path.read_bytes()[:-30])
+    np.savez(bad["headerless"], **{k: v for k, v in arrays.items() if k != HEADER_KEY})
+    np.savez(bad["not json"], **{**arrays, HEADER_KEY: np.frombuffer(b"{not json", np.uint8)})
+    for what, p in bad.items():
+        with pytest.raises(nets.CheckpointError) as info:
+            read_npz_header(p, nets.CheckpointError)
+        assert str(info.value) and "\n" not in str(info.value), what
