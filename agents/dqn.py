@@ -89,6 +89,7 @@ class Config:
     log_every: int = 10_000  # agent steps between "update" reports (loss, mean Q, epsilon, time split)
     max_bad_updates: int = 5  # stop after this many NaN/inf updates in a row
     checkpoint_minutes: float = 5.0  # write checkpoint.npz this often
+    keep_snapshots: int = 0  # also keep the playing weights of the last K saves in snapshots/ (ship --average)
     save_buffer: bool = False  # also write replay.npz beside the checkpoint when the run stops (big)
     workers: int = 0  # Ray actors stepping the envs (agents/distributed.py, apex.py); 0: all here
     ray_address: str = ""  # with workers: join this Ray cluster (auto, HOST:6379); empty: start a local Ray
@@ -113,7 +114,7 @@ def resolved(cfg):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     for name in ("total_steps", "learning_starts", "epsilon_steps", "eval_every", "hours", "max_grad_norm",
-                 "lr_steps", "lr_end"):
+                 "lr_steps", "lr_end", "keep_snapshots"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
     for name in ("gamma", "epsilon_start", "epsilon_end", "eval_epsilon", "target_epsilon"):

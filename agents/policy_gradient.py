@@ -42,6 +42,7 @@ class Config:
     max_grad_norm: float = 0.0  # clip the gradient's global norm (0: off)
     max_bad_updates: int = 5  # stop after this many NaN/inf updates in a row
     checkpoint_minutes: float = 5.0  # write checkpoint.npz this often
+    keep_snapshots: int = 0  # also keep the playing weights of the last K saves in snapshots/ (ship --average)
     workers: int = 0  # Ray actors stepping the envs (agents/distributed.py); 0: all in this process
     ray_address: str = ""  # with workers: join this Ray cluster (auto, HOST:6379); empty: start a local Ray
 
@@ -62,6 +63,8 @@ def resolved(cfg):
     for name in ("num_envs", "hidden", "batch_steps"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.keep_snapshots < 0:
+        raise ValueError(f"keep_snapshots must be >= 0, got {cfg.keep_snapshots}")
     return dataclasses.replace(cfg, preset=preset, head=head, reset_on_reward=reset)
 
 

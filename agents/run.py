@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import re
 import signal
 import sys
 import time
@@ -78,12 +79,13 @@ def load_checkpoint(path):
 class Run:
     """The run dir of one training run. Create with Run(dir, config) or Run.resume(dir)."""
 
-    def __init__(self, run_dir, config, env, checkpoint_minutes=5.0, message=None):
+    def __init__(self, run_dir, config, env, checkpoint_minutes=5.0, message=None, keep_snapshots=0):
         self.dir = os.path.abspath(run_dir)
         os.makedirs(self.dir, exist_ok=True)
         self.config = config
         self.env = env
         self.checkpoint_seconds = float(checkpoint_minutes) * 60.0
+        self.keep_snapshots = int(keep_snapshots)  # playing weights kept from the last saves (0: none)
         self.message = message or (lambda text: print(text, file=sys.stderr))
         self.returns = deque(maxlen=100)
         self.step = 0
@@ -250,9 +252,28 @@ class Run:
             self.message(f"could not write {self.checkpoint_path}: {e.strerror or e}; "
                          f"keeping the previous checkpoint, retrying in {self.checkpoint_seconds / 60:g} min")
             return False
+        if self.keep_snapshots > 0:
+            self.write_snapshot(models["model"], header)
         if final or time.monotonic() - self.last_curve >= 60.0:
             self.write_curve()
         return True
+
+    @property
+    def snapshot_dir(self):
+        return os.path.join(self.dir, "snapshots")
+
+    def write_snapshot(self, model, header):
+        """snapshots/step-NNNNNNNNN.npz: the playing weights of this save (model only, as
+        export_for_playing keeps them), the last keep_snapshots of them; SB3's CheckpointCallback
+        keeps such copies too. scripts.ship --average K ships the mean of the last K."""
+        keep = playing_header(header)
+        try:
+            os.makedirs(self.snapshot_dir, exist_ok=True)
+            save_checkpoint(os.path.join(self.snapshot_dir, f"step-{self.step:09d}.npz"), {"model": model}, keep)
+            for old in snapshot_paths(self.dir)[:-self.keep_snapshots]:
+                os.unlink(old)
+        except OSError as e:
+            self.message(f"could not write a snapshot in {self.snapshot_dir}: {e.strerror or e}")
 
     def write_curve(self):
         self.last_curve = time.monotonic()
@@ -293,21 +314,56 @@ def config_dict(cfg):
     return dataclasses.asdict(cfg)
 
 
-def export_for_playing(src, dst, before=None):
+def playing_header(header):
+    """The header fields that rebuild a player: none of the file format's own, nor optimizer or RNG state."""
+    return {k: v for k, v in header.items()
+            if k not in ("format", "version", "architecture", "dtype", "models", "versions", "rng",
+                         "optim", "optimizer")}
+
+
+def snapshot_paths(run_dir):
+    """The run's snapshots (Run.write_snapshot), oldest first."""
+    folder = os.path.join(run_dir, "snapshots")
+    if not os.path.isdir(folder):
+        return []
+    names = [n for n in os.listdir(folder) if re.fullmatch(r"step-\d{9}\.npz", n)]
+    return [os.path.join(folder, n) for n in sorted(names)]
+
+
+def averaged_weights(paths):
+    """The element-wise mean of the "model" weights in paths (checkpoints of one network, as in
+    Polyak averaging and SWA, Izmailov et al. 2018), summed in float64 and returned in float32 in a
+    model of the last file's architecture; CheckpointError if the files do not hold the same network."""
+    model, sums = None, None
+    for path in paths:
+        models, header, _ = load_checkpoint(path)
+        if model is not None and models["model"].spec() != model.spec():
+            raise CheckpointError(f"{path}: a different network from {paths[0]}, cannot average them")
+        model = models["model"]
+        state = model.state_dict()
+        sums = ({k: v.astype(np.float64) for k, v in state.items()} if sums is None
+                else {k: sums[k] + state[k] for k in sums})
+    model.load_state_dict({k: (v / len(paths)).astype(np.float32) for k, v in sums.items()})
+    return model
+
+
+def export_for_playing(src, dst, before=None, average=()):
     """Copy a checkpoint keeping only what playing needs: the policy / online network in float32
     and the header fields that rebuild it (no optimizer, target network, RNG or replay state).
     before: the run's --init record (config.json's "init"), kept as "trained_before" so that a run
-    continued from this file counts all the training behind it."""
+    continued from this file counts all the training behind it.
+    average: checkpoints of the same run (snapshots) whose weights are averaged with src's; their
+    steps are kept as "averaged_steps"."""
     models, header, _ = load_checkpoint(src)
-    model = models["model"]
+    model = averaged_weights([*average, src]) if average else models["model"]
     if model.dtype != np.float32:
         raise CheckpointError(f"{src}: weights are {model.dtype}, shipped checkpoints are float32")
-    keep = {k: v for k, v in header.items()
-            if k not in ("format", "version", "architecture", "dtype", "models", "versions", "rng",
-                         "optim", "optimizer")}
+    keep = playing_header(header)
     keep["exported_from"] = {"path": os.path.abspath(src), "step": header.get("step"),
                              "episode": header.get("episode")}
     if isinstance(before, dict):
         keep["trained_before"] = before
+    if average:
+        keep["averaged_steps"] = [checkpoint_header(p).get("step") for p in average] + [header.get("step")]
     save_checkpoint(dst, {"model": model}, keep)
     return keep

@@ -33,7 +33,29 @@ def build_parser():
     p.add_argument("--workers", type=int, default=0,
                    help="spread the evaluation games over N Ray actors, as scripts.evaluate --workers does")
     p.add_argument("--ray-address", default="", help="with --workers: join this Ray cluster (default: a local Ray)")
+    p.add_argument("--average", type=int, default=1, metavar="K",
+                   help="ship the mean weights of the run's last K saves: checkpoint.npz and the K-1 snapshots "
+                        "before it (train with --keep-snapshots; default 1: the checkpoint alone)")
     return p
+
+
+def averaged_with(run_dir, checkpoint, k):
+    """The k-1 snapshots of run_dir saved before checkpoint, oldest first; UsageError if there are fewer."""
+    from agents.run import checkpoint_header, snapshot_paths
+    if k < 1:
+        raise UsageError(f"--average must be >= 1, got {k}")
+    if k == 1:
+        return []
+    import agents
+    try:
+        step = checkpoint_header(checkpoint).get("step")
+        earlier = [p for p in snapshot_paths(run_dir) if checkpoint_header(p).get("step") < step]
+    except (agents.CheckpointError, TypeError):
+        raise UsageError(f"{run_dir}: a damaged checkpoint or snapshot, cannot average") from None
+    if len(earlier) < k - 1:
+        raise UsageError(f"--average {k}: {run_dir}/snapshots holds {len(earlier)} snapshots before the "
+                         f"checkpoint, {k - 1} needed (train with --keep-snapshots)")
+    return earlier[-(k - 1):]
 
 
 def scores_in(text):
@@ -115,6 +137,16 @@ def earlier_commands(init):
     return m.group(1) if m else None
 
 
+def averaged(header):
+    """The card's sentence on weight averaging (ship --average), empty for a single checkpoint."""
+    steps = header.get("averaged_steps")
+    if not steps:
+        return ""
+    return (f" Its weights are the mean of the run's last {len(steps)} saves, at steps "
+            f"{', '.join(f'{s:,}' for s in steps)} (`scripts.ship --average {len(steps)}`, as in SWA, "
+            "Izmailov et al. 2018); the evaluation below is of those mean weights.")
+
+
 def card(name, config, header, results, curve_name, seed, workers=0, scored=None, earlier=None):
     """The markdown card; earlier: the --init checkpoint's own commands (earlier_commands)."""
     def shell(argv):
@@ -138,7 +170,7 @@ def card(name, config, header, results, curve_name, seed, workers=0, scored=None
              f"Agent `{header['agent']}` on `{header['env']['env_id']}` (preset `{header['env']['preset']}`), "
              f"trained for {steps:,} agent steps and {episodes:,} episodes in "
              f"{seconds / 3600:.2f} hours ({seconds:,.0f} s) of wall clock on a 2-core CPU "
-             f"machine.{trained}", "",
+             f"machine.{trained}{averaged(header)}", "",
              "## How it was trained", "", "```bash", command, "```", "",
              "Settings (from the run's config.json):", "", "```json",
              json.dumps(config.get("config", {}), indent=1, sort_keys=True), "```", "",
@@ -179,12 +211,14 @@ def main(argv=None):
         import agents
         from agents.run import export_for_playing
         init = init_record(config)
+        average = averaged_with(args.run_dir, src, args.average)
         os.makedirs(args.out_dir, exist_ok=True)
         tmp = tempfile.mkdtemp(dir=args.out_dir, prefix=".ship-")
         staged = os.path.join(tmp, f"{args.name}.npz")
         try:
-            header = export_for_playing(src, staged, before=init)
+            header = export_for_playing(src, staged, before=init, average=average)
         except agents.CheckpointError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
             raise UsageError(str(e)) from None
         agent = load_agent(staged, args.seed)
     except UsageError as e:

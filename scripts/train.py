@@ -219,7 +219,7 @@ def main(argv=None):
         module, cfg, env, run_dir, init, resume, init_record, quiet = prepared
         from agents.run import Run, config_dict
         try:
-            run = Run(run_dir, config_dict(cfg), env, cfg.checkpoint_minutes)
+            run = Run(run_dir, config_dict(cfg), env, cfg.checkpoint_minutes, keep_snapshots=cfg.keep_snapshots)
             run.write_config(resume[1].get("step", 0) if resume else 0, init_record)
         except OSError as e:
             raise UsageError(f"cannot write the run dir {run_dir}: {e.strerror or e}") from None

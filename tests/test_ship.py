@@ -149,3 +149,53 @@ def test_a_config_json_that_is_not_an_object_is_a_one_line_error(tmp_path):
     (tmp_path / "config.json").write_text("[1]")
     r = run("scripts.ship", str(tmp_path), "--name", "x", "--out-dir", str(tmp_path / "out"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "damaged config.json" in r.stderr, r.stderr
+
+
+def test_keep_snapshots_and_ship_average_ship_the_mean_of_the_last_saves(tmp_path):
+    """--keep-snapshots K keeps the playing weights of the last K saves in snapshots/; ship --average K
+    exports the mean of checkpoint.npz and the K-1 snapshots before it, and the card says so."""
+    import numpy as np
+    from agents.run import snapshot_paths
+    run_dir, out = tmp_path / "run", tmp_path / "shipped"
+    r = run("scripts.train", "--game", "CartPole-v1", "--total-steps", "2000", "--num-envs", "4", "--hidden", "16",
+            "--optimizer", "adam", "--batch-steps", "500", "--keep-snapshots", "2", "--run-dir", str(run_dir), "--quiet")
+    assert r.returncode == 0, r.stderr
+    for total in ("3000", "4000"):  # each run's final save writes a snapshot too
+        r = run("scripts.train", "--resume", str(run_dir), "--total-steps", total, "--quiet")
+        assert r.returncode == 0, r.stderr
+    snaps = snapshot_paths(run_dir)
+    assert len(snaps) == 2  # the oldest of the three was removed
+    (_, last), (models, head) = load_checkpoint(run_dir / "checkpoint.npz")[:2], load_checkpoint(snaps[-1])[:2]
+    assert head["step"] == last["step"] and "optim" not in head and list(models) == ["model"]
+    agents.load(snaps[0])  # a snapshot plays like a shipped file
+    r = run("scripts.ship", str(run_dir), "--name", "cp", "--episodes", "2", "--out-dir", str(out), "--average", "3")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "1 snapshots before the checkpoint, 2 needed" in r.stderr
+    assert not out.exists() or not os.listdir(out)
+    r = run("scripts.ship", str(run_dir), "--name", "cp", "--episodes", "2", "--out-dir", str(out), "--average", "2")
+    assert r.returncode == 0, r.stderr
+    shipped, header, _ = load_checkpoint(out / "cp.npz")
+    first = load_checkpoint(snaps[0])[0]["model"].state_dict()
+    final = load_checkpoint(run_dir / "checkpoint.npz")[0]["model"].state_dict()
+    for name, value in shipped["model"].state_dict().items():
+        assert value.dtype == np.float32
+        np.testing.assert_allclose(value, (first[name] + final[name]) / 2, rtol=1e-6, atol=1e-7)
+    assert any(not np.array_equal(first[k], final[k]) for k in final)  # two different saves were averaged
+    steps = [load_checkpoint(snaps[0])[1]["step"], last["step"]]
+    assert header["averaged_steps"] == steps
+    text = (out / "cp.md").read_text()
+    assert f"mean of the run's last 2 saves, at steps {steps[0]:,}, {steps[1]:,}" in text
+
+
+def test_averaging_refuses_different_networks(tmp_path):
+    import numpy as np
+    import pytest
+    from agents.run import averaged_weights, save_checkpoint
+    from nets import Linear, Sequential
+    header = {"agent": "dqn", "config": {}, "env": {}}
+    for name, hidden in (("a", 4), ("b", 4), ("c", 5)):
+        save_checkpoint(tmp_path / f"{name}.npz", {"model": Sequential(Linear(3, hidden, rng=np.random.default_rng(
+            len(name) + hidden)))}, header)
+    mean = averaged_weights([tmp_path / "a.npz", tmp_path / "b.npz"]).state_dict()
+    assert all(v.dtype == np.float32 for v in mean.values())
+    with pytest.raises(agents.CheckpointError, match="a different network"):
+        averaged_weights([tmp_path / "a.npz", tmp_path / "c.npz"])
