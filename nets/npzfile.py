@@ -91,7 +91,9 @@ def read_npz_header(path, error=ValueError):
     """Only the JSON header of an .npz written by write_npz, without reading its arrays (a 13 MB
     checkpoint's header costs a few kB). Anything off raises error(msg); the arrays are not checked."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if os.path.isdir(path):
+        raise error(f"{path} is a directory, not a file")
+    if not os.path.exists(path):
         raise error(f"{path}: no such file")
     try:
         with zipfile.ZipFile(path) as zf:
