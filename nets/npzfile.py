@@ -87,14 +87,20 @@ def _read_member(zf, info, error):
     return array.reshape(shape).copy()
 
 
-def read_npz_header(path, error=ValueError):
-    """Only the JSON header of an .npz written by write_npz, without reading its arrays (a 13 MB
-    checkpoint's header costs a few kB). Anything off raises error(msg); the arrays are not checked."""
+def _existing_file(path, error):
+    """path as a str; error(msg) when it is a directory or does not exist."""
     path = os.fspath(path)
     if os.path.isdir(path):
         raise error(f"{path} is a directory, not a file")
     if not os.path.exists(path):
         raise error(f"{path}: no such file")
+    return path
+
+
+def read_npz_header(path, error=ValueError):
+    """Only the JSON header of an .npz written by write_npz, without reading its arrays (a 13 MB
+    checkpoint's header costs a few kB). Anything off raises error(msg); the arrays are not checked."""
+    path = _existing_file(path, error)
     try:
         with zipfile.ZipFile(path) as zf:
             try:
@@ -126,11 +132,7 @@ def _header_from(raw_header, path, error):
 
 def read_npz(path, error=ValueError):
     """Return (arrays, header) from an .npz written by write_npz. Anything off raises error(msg)."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise error(f"{path} is a directory, not a file")
-    if not os.path.exists(path):
-        raise error(f"{path}: no such file")
+    path = _existing_file(path, error)
     try:
         with open(path, "rb") as raw:
             blob = raw.read()
