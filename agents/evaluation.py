@@ -31,13 +31,26 @@ def play_game(agent, env, seed, explore=False, recorder=None, max_steps=200_000,
     return total, length
 
 
+def play_rule(agent, greedy=False):
+    """Set a loaded agent up for evaluation games; returns the `explore` flag its act() takes there.
+
+    A policy-gradient agent samples from its policy, or with greedy takes the most likely action.
+    A DQN agent is epsilon-greedy at its eval_epsilon (the protocol, Nature's 0.05), or with greedy
+    takes the argmax every step: eval_epsilon 0, SB3's deterministic evaluation."""
+    if agent.kind == "pg":
+        return not greedy
+    if greedy:
+        agent.eval_epsilon = 0.0
+    return False
+
+
 def action_rule(agent, explore):
     """How the agent picks its actions in these games, for the report: a policy gradient agent
-    samples from its policy or takes the most likely action; DQN is epsilon-greedy."""
+    samples from its policy or takes the most likely action; DQN is epsilon-greedy (greedy at 0)."""
     if agent.kind == "pg":
         return "sampled" if explore else "greedy"
     eps = agent.epsilon if explore else agent.eval_epsilon
-    return f"epsilon-greedy {eps:g}"
+    return f"epsilon-greedy {eps:g}" if eps > 0 else "greedy"
 
 
 def evaluate(agent, episodes, seed=0, sticky=True, explore=False, on_game=None, record_dir=None,

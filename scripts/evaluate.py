@@ -18,7 +18,8 @@ def build_parser():
                    help="NoFrameskip-v4 protocol (no sticky actions) instead of ALE v5's")
     p.add_argument("--record", metavar="DIR", help="save every game as a recording in DIR")
     p.add_argument("--greedy", action="store_true",
-                   help="policy gradient: take the most likely action instead of sampling")
+                   help="take the best action every step: policy gradient the most likely instead of sampling, "
+                   "DQN its argmax without the evaluation epsilon's random moves")
     p.add_argument("--workers", type=int, default=0,
                    help="spread the games over N Ray actors (needs the distributed extra)")
     p.add_argument("--ray-address", default="", help="with --workers: join this Ray cluster (default: a local Ray)")
@@ -39,17 +40,17 @@ def main(argv=None):
             os.makedirs(args.record, exist_ok=True)
     except UsageError as e:
         fail(str(e))
-    from agents.evaluation import action_rule, evaluate
+    from agents.evaluation import action_rule, evaluate, play_rule
 
     def row(k, ret, length):
         print(f"game {k + 1:3d}  seed {args.seed + k:6d}  return {ret:7.1f}  length {length:6d}", flush=True)
 
-    explore = agent.kind == "pg" and not args.greedy
+    explore = play_rule(agent, args.greedy)
     if args.workers:
         from agents import distributed
         try:
             summary = distributed.evaluate(args.checkpoint, args.episodes, seed=args.seed, sticky=not args.no_sticky,
-                                           explore=explore, workers=args.workers, ray_address=args.ray_address,
+                                           greedy=args.greedy, workers=args.workers, ray_address=args.ray_address,
                                            on_game=row)
         except distributed.WorkerError as e:
             fail(str(e))

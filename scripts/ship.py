@@ -177,8 +177,9 @@ def card(name, config, header, results, curve_name, seed, workers=0, scored=None
              "## Evaluation", "",
              "Whole games on fresh seeds, printed by `python -m scripts.evaluate "
              f"checkpoints/{name}.npz --episodes {results[0]['episodes']} --seed {seed}"
-             f"{f' --workers {workers}' if workers else ''}` (`--no-sticky` for NoFrameskip-v4, `--greedy` for a "
-             "policy-gradient agent's most likely actions)"
+             f"{f' --workers {workers}' if workers else ''}` (`--no-sticky` for NoFrameskip-v4, `--greedy` for the "
+             "best action every step: a policy-gradient agent's most likely one, DQN's without the evaluation "
+             "epsilon's random moves)"
              + (". With workers each game draws its random actions from its own seed, so it differs from the "
                 "same game played without them" if workers else "") + ":", ""]
     for r in results:
@@ -223,35 +224,36 @@ def main(argv=None):
         agent = load_agent(staged, args.seed)
     except UsageError as e:
         fail(str(e))
-    from agents.evaluation import action_rule, evaluate
+    from agents.evaluation import action_rule, evaluate, play_rule
     from envs import env_spec
     results = []
-    # a policy-gradient agent is scored sampling its actions (the policy it learned, and what the
-    # comparison with a shipped card uses) and also taking the most likely one (SB3's deterministic
-    # evaluation), on the same seeds
+    # each agent is scored as it plays by default (a policy-gradient agent sampling its actions, DQN
+    # epsilon-greedy at its evaluation epsilon: what the comparison with a shipped card uses) and also
+    # taking the best action every step (--greedy, SB3's deterministic evaluation), on the same seeds
     def row(k, ret, length):
         print(f"game {k + 1:3d}  return {ret:6.1f}  length {length}", file=sys.stderr, flush=True)
 
     trained = agent.env.get("protocol")
     for sticky in ([True, False] if args.no_sticky or trained == "v4-nosticky" else [True]):
-        for explore in ([True, False] if agent.kind == "pg" else [False]):
+        for greedy in (False, True):
+            # a freshly seeded agent for each row, as `scripts.evaluate --seed` starts with: each JSON
+            # line on the card is then exactly what that command prints, whichever rows came before
+            fresh = load_agent(staged, args.seed)
+            explore = play_rule(fresh, greedy)
             if args.workers:
                 from agents import distributed
                 try:
                     summary = distributed.evaluate(staged, args.episodes, seed=args.seed, sticky=sticky,
-                                                   explore=explore, workers=args.workers,
+                                                   greedy=greedy, workers=args.workers,
                                                    ray_address=args.ray_address, on_game=row)
                 except distributed.WorkerError as e:
                     shutil.rmtree(tmp, ignore_errors=True)
                     fail(str(e))
             else:
-                # a freshly seeded agent for each row, as `scripts.evaluate --seed` starts with: each JSON
-                # line on the card is then exactly what that command prints, whichever rows came before
-                fresh = load_agent(staged, args.seed)
                 summary = evaluate(fresh, args.episodes, seed=args.seed, sticky=sticky, explore=explore, on_game=row)
             protocol = env_spec(agent.env["env_id"], agent.env["preset"], sticky)["protocol"]
             results.append({"checkpoint": f"checkpoints/{args.name}.npz", "game": agent.env["env_id"],
-                            "protocol": protocol, "actions": action_rule(agent, explore), "episodes": args.episodes,
+                            "protocol": protocol, "actions": action_rule(fresh, explore), "episodes": args.episodes,
                             **{k: summary[k] for k in ("mean_return", "std_return", "min_return", "max_return")}})
             print(json.dumps(results[-1]))
     card_path = os.path.join(args.out_dir, f"{args.name}.md")

@@ -53,7 +53,8 @@ def build_parser():
     p.add_argument("--noop-max", type=int, default=None,
                    help="idle frames before a game starts, drawn from 0..N (default 30; 0 with --human)")
     p.add_argument("--greedy", action="store_true",
-                   help="policy gradient: take the most likely action instead of sampling")
+                   help="take the best action every step: policy gradient the most likely instead of sampling, "
+                        "DQN its argmax without the evaluation epsilon's random moves")
     p.add_argument("--fps", type=float, default=None,
                    help="steps per second (default 15, real time; 0: as fast as possible)")
     p.add_argument("--scale", type=int, default=3, help="zoom of the game frame (default 3)")
@@ -117,7 +118,8 @@ def side_seed(seed, side):
 def load_player(path, side, seed, greedy):
     agent = load_agent(path, side_seed(seed, side))
     try:
-        return AgentPlayer(agent, side, explore=agent.kind == "pg" and not greedy)
+        from agents.evaluation import play_rule
+        return AgentPlayer(agent, side, explore=play_rule(agent, greedy))
     except ValueError as e:  # not a Pong agent
         raise UsageError(f"{path}: {e}") from None
 

@@ -4,8 +4,8 @@ With no CHECKPOINT it plays the best shipped Pong agent: of checkpoints/pong-pg.
 checkpoints/pong-dqn.npz, the one whose model card (checkpoints/<name>.md) reports the higher mean
 return on the protocol it trained on, the one it is watched on (a card without scripts.ship's
 evaluation JSON: its "mean return: X"); without cards, pong-pg first. Game k is seeded seed+k and the agent acts
-as in scripts.evaluate (policy gradient samples unless --greedy; DQN is greedy with the evaluation
-epsilon), on the protocol it was trained on unless --sticky says otherwise.
+as in scripts.evaluate (policy gradient samples and DQN is epsilon-greedy at the evaluation epsilon,
+unless --greedy), on the protocol it was trained on unless --sticky says otherwise.
 
 Keys: Space pause, Right one step while paused, + and - speed, R start and stop recording, Esc or Q quit.
 Recording keeps the whole current game (the recorder logs every game from its reset): R saves
@@ -45,7 +45,8 @@ def build_parser():
     p.add_argument("--sticky", type=parse_bool, default=None, metavar="{true,false}",
                    help="sticky actions (default: the protocol the checkpoint was trained on)")
     p.add_argument("--greedy", action="store_true",
-                   help="policy gradient: take the most likely action instead of sampling")
+                   help="take the best action every step: policy gradient the most likely instead of sampling, "
+                        "DQN its argmax without the evaluation epsilon's random moves")
     return p
 
 
@@ -227,7 +228,8 @@ def main(argv=None, *, max_frames=None, keys=None, on_frame=None):
         print(f"game {k + 1:3d}  seed {seed:6d}  return {ret:7.1f}  length {length:6d}", flush=True)
 
     sticky = args.sticky if args.sticky is not None else agent.env.get("repeat_action_probability", 0.0) > 0
-    explore = agent.kind == "pg" and not args.greedy
+    from agents.evaluation import play_rule
+    explore = play_rule(agent, args.greedy)
     session = WatchSession(agent, args.episodes, args.seed, sticky, explore, args.record,
                            recording=bool(args.record), on_game=row)
     scale = args.scale or (3 if session.atari else 1)

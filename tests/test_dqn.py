@@ -14,7 +14,7 @@ import agents
 import envs
 import nets
 from agents import dqn
-from agents.evaluation import evaluate
+from agents.evaluation import action_rule, evaluate, make_eval_env, play_rule
 from agents.replay import Batch
 from agents.run import Run, config_dict, load_checkpoint
 
@@ -53,6 +53,19 @@ def test_dueling_network_rebuilds_from_its_spec(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the update
+
+def test_greedy_play_takes_the_argmax_every_step():
+    """play_rule(greedy=True) drops the evaluation epsilon (here 1: every move random without it)."""
+    rng = np.random.default_rng(0)
+    model = dqn.build_q_network((4,), 3, "mlp", 16, True, rng).eval()
+    obs = rng.standard_normal((500, 4)).astype(np.float32)
+    for greedy in (False, True):
+        agent = dqn.QAgent(model, {}, 3, 1.0, eval_epsilon=1.0, seed=1)
+        explore = play_rule(agent, greedy)
+        actions, q = agent.act(obs, explore)
+        assert not explore and action_rule(agent, explore) == ("greedy" if greedy else "epsilon-greedy 1")
+        assert (actions == q.argmax(axis=1)).mean() == (1.0 if greedy else pytest.approx(1 / 3, abs=0.1))
+
 
 def mlp_learner(**changes):
     cfg = dqn.resolved(dqn.Config(game="CartPole-v1", hidden=16, **changes))
@@ -276,3 +289,27 @@ def test_train_resume_and_evaluate_scripts(tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["episodes"] == 2 and result["game"] == "CartPole-v1" and result["mean_return"] > 0
     assert result["actions"].startswith("epsilon-greedy ")
+    # --greedy: the Q-network's argmax every step, none of the evaluation epsilon's random moves
+    proc = script("scripts.evaluate", os.path.join(run_dir, "checkpoint.npz"), "--episodes", "2", "--seed", "7",
+                  "--greedy")
+    greedy = json.loads(proc.stdout.strip().splitlines()[-1])
+    agent = agents.load(os.path.join(run_dir, "checkpoint.npz"))
+    by_hand = []
+    for seed in (7, 8):
+        env = make_eval_env(agent)
+        obs, _ = env.reset(seed=seed)
+        total, done = 0.0, False
+        while not done:
+            action = int(dqn.q_values(agent.model, obs[None], agent.obs_scale).argmax())
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total, done = total + reward, terminated or truncated
+        env.close()
+        by_hand.append(total)
+    assert greedy["actions"] == "greedy"
+    assert (greedy["min_return"], greedy["max_return"]) == (min(by_hand), max(by_hand))
+    # scripts.ship scores a DQN agent both ways too, each row what scripts.evaluate prints
+    proc = script("scripts.ship", run_dir, "--name", "cp", "--episodes", "2", "--seed", "7", "--out-dir",
+                  str(tmp_path / "shipped"))
+    rows = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert [r["actions"] for r in rows] == [result["actions"], "greedy"]
+    assert rows[1] == {**greedy, "checkpoint": "checkpoints/cp.npz"}
