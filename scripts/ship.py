@@ -178,8 +178,8 @@ def card(name, config, header, results, curve_name, seed, workers=0, scored=None
              "Whole games on fresh seeds, printed by `python -m scripts.evaluate "
              f"checkpoints/{name}.npz --episodes {results[0]['episodes']} --seed {seed}"
              f"{f' --workers {workers}' if workers else ''}` (`--no-sticky` for NoFrameskip-v4, `--greedy` for the "
-             "best action every step: a policy-gradient agent's most likely one, DQN's without the evaluation "
-             "epsilon's random moves)"
+             "best action every step: a policy-gradient agent's most likely one, DQN's argmax without the "
+             "evaluation epsilon's random moves)"
              + (". With workers each game draws its random actions from its own seed, so it differs from the "
                 "same game played without them" if workers else "") + ":", ""]
     for r in results:
@@ -227,15 +227,16 @@ def main(argv=None):
     from agents.evaluation import action_rule, evaluate, play_rule
     from envs import env_spec
     results = []
-    # each agent is scored as it plays by default (a policy-gradient agent sampling its actions, DQN
-    # epsilon-greedy at its evaluation epsilon: what the comparison with a shipped card uses) and also
-    # taking the best action every step (--greedy, SB3's deterministic evaluation), on the same seeds
+    # a policy-gradient agent is scored sampling its actions (the policy it learned, and what the
+    # comparison with a shipped card uses) and also taking the most likely one (SB3's deterministic
+    # evaluation), on the same seeds. DQN only at its evaluation epsilon: its greedy games can stall
+    # (Breakout waits for a FIRE until ALE's 108,000-frame cap); `scripts.evaluate --greedy` has them
     def row(k, ret, length):
         print(f"game {k + 1:3d}  return {ret:6.1f}  length {length}", file=sys.stderr, flush=True)
 
     trained = agent.env.get("protocol")
     for sticky in ([True, False] if args.no_sticky or trained == "v4-nosticky" else [True]):
-        for greedy in (False, True):
+        for greedy in ((False, True) if agent.kind == "pg" else (False,)):
             # a freshly seeded agent for each row, as `scripts.evaluate --seed` starts with: each JSON
             # line on the card is then exactly what that command prints, whichever rows came before
             fresh = load_agent(staged, args.seed)
