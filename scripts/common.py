@@ -49,6 +49,13 @@ class Parser(argparse.ArgumentParser):
         fail(f"{message} (see {self.prog} --help)")
 
 
+def add_greedy_flag(parser):
+    """--greedy of the scripts that play a checkpoint (agents.evaluation.play_rule)."""
+    parser.add_argument("--greedy", action="store_true",
+                        help="take the best action every step: policy gradient the most likely instead of "
+                             "sampling, DQN its argmax without the evaluation epsilon's random moves")
+
+
 def add_config_flags(parser, cls, skip=()):
     """One --flag per dataclass field (underscores become dashes), defaulting to None = unchanged."""
     group = parser.add_argument_group(f"{cls.__module__.split('.')[-1]} settings")

@@ -6,7 +6,8 @@ import json
 import os
 import sys
 
-from scripts.common import Parser, UsageError, check_record_dir, check_workers, fail, load_agent
+from scripts.common import (Parser, UsageError, add_greedy_flag, check_record_dir, check_workers, fail,
+                            load_agent)
 
 
 def build_parser():
@@ -17,9 +18,7 @@ def build_parser():
     p.add_argument("--no-sticky", action="store_true",
                    help="NoFrameskip-v4 protocol (no sticky actions) instead of ALE v5's")
     p.add_argument("--record", metavar="DIR", help="save every game as a recording in DIR")
-    p.add_argument("--greedy", action="store_true",
-                   help="take the best action every step: policy gradient the most likely instead of sampling, "
-                   "DQN its argmax without the evaluation epsilon's random moves")
+    add_greedy_flag(p)
     p.add_argument("--workers", type=int, default=0,
                    help="spread the games over N Ray actors (needs the distributed extra)")
     p.add_argument("--ray-address", default="", help="with --workers: join this Ray cluster (default: a local Ray)")

@@ -29,7 +29,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from scripts.common import Parser, UsageError, fail, load_agent  # noqa: E402
+from scripts.common import Parser, UsageError, add_greedy_flag, fail, load_agent  # noqa: E402
 
 DEFAULT_RECORD_DIR = "recordings"
 STEPS_PER_SECOND = 15.0  # 60 frames a second, 4 a step
@@ -52,9 +52,7 @@ def build_parser():
     p.add_argument("--max-steps", type=int, default=None, help="end a game after this many steps (default: at 21)")
     p.add_argument("--noop-max", type=int, default=None,
                    help="idle frames before a game starts, drawn from 0..N (default 30; 0 with --human)")
-    p.add_argument("--greedy", action="store_true",
-                   help="take the best action every step: policy gradient the most likely instead of sampling, "
-                        "DQN its argmax without the evaluation epsilon's random moves")
+    add_greedy_flag(p)
     p.add_argument("--fps", type=float, default=None,
                    help="steps per second (default 15, real time; 0: as fast as possible)")
     p.add_argument("--scale", type=int, default=3, help="zoom of the game frame (default 3)")

@@ -24,7 +24,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from scripts.common import Parser, UsageError, check_record_dir, fail, load_agent, parse_bool  # noqa: E402
+from scripts.common import (Parser, UsageError, add_greedy_flag, check_record_dir, fail, load_agent,  # noqa: E402
+                            parse_bool)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHIPPED = ("pong-pg", "pong-dqn")  # preference order when the model cards do not decide
@@ -44,9 +45,7 @@ def build_parser():
     p.add_argument("--scale", type=int, default=None, help="zoom of the game frame (default 3 on Atari, 1 otherwise)")
     p.add_argument("--sticky", type=parse_bool, default=None, metavar="{true,false}",
                    help="sticky actions (default: the protocol the checkpoint was trained on)")
-    p.add_argument("--greedy", action="store_true",
-                   help="take the best action every step: policy gradient the most likely instead of sampling, "
-                        "DQN its argmax without the evaluation epsilon's random moves")
+    add_greedy_flag(p)
     return p
 
 
