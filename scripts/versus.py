@@ -114,9 +114,9 @@ def side_seed(seed, side):
 
 
 def load_player(path, side, seed, greedy):
+    from agents.evaluation import play_rule
     agent = load_agent(path, side_seed(seed, side))
     try:
-        from agents.evaluation import play_rule
         return AgentPlayer(agent, side, explore=play_rule(agent, greedy))
     except ValueError as e:  # not a Pong agent
         raise UsageError(f"{path}: {e}") from None
