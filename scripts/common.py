@@ -53,7 +53,8 @@ def add_greedy_flag(parser):
     """--greedy of the scripts that play a checkpoint (agents.evaluation.play_rule)."""
     parser.add_argument("--greedy", action="store_true",
                         help="take the best action every step: policy gradient the most likely instead of "
-                             "sampling, DQN its argmax without the evaluation epsilon's random moves")
+                             "sampling, DQN its argmax without the evaluation epsilon's random moves (a game "
+                             "where the agent never serves, as Breakout can, runs to ALE's 108,000-frame cap)")
 
 
 def add_config_flags(parser, cls, skip=()):
