@@ -14,11 +14,20 @@ class Optimizer:
         self.params = list(model.parameters())  # [(name, param, grad)], the arrays themselves
         self.t = 0
         self.state = {}  # slot name -> {param name -> array}
+        self._buffers = {}  # dtype -> scratch for a step's elementwise passes: no temporaries per step
 
     def _slot(self, slot):
         if slot not in self.state:
             self.state[slot] = {name: np.zeros_like(p) for name, p, _ in self.params}
         return self.state[slot]
+
+    def _scratch(self, p, n=1):
+        """n scratch arrays shaped like p: views of one buffer per dtype, kept across steps."""
+        flat = self._buffers.get(p.dtype)
+        if flat is None or flat.shape[0] < n:
+            size = max(q.size for _, q, _ in self.params if q.dtype == p.dtype)
+            flat = self._buffers[p.dtype] = np.empty((n, size), p.dtype)
+        return [flat[k, :p.size].reshape(p.shape) for k in range(n)]
 
     def state_dict(self):
         arrays = {f"{slot}.{name}": a for slot, d in self.state.items() for name, a in d.items()}
@@ -60,10 +69,16 @@ class SGD(Optimizer):
                 else:
                     b *= self.momentum
                     b += g
-                p -= self.lr * b
+                self._descend(p, b)
         else:
             for _, p, g in self.params:
-                p -= self.lr * g
+                self._descend(p, g)
+
+    def _descend(self, p, d):
+        """p -= lr * d, through scratch."""
+        tmp, = self._scratch(p)
+        np.multiply(d, self.lr, out=tmp)
+        p -= tmp
 
 
 class RMSProp(Optimizer):
@@ -78,18 +93,28 @@ class RMSProp(Optimizer):
         sq = self._slot("square_avg")
         avg = self._slot("grad_avg") if self.centered else None
         for name, p, g in self.params:
+            denom, tmp = self._scratch(p, 2)
             v = sq[name]
+            # v = decay*v + (1-decay)*g*g, in place
             v *= self.decay
-            v += (1.0 - self.decay) * g * g
-            if self.centered:
+            np.multiply(g, 1.0 - self.decay, out=tmp)
+            tmp *= g
+            v += tmp
+            if self.centered:  # m = decay*m + (1-decay)*g ; denom = sqrt(v - m*m)
                 m = avg[name]
                 m *= self.decay
-                m += (1.0 - self.decay) * g
-                denom = np.sqrt(v - m * m)
+                np.multiply(g, 1.0 - self.decay, out=tmp)
+                m += tmp
+                np.multiply(m, m, out=denom)
+                np.subtract(v, denom, out=denom)
+                np.sqrt(denom, out=denom)
             else:
-                denom = np.sqrt(v)
+                np.sqrt(v, out=denom)
             denom += self.eps
-            p -= self.lr * g / denom
+            # p -= lr * g / denom
+            np.multiply(g, self.lr, out=tmp)
+            tmp /= denom
+            p -= tmp
 
 
 class Adam(Optimizer):
@@ -108,7 +133,6 @@ class Adam(Optimizer):
         self.b1, self.b2 = (float(b) for b in betas)
         self.eps = float(eps)
         self._pieces = None  # [(p, g, m, v)] views, built at the first step
-        self._scratch = {}  # dtype -> one flat buffer as long as the longest piece
 
     def _split(self):
         ms, vs = self._slot("m"), self._slot("v")
@@ -120,9 +144,6 @@ class Adam(Optimizer):
                 self._pieces += [tuple(a[s:s + self.CHUNK] for a in flat) for s in range(0, p.size, self.CHUNK)]
             else:
                 self._pieces.append(arrays)
-        for p, _, _, _ in self._pieces:
-            if self._scratch.get(p.dtype, np.empty(0)).size < p.size:
-                self._scratch[p.dtype] = np.empty(p.size, p.dtype)
 
     def step(self):
         self.t += 1
@@ -132,7 +153,7 @@ class Adam(Optimizer):
         c2 = 1.0 - b2 ** self.t
         step_size = self.lr / (1.0 - b1 ** self.t)
         for p, g, m, v in self._pieces:
-            tmp = self._scratch[p.dtype][:p.size].reshape(p.shape)
+            tmp, = self._scratch(p)
             # m = b1*m + (1-b1)*g ; v = b2*v + (1-b2)*g*g, all in place: no temporaries per step
             m *= b1
             np.multiply(g, 1.0 - b1, out=tmp)

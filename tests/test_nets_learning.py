@@ -137,6 +137,30 @@ def test_adam_in_pieces_is_bit_identical(monkeypatch):
         np.testing.assert_array_equal(got[k], want[k])
 
 
+@pytest.mark.parametrize("make", [
+    lambda m: nets.SGD(m, lr=0.1), lambda m: nets.SGD(m, lr=0.1, momentum=0.9),
+    lambda m: nets.RMSProp(m, lr=0.01), lambda m: nets.RMSProp(m, lr=0.01, centered=True),
+    lambda m: nets.Adam(m, lr=0.01)], ids=["sgd", "sgd-momentum", "rmsprop", "rmsprop-centered", "adam"])
+def test_optimizer_step_allocates_no_parameter_sized_arrays(make):
+    """After the first step (state and scratch), a step updates in place: numpy reports its
+    allocations to tracemalloc, and a 4 MB weight would show as a 4 MB peak."""
+    import tracemalloc
+    rng = np.random.default_rng(0)
+    model = nets.Sequential(nets.Linear(1000, 1000, rng=rng))
+    for _, _, g in model.parameters():
+        g[...] = rng.standard_normal(g.shape)
+    opt = make(model)
+    opt.step()
+    tracemalloc.start()
+    try:
+        opt.step()
+        opt.step()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100_000, f"a step allocated {peak} bytes at its peak"
+
+
 def test_adam_state_round_trip_resumes_exactly():
     model, grads, _ = setup(steps=4)
     opt = nets.Adam(model, lr=0.01)
