@@ -107,6 +107,9 @@ class RMSProp(Optimizer):
                 m += tmp
                 np.multiply(m, m, out=denom)
                 np.subtract(v, denom, out=denom)
+                # v - m*m is a variance, never negative in exact arithmetic (Cauchy-Schwarz), but when
+                # the gradient barely changes float32 rounding can push it below zero: sqrt would be NaN
+                np.maximum(denom, 0.0, out=denom)
                 np.sqrt(denom, out=denom)
             else:
                 np.sqrt(v, out=denom)

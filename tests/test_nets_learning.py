@@ -107,6 +107,23 @@ def test_rmsprop_matches_torch_rule(centered):
     assert_params(got, p)
 
 
+def test_centered_rmsprop_stays_finite_under_a_constant_gradient():
+    """DeepMind's RMSProp (the DQN option) on a gradient that never changes: v - m*m is then zero up to
+    float32 rounding, and a negative rounding under the square root used to turn every weight into NaN."""
+    rng = np.random.default_rng(0)
+    model = nets.Sequential(nets.Linear(100, 100, rng=rng))
+    for _, _, g in model.parameters():
+        g[...] = rng.standard_normal(g.shape)
+    start = {name: p.copy() for name, p, _ in model.parameters()}
+    opt = nets.RMSProp(model, lr=1e-4, decay=0.95, eps=0.01, centered=True)
+    with np.errstate(invalid="raise"):
+        for _ in range(300):
+            opt.step()
+    for name, p, g in model.parameters():
+        assert p.dtype == np.float32 and np.isfinite(p).all(), name
+        assert (np.sign(start[name] - p) == np.sign(g)).all(), name  # every step went downhill
+
+
 def test_adam_matches_torch_rule():
     model, grads, p = setup(steps=5)
     lr, (b1, b2), eps = 0.003, (0.9, 0.999), 1e-8
