@@ -53,7 +53,7 @@ class DQNWorker:
         self.n_actions = int(self.venv.single_action_space.n)
         self.obs_scale = 1.0 / 255.0 if space.dtype == np.uint8 else 1.0
         self.model = dqn.build_q_network(space.shape, self.n_actions, c.network, c.hidden, c.dueling,
-                                         self.rng).eval()
+                                         self.rng, c.quantiles).eval()
         self.stack = 4 if c.preset == "deepmind" else 1
         self.floor = np.asarray(epsilons, np.float64)  # (N,): this actor's lanes' Ape-X epsilons
         self.obs, info = self.venv.reset(seed=seed)
@@ -79,7 +79,7 @@ class DQNWorker:
             if explore.all():  # the network's answer would go unused (epsilon 1 while the replay fills)
                 greedy = np.zeros(n, np.int64)
             else:
-                greedy = self.dqn.q_values(self.model, self.obs, self.obs_scale).argmax(axis=1)  # (N,)
+                greedy = self.dqn.q_values(self.model, self.obs, self.obs_scale, c.quantiles).argmax(axis=1)
             actions = np.where(explore, self.rng.integers(self.n_actions, size=n), greedy)
             next_obs, rewards, terminated, truncated, info = self.venv.step(actions)
             ended = terminated | truncated
@@ -154,7 +154,8 @@ def train_dqn(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
         raise WorkerError(f"buffer_size {cfg.buffer_size} is too small for {cfg.workers} workers of "
                           f"{cfg.num_envs} envs: raise --buffer-size")
     learner = dqn.Learner(cfg, space.shape, n_actions, obs_scale, rng)
-    agent = dqn.QAgent(learner.online, run.env, n_actions, obs_scale, cfg.eval_epsilon, rng=rng)
+    agent = dqn.QAgent(learner.online, run.env, n_actions, obs_scale, cfg.eval_epsilon, rng=rng,
+                       quantiles=cfg.quantiles)
     replay = SharedReplay([ReplayBuffer(cfg.buffer_size // cfg.workers, space.shape, space.dtype, cfg.num_envs,
                                         stack, cfg.n_step, cfg.gamma, rng) for _ in range(cfg.workers)], rng)
     if init is not None:

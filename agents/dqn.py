@@ -7,6 +7,9 @@ on the deepmind preset, a two-layer MLP on classic-control tasks. uint8 frames g
 they are and are scaled by 1/255 to float32 just before the network (q_values below). Targets
 come from a target network synced every `target_update` agent steps; the loss is Huber on the
 taken action's Q (Nature's error clipping); rewards are clipped to [-1, 1] on Atari (Nature).
+With quantiles K (QR-DQN, Dabney et al. 2018) the network gives K quantiles of the return per
+action instead of its mean, the loss is the quantile Huber loss against the target network's
+bootstrapped quantiles, and acting, Double DQN's choice and evaluation use their mean.
 
 Episodes and lives. ale-py's AtariVectorEnv with episodic_life=True (make_vector's training=True)
 resets the WHOLE GAME at every lost life (measured with ale-py 0.12.1: Breakout's lives stay 5),
@@ -37,7 +40,7 @@ import numpy as np
 
 import envs
 from agents.replay import ReplayBuffer
-from nets import Adam, Conv2d, DuelingHead, Flatten, Huber, Linear, ReLU, RMSProp, Sequential
+from nets import Adam, Conv2d, DuelingHead, Flatten, Huber, Linear, QuantileHuber, ReLU, RMSProp, Sequential
 
 HIDDEN_FLAGS = ()
 EVAL_FIELDS = ["step", "mean_return", "std_return", "episodes", "wall_seconds"]
@@ -57,6 +60,8 @@ class Config:
     hidden: int = 0  # fully connected units; 0: 512 for nature (Nature), 128 for mlp (own choice)
     dueling: bool = True  # dueling value/advantage head (Wang et al. 2016; own Pong run)
     double: bool = True  # Double DQN targets (van Hasselt et al. 2016; SB3 and CleanRL use plain DQN)
+    quantiles: int = 0  # K > 0: QR-DQN, K quantiles of the return per action and the quantile Huber
+    # loss (Dabney et al. 2018: 200); Q is their mean. 0: one expected value per action (Nature)
     n_step: int = 3  # n-step returns (Rainbow and own Pong run: 3; Nature, CleanRL: 1)
     gamma: float = 0.99  # discount (Nature, CleanRL)
     buffer_size: int = 1_000_000  # frames stored (Nature, CleanRL: 1M; 84x84 frames: 7 GB)
@@ -114,7 +119,7 @@ def resolved(cfg):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     for name in ("total_steps", "learning_starts", "epsilon_steps", "eval_every", "hours", "max_grad_norm",
-                 "lr_steps", "lr_end", "keep_snapshots"):
+                 "lr_steps", "lr_end", "keep_snapshots", "quantiles"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
     for name in ("gamma", "epsilon_start", "epsilon_end", "eval_epsilon", "target_epsilon"):
@@ -136,8 +141,9 @@ def resolved(cfg):
 
 # ----------------------------------------------------------------------------- the Q-network
 
-def build_q_network(obs_shape, n_actions, network, hidden, dueling, rng):
-    """Nature's conv trunk (or one hidden layer on vectors), then hidden -> n_actions or a dueling head."""
+def build_q_network(obs_shape, n_actions, network, hidden, dueling, rng, quantiles=0):
+    """Nature's conv trunk (or one hidden layer on vectors), then hidden -> n_actions or a dueling
+    head; with quantiles K, K outputs per action (N, A*K), action-major."""
     if network == "nature":
         c, h, w = obs_shape
         trunk = [Conv2d(c, 32, 8, stride=4, input_grad=False, rng=rng), ReLU(),  # no dx: its input is data
@@ -150,10 +156,11 @@ def build_q_network(obs_shape, n_actions, network, hidden, dueling, rng):
         features = int(np.prod(obs_shape))
         trunk = [Linear(features, hidden, input_grad=False, rng=rng), ReLU()]  # no dx: its input is data
         features = hidden
+    atoms = max(int(quantiles), 1)
     if dueling:
-        head = [DuelingHead(features, hidden, n_actions, rng=rng)]
+        head = [DuelingHead(features, hidden, n_actions, atoms, rng=rng)]
     else:
-        head = [Linear(features, hidden, rng=rng), ReLU(), Linear(hidden, n_actions, rng=rng)]
+        head = [Linear(features, hidden, rng=rng), ReLU(), Linear(hidden, n_actions * atoms, rng=rng)]
     return Sequential(*trunk, *head)
 
 
@@ -165,9 +172,14 @@ def network_input(obs, obs_scale, out=None):
     return out
 
 
-def q_values(model, obs, obs_scale):
+def q_values(model, obs, obs_scale, quantiles=0):
     """(N, *obs) -> Q (N, A) float32."""
-    return model.forward(network_input(obs, obs_scale))
+    return mean_q(model.forward(network_input(obs, obs_scale)), quantiles)
+
+
+def mean_q(out, quantiles):
+    """The network's output (N, A), or (N, A*K) with K quantiles per action -> Q (N, A), their mean."""
+    return out.reshape(len(out), -1, quantiles).mean(axis=2) if quantiles else out
 
 
 def epsilon_at(step, cfg):
@@ -208,8 +220,10 @@ class QAgent:
 
     kind = "dqn"
 
-    def __init__(self, model, env, n_actions, obs_scale, eval_epsilon=0.05, epsilon=0.01, seed=0, rng=None):
+    def __init__(self, model, env, n_actions, obs_scale, eval_epsilon=0.05, epsilon=0.01, seed=0, rng=None,
+                 quantiles=0):
         self.model = model
+        self.quantiles = int(quantiles)
         self.env = env
         self.n_actions = int(n_actions)
         self.obs_scale = float(obs_scale)
@@ -221,10 +235,11 @@ class QAgent:
     def from_checkpoint(cls, models, header, seed=0):
         cfg = header["config"]
         return cls(models["model"].eval(), header["env"], int(header["n_actions"]), float(header["obs_scale"]),
-                   eval_epsilon=float(cfg["eval_epsilon"]), epsilon=float(cfg["epsilon_end"]), seed=seed)
+                   eval_epsilon=float(cfg["eval_epsilon"]), epsilon=float(cfg["epsilon_end"]), seed=seed,
+                   quantiles=int(cfg.get("quantiles", 0)))
 
     def act(self, obs, explore=True):
-        q = q_values(self.model, obs, self.obs_scale)  # (N, A)
+        q = q_values(self.model, obs, self.obs_scale, self.quantiles)  # (N, A)
         actions = q.argmax(axis=1)
         eps = self.epsilon if explore else self.eval_epsilon
         if eps > 0:
@@ -242,14 +257,15 @@ class Learner:
     def __init__(self, cfg, obs_shape, n_actions, obs_scale, rng):
         self.cfg = cfg
         self.obs_scale = obs_scale
-        self.online = build_q_network(obs_shape, n_actions, cfg.network, cfg.hidden, cfg.dueling, rng)
-        self.target = build_q_network(obs_shape, n_actions, cfg.network, cfg.hidden, cfg.dueling, rng).eval()
+        self.online = build_q_network(obs_shape, n_actions, cfg.network, cfg.hidden, cfg.dueling, rng, cfg.quantiles)
+        self.target = build_q_network(obs_shape, n_actions, cfg.network, cfg.hidden, cfg.dueling, rng,
+                                      cfg.quantiles).eval()
         self.target.load_state_dict(self.online.state_dict())
         if cfg.optimizer == "adam":
             self.opt = Adam(self.online, lr=cfg.lr, eps=cfg.adam_eps)
         else:
             self.opt = RMSProp(self.online, lr=cfg.lr, decay=cfg.rmsprop_decay, eps=cfg.rmsprop_eps, centered=True)
-        self.loss = Huber(1.0)
+        self.loss = QuantileHuber(1.0) if cfg.quantiles else Huber(1.0)
         self._inputs = {}
         self.updates = 0
         self.bad_in_a_row = 0
@@ -263,35 +279,65 @@ class Learner:
             buf = self._inputs[name] = np.empty(obs.shape, np.float32)
         return network_input(obs, self.obs_scale, out=buf)
 
+    def _next_values(self, batch):
+        """The target net's outputs on next_obs, (B, A) or (B, A, K), and the action each bootstrap
+        takes (B,): chosen by the online net under Double DQN, by the target net otherwise."""
+        x_next = self._input("next_obs", batch.next_obs)  # (B, *obs) float32
+        k = self.cfg.quantiles
+        out = self.target.forward(x_next)
+        q_next = out.reshape(len(out), -1, k) if k else out  # (B, A) or (B, A, K)
+        chooser = self.online.eval().forward(x_next) if self.cfg.double else out
+        return q_next, mean_q(chooser, k).argmax(axis=1)  # (B,)
+
     def targets(self, batch):
         """r + gamma^m max_a Q_target(s', a), with the online net choosing a under Double DQN.
         With target_epsilon e the bootstrap is the epsilon-greedy policy's expected value instead:
         (1 - e) Q_target(s', best) + e mean_a Q_target(s', a) (Expected SARSA)."""
-        x_next = self._input("next_obs", batch.next_obs)  # (B, *obs) float32
-        q_next = self.target.forward(x_next)  # (B, A)
-        if self.cfg.double:
-            best = self.online.eval().forward(x_next).argmax(axis=1)  # (B,)
-        else:
-            best = q_next.argmax(axis=1)
+        q_next, best = self._next_values(batch)  # (B, A), (B,)
         bootstrap = q_next[np.arange(len(best)), best]  # (B,)
         e = self.cfg.target_epsilon
         if e > 0:
             bootstrap = (1.0 - e) * bootstrap + e * q_next.mean(axis=1)  # (B,)
         return (batch.returns + batch.discounts * bootstrap).astype(np.float32)  # (B,)
 
+    def quantile_targets(self, batch):
+        """QR-DQN's target distribution: atoms r + gamma^m theta_j(s', best) (B, K), equally likely.
+        With target_epsilon e, the epsilon-greedy policy's mixture: every action's K atoms (B, A*K),
+        best's with probability (1 - e + e/A) / K and each other's with (e/A) / K."""
+        q_next, best = self._next_values(batch)  # (B, A, K), (B,)
+        n, a, k = q_next.shape
+        e = self.cfg.target_epsilon
+        if e > 0:
+            atoms = q_next.reshape(n, a * k)  # (B, A*K)
+            chance = np.full((n, a), e / a, np.float32)
+            chance[np.arange(n), best] += 1.0 - e
+            weights = np.repeat(chance / k, k, axis=1)  # (B, A*K), action-major like the atoms
+        else:
+            atoms, weights = q_next[np.arange(n), best], None  # (B, K)
+        return (batch.returns[:, None] + batch.discounts[:, None] * atoms).astype(np.float32), weights
+
     def update(self, batch):
         """One gradient step on a Batch; returns a metrics dict (skipped=True when NaN/inf appeared).
         A prioritized batch's importance weights scale the loss; td_errors (B,) keeps Q - target
         for its new priorities."""
-        y = self.targets(batch)  # (B,)
+        k = self.cfg.quantiles
+        if k:
+            y, y_weights = self.quantile_targets(batch)  # (B, M), (B, M) or None
+        else:
+            y = self.targets(batch)  # (B,)
         rows = np.arange(len(y))
-        q = self.online.train().forward(self._input("obs", batch.obs))  # (B, A)
-        q_taken = q[rows, batch.actions]  # (B,)
-        self.td_errors = q_taken - y  # (B,)
-        value = self.loss.forward(q_taken, y, batch.weights)
-        dq = np.zeros_like(q)  # (B, A): only the taken actions get a gradient
+        out = self.online.train().forward(self._input("obs", batch.obs))  # (B, A) or (B, A*K)
+        q = out.reshape(len(out), -1, k) if k else out  # (B, A) or (B, A, K)
+        q_taken = q[rows, batch.actions]  # (B,) or (B, K)
+        if k:  # a sample's quantile loss is its priority (Rainbow: its distributional loss)
+            value = self.loss.forward(q_taken, y, y_weights, batch.weights)
+            self.td_errors = self.loss.per_sample  # (B,)
+        else:
+            value = self.loss.forward(q_taken, y, batch.weights)
+            self.td_errors = q_taken - y  # (B,)
+        dq = np.zeros_like(q)  # only the taken actions get a gradient
         dq[rows, batch.actions] = self.loss.backward()
-        self.online.backward(dq)
+        self.online.backward(dq.reshape(out.shape))
         grads = [g for _, _, g in self.online.parameters()]
         norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads))
         self.online.eval()
@@ -413,7 +459,7 @@ def evaluate_now(cfg, agent, eval_log, step):
     curve compares like with like; appended to eval.csv. Returns mean, std and episodes."""
     from agents.evaluation import evaluate
     player = QAgent(agent.model, agent.env, agent.n_actions, agent.obs_scale, cfg.eval_epsilon,
-                    seed=10_000_000 + cfg.seed)
+                    seed=10_000_000 + cfg.seed, quantiles=cfg.quantiles)
     summary = evaluate(player, cfg.eval_episodes, seed=10_000_000 + 1000 * cfg.seed, sticky=cfg.sticky)
     eval_log.append(step, summary)
     return {k: summary[k] for k in ("mean_return", "std_return", "episodes")}
@@ -461,7 +507,8 @@ def train(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
     obs_scale = 1.0 / 255.0 if obs_space.dtype == np.uint8 else 1.0
     learner = Learner(cfg, obs_shape, n_actions, obs_scale, rng)
     spec = envs.env_spec(cfg.game, cfg.preset, cfg.sticky)
-    agent = QAgent(learner.online.eval(), spec, n_actions, obs_scale, cfg.eval_epsilon, rng=rng)
+    agent = QAgent(learner.online.eval(), spec, n_actions, obs_scale, cfg.eval_epsilon, rng=rng,
+                   quantiles=cfg.quantiles)
     buffer = make_buffer(cfg, obs_shape, obs_space.dtype, rng)
     if init is not None:
         learner.online.load_state_dict(init[0]["model"].state_dict())

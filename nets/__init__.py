@@ -2,14 +2,14 @@
 from nets.layers import (Layer, Linear, Flatten, ReLU, LeakyReLU, Tanh, Sigmoid, Dropout, Embedding)
 from nets.conv import Conv2d, MaxPool2d
 from nets.recurrent import RNN, LSTM
-from nets.losses import MSE, Huber, SoftmaxCrossEntropy, BCEWithLogits, softmax, log_softmax
+from nets.losses import MSE, Huber, QuantileHuber, SoftmaxCrossEntropy, BCEWithLogits, softmax, log_softmax
 from nets.optim import SGD, RMSProp, Adam, clip_grad_norm
 from nets.model import Sequential, CheckpointError, save, load, build
 
 __all__ = [
     "Layer", "Linear", "Flatten", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Dropout", "Embedding",
     "Conv2d", "MaxPool2d", "RNN", "LSTM",
-    "MSE", "Huber", "SoftmaxCrossEntropy", "BCEWithLogits", "softmax", "log_softmax",
+    "MSE", "Huber", "QuantileHuber", "SoftmaxCrossEntropy", "BCEWithLogits", "softmax", "log_softmax",
     "SGD", "RMSProp", "Adam", "clip_grad_norm",
     "Sequential", "CheckpointError", "save", "load", "build",
 ]

@@ -4,6 +4,10 @@ Two streams read the same features: a value stream  in -> hidden -> ReLU -> 1  a
 stream  in -> hidden -> ReLU -> n_actions. Subtracting the mean advantage makes V and A
 identifiable (the paper's equation 9). One layer holding both streams, so a Sequential ends with it
 and a checkpoint rebuilds it like any other layer.
+
+With atoms K > 1 each action has K outputs (a distributional head: K quantiles of the return, as
+Rainbow combines its atoms): V is (N, K), A is (N, A, K), the mean is over actions for each atom,
+and the output is (N, A*K), action-major.
 """
 import numpy as np
 
@@ -11,36 +15,42 @@ from nets.layers import Layer, check_input, default_rng
 
 
 def dueling_combine(value, adv):
-    """(N, 1), (N, A) -> Q (N, A)."""
-    return value + adv - adv.mean(axis=1, keepdims=True)
+    """(N, K), (N, A*K) -> Q (N, A*K); K = 1 is the paper's (N, 1), (N, A) -> (N, A)."""
+    n, k = value.shape
+    a = adv.reshape(n, -1, k)  # (N, A, K)
+    return (value[:, None, :] + a - a.mean(axis=1, keepdims=True)).reshape(n, -1)
 
 
-def dueling_combine_backward(dq):
-    """dQ (N, A) -> (dvalue (N, 1), dadv (N, A)): each advantage also feeds every mean."""
-    dvalue = dq.sum(axis=1, keepdims=True)  # (N, 1)
-    dadv = dq - dq.mean(axis=1, keepdims=True)  # (N, A)
+def dueling_combine_backward(dq, k=1):
+    """dQ (N, A*K) -> (dvalue (N, K), dadv (N, A*K)): each advantage also feeds every mean."""
+    n = dq.shape[0]
+    d = dq.reshape(n, -1, k)  # (N, A, K)
+    dvalue = d.sum(axis=1)  # (N, K)
+    dadv = (d - d.mean(axis=1, keepdims=True)).reshape(n, -1)  # (N, A*K)
     return dvalue, dadv
 
 
 class DuelingHead(Layer):
-    """(N, in_features) -> Q (N, n_actions) through separate value and advantage streams."""
+    """(N, in_features) -> Q (N, n_actions * atoms) through separate value and advantage streams."""
 
-    def __init__(self, in_features, hidden, n_actions, *, rng=None, dtype=np.float32):
+    def __init__(self, in_features, hidden, n_actions, atoms=1, *, rng=None, dtype=np.float32):
         super().__init__(dtype)
         self.in_features, self.hidden, self.n_actions = int(in_features), int(hidden), int(n_actions)
-        if min(self.in_features, self.hidden, self.n_actions) < 1:
+        self.atoms = int(atoms)
+        if min(self.in_features, self.hidden, self.n_actions, self.atoms) < 1:
             raise ValueError(f"DuelingHead needs positive sizes, got in_features={in_features}, "
-                             f"hidden={hidden}, n_actions={n_actions}")
+                             f"hidden={hidden}, n_actions={n_actions}, atoms={atoms}")
         rng = default_rng(rng)
         # uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)), as nets.Linear and PyTorch
-        for stream, out in (("v", 1), ("a", self.n_actions)):
+        for stream, out in (("v", self.atoms), ("a", self.n_actions * self.atoms)):
             for layer, (fan_in, fan_out) in enumerate(((self.in_features, self.hidden), (self.hidden, out)), 1):
                 bound = 1.0 / np.sqrt(fan_in)
                 self.add_param(f"W{stream}{layer}", rng.uniform(-bound, bound, (fan_in, fan_out)))
                 self.add_param(f"b{stream}{layer}", rng.uniform(-bound, bound, fan_out))
 
     def config(self):
-        return {"in_features": self.in_features, "hidden": self.hidden, "n_actions": self.n_actions}
+        config = {"in_features": self.in_features, "hidden": self.hidden, "n_actions": self.n_actions}
+        return config if self.atoms == 1 else {**config, "atoms": self.atoms}  # files from before atoms load
 
     def _stream_forward(self, x, s):
         p = self.params
@@ -59,11 +69,11 @@ class DuelingHead(Layer):
     def forward(self, x):
         check_input(self, x, 2, self.in_features)
         self.x = x  # (N, in)
-        self.hv, value = self._stream_forward(x, "v")  # (N, 1)
-        self.ha, adv = self._stream_forward(x, "a")  # (N, A)
-        return dueling_combine(value, adv)  # (N, A)
+        self.hv, value = self._stream_forward(x, "v")  # (N, K)
+        self.ha, adv = self._stream_forward(x, "a")  # (N, A*K)
+        return dueling_combine(value, adv)  # (N, A*K)
 
     def backward(self, dq):
-        dvalue, dadv = dueling_combine_backward(dq)
+        dvalue, dadv = dueling_combine_backward(dq, self.atoms)
         return self._stream_backward(self.x, self.hv, dvalue, "v") + \
             self._stream_backward(self.x, self.ha, dadv, "a")  # (N, in)

@@ -47,6 +47,48 @@ class Huber:
         return d / self.diff.size
 
 
+class QuantileHuber:
+    """QR-DQN's quantile regression loss (Dabney et al. 2018), kappa = delta.
+
+    pred (B, K) holds K quantiles of a return, at the midpoints tau_i = (2i + 1) / 2K; target
+    (B, M) holds M atoms of the target distribution with probabilities target_weights (B, M)
+    (rows sum to 1; default 1/M each). Each pair (i, j) costs |tau_i - [u < 0]| huber(u) / kappa,
+    u = target_j - pred_i: under-estimates cost tau_i, over-estimates 1 - tau_i, so pred_i moves
+    to the tau_i-quantile of the targets. A sample's loss sums over i and averages over j
+    (Dopamine's); the value is the mean over samples, each scaled by its optional weight (B,)."""
+
+    def __init__(self, delta=1.0):
+        self.delta = float(delta)
+
+    def forward(self, pred, target, target_weights=None, weights=None):
+        if pred.ndim != 2 or target.ndim != 2 or pred.shape[0] != target.shape[0]:
+            raise ValueError(f"QuantileHuber: pred (B, K) and target (B, M) needed, got {pred.shape}, {target.shape}")
+        n, k = pred.shape
+        m = target.shape[1]
+        if target_weights is None:
+            target_weights = np.full(target.shape, 1.0 / m, pred.dtype)
+        _check_same_shape("QuantileHuber target_weights", target, target_weights)
+        self.u = target[:, None, :] - pred[:, :, None]  # (B, K, M)
+        tau = ((np.arange(k) + 0.5) / k).astype(pred.dtype)[None, :, None]  # (1, K, 1)
+        self.slope = np.abs(tau - (self.u < 0)) * target_weights[:, None, :]  # (B, K, M)
+        a = np.abs(self.u)
+        quad = np.minimum(a, self.delta)
+        huber = 0.5 * quad * quad + self.delta * (a - quad)
+        self.per_sample = (self.slope * huber).sum(axis=(1, 2)) / self.delta  # (B,)
+        self.weights = None if weights is None else np.asarray(weights, dtype=pred.dtype)
+        if self.weights is not None:
+            _check_same_shape("QuantileHuber weights", self.per_sample, self.weights)
+        loss = self.per_sample if self.weights is None else self.per_sample * self.weights
+        return float(np.mean(loss))
+
+    def backward(self):
+        """dloss/dpred (B, K)."""
+        d = -(self.slope * np.clip(self.u, -self.delta, self.delta)).sum(axis=2) / self.delta  # (B, K)
+        if self.weights is not None:
+            d *= self.weights[:, None]
+        return d / d.shape[0]
+
+
 def log_softmax(logits):
     z = logits - logits.max(axis=-1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))

@@ -9,6 +9,7 @@ the split within one run, not the absolute figures.
 """
 import json
 import os
+import sys
 import tempfile
 import warnings
 
@@ -22,18 +23,30 @@ def add_arguments(parser):
     parser.add_argument("--num-envs", type=int, default=1, help="envs stepped together (default 1)")
     parser.add_argument("--dueling", action="store_true", help="time the dueling head")
     parser.add_argument("--prioritized", action="store_true", help="time prioritized replay (its sum tree)")
+    parser.add_argument("--quantiles", type=int, default=0, help="time QR-DQN with this many quantiles (default 0: off)")
+    parser.add_argument("--target-epsilon", type=float, default=0.0,
+                        help="time Expected SARSA targets for this epsilon (with --quantiles: the mixture's atoms)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the network, the envs and sampling")
 
 
-def run(game="pong", warmup=2000, steps=1000, num_envs=1, dueling=False, seed=0, prioritized=False):
-    """Train for warmup + steps agent steps; return the rows."""
+def make_config(game="pong", warmup=2000, steps=1000, num_envs=1, dueling=False, seed=0, prioritized=False,
+                quantiles=0, target_epsilon=0.0):
+    """The timed run's dqn Config; ValueError naming a bad value."""
+    from agents import dqn
+    if warmup < 1 or steps < 1:
+        raise ValueError(f"--warmup and --steps must be >= 1, got {warmup} and {steps}")
+    return dqn.resolved(dqn.Config(game=game, seed=seed, num_envs=num_envs, dueling=dueling, prioritized=prioritized,
+                                   quantiles=quantiles, target_epsilon=target_epsilon,
+                                   total_steps=warmup + steps, learning_starts=warmup,
+                                   buffer_size=max(4 * (warmup + steps), 10_000), eval_every=0,
+                                   log_every=warmup, checkpoint_minutes=1e6))
+
+
+def run(cfg):
+    """Train a make_config() Config for its warm-up and timed steps; return the rows."""
     import envs
     from agents import dqn
     from agents.run import Run, config_dict
-    cfg = dqn.resolved(dqn.Config(game=game, seed=seed, num_envs=num_envs, dueling=dueling, prioritized=prioritized,
-                                  total_steps=warmup + steps, learning_starts=warmup,
-                                  buffer_size=max(4 * (warmup + steps), 10_000), eval_every=0,
-                                  log_every=warmup, checkpoint_minutes=1e6))
     clock = dqn.Stopwatch()
     marks = {}
 
@@ -68,9 +81,15 @@ def run(game="pong", warmup=2000, steps=1000, num_envs=1, dueling=False, seed=0,
 
 
 def main(args):
+    try:
+        cfg = make_config(args.game, args.warmup, args.steps, args.num_envs, args.dueling, args.seed,
+                          args.prioritized, args.quantiles, args.target_epsilon)
+    except ValueError as e:  # a bad flag value or an unknown game: one line, exit 2
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
     print(f"DQN on {args.game}: {args.warmup} warm-up steps, then {args.steps} with learning on "
           f"(OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}; shared machine: trust the split)")
-    rows = run(args.game, args.warmup, args.steps, args.num_envs, args.dueling, args.seed, args.prioritized)
+    rows = run(cfg)
     for row in rows:
         if "value" in row:
             print(f"  {row['name']:<32} {row['value']:>10,}")
@@ -78,5 +97,6 @@ def main(args):
             print(f"  {row['name']:<32} {row['ms_per_step']:>8.3f} ms/step  {100 * row['share']:5.1f} %")
         else:
             print(f"  {row['name']:<32} {row['ms']:>8.3f} ms")
-    print(json.dumps({"bench": "dqn", "prioritized": bool(args.prioritized), "rows": rows}))
+    print(json.dumps({"bench": "dqn", "prioritized": bool(args.prioritized), "quantiles": args.quantiles,
+                      "target_epsilon": args.target_epsilon, "rows": rows}))
     return 0

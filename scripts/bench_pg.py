@@ -67,7 +67,11 @@ def training_speed(cfg, steps):
 def main(args):
     from agents import policy_gradient as pg
     extra = {} if args.batch_steps is None else {"batch_steps": args.batch_steps}
-    cfg = pg.resolved(pg.Config(game=args.game, num_envs=args.num_envs, seed=args.seed, **extra))
+    try:
+        cfg = pg.resolved(pg.Config(game=args.game, num_envs=args.num_envs, seed=args.seed, **extra))
+    except ValueError as e:  # a bad flag value or an unknown game: one line, exit 2
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
     if args.steps < cfg.batch_steps:
         print(f"error: --steps {args.steps} is less than one update's batch ({cfg.batch_steps} steps)",
               file=sys.stderr)

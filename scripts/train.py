@@ -70,11 +70,12 @@ def check_compatible(header, cfg, env, path):
 
 
 # settings that shape the network: an --init checkpoint decides them unless the flag is given
-NETWORK_FIELDS = ("hidden", "head", "network", "dueling")
+NETWORK_FIELDS = ("hidden", "head", "network", "dueling", "quantiles")
 
 
 def network_from_checkpoint(module, cfg, args, header, path):
     saved = header.get("config", {}) if isinstance(header.get("config"), dict) else {}
+    saved = {"quantiles": 0, **saved}  # a DQN file from before QR-DQN holds one value per action
     changes = {}
     for name in NETWORK_FIELDS:
         if name not in saved or not hasattr(cfg, name):

@@ -107,6 +107,49 @@ def test_expected_sarsa_targets_value_the_epsilon_greedy_policy():
         dqn.resolved(dqn.Config(game="CartPole-v1", target_epsilon=1.5))
 
 
+@pytest.mark.parametrize("target_epsilon", [0.0, 0.2])
+def test_quantile_targets_are_the_bootstrap_distribution(target_epsilon):
+    """QR-DQN: the target atoms are r + gamma^m theta_j(s', best), equally likely; with
+    target_epsilon the epsilon-greedy mixture over every action's atoms. Either way their mean is
+    the expected-value target on the mean quantiles, as targets() computes it on a plain Q-net."""
+    learner = mlp_learner(quantiles=5, target_epsilon=target_epsilon)
+    for _, p, _ in learner.target.parameters():
+        p += 0.3
+    batch = random_batch(np.random.default_rng(6))
+    theta = learner.target.forward(batch.next_obs).reshape(8, 2, 5)  # (B, A, K)
+    best = learner.online.forward(batch.next_obs).reshape(8, 2, 5).mean(axis=2).argmax(axis=1)
+    atoms, weights = learner.quantile_targets(batch)
+    if target_epsilon == 0:
+        assert weights is None
+        want = batch.returns[:, None] + batch.discounts[:, None] * theta[np.arange(8), best]
+        np.testing.assert_allclose(atoms, want, rtol=1e-5)
+        mean = atoms.mean(axis=1)
+    else:
+        assert atoms.shape == weights.shape == (8, 10)
+        np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-6)
+        np.testing.assert_allclose(weights.reshape(8, 2, 5)[np.arange(8), best], (0.8 + 0.1) / 5, rtol=1e-6)
+        mean = (atoms * weights).sum(axis=1)
+    chance = np.full((8, 2), target_epsilon / 2)
+    chance[np.arange(8), best] += 1 - target_epsilon
+    want = batch.returns + batch.discounts * (chance * theta.mean(axis=2)).sum(axis=1)
+    np.testing.assert_allclose(mean, want, rtol=1e-5, atol=1e-6)
+
+
+def test_quantile_update_learns_and_keeps_each_samples_loss_as_its_priority():
+    learner = mlp_learner(quantiles=8, lr=1e-2)
+    batch = random_batch(np.random.default_rng(7))
+    first = learner.update(batch)
+    assert learner.td_errors.shape == (8,) and (learner.td_errors > 0).all()
+    assert np.mean(learner.td_errors) == pytest.approx(first["loss"], rel=1e-5)
+    for _ in range(30):
+        last = learner.update(batch)
+    assert last["loss"] < first["loss"] / 2 and not last["skipped"]
+    agent = dqn.QAgent(learner.online.eval(), {}, 2, 1.0, eval_epsilon=0.0, quantiles=8)
+    _, q = agent.act(batch.obs, explore=False)
+    assert q.shape == (8, 2)
+    np.testing.assert_allclose(q, learner.online.forward(batch.obs).reshape(8, 2, 8).mean(axis=2), rtol=1e-6)
+
+
 def test_update_lowers_td_loss_and_skips_nan():
     learner = mlp_learner(lr=1e-2)
     batch = random_batch(np.random.default_rng(2))
@@ -176,22 +219,23 @@ def test_resolved_defaults_and_bad_values():
     for bad in (dict(preset="karpathy"), dict(game="CartPole-v1", network="nature"), dict(lr=0.0),
                 dict(n_step=0), dict(optimizer="sgd"), dict(tau=0.0), dict(epsilon_end=1.5),
                 dict(buffer_size=1000, learning_starts=900), dict(priority_alpha=1.5), dict(priority_beta=-0.1),
-                dict(prioritized=True, workers=2), dict(lr_steps=-1), dict(lr_end=-1e-4), dict(lr_end=float("nan"))):
+                dict(prioritized=True, workers=2), dict(lr_steps=-1), dict(quantiles=-1), dict(lr_end=-1e-4), dict(lr_end=float("nan"))):
         with pytest.raises(ValueError):
             dqn.resolved(dqn.Config(**bad))
 
 
 # ----------------------------------------------------------------------------- learning and checkpoints
 
-@pytest.mark.parametrize("prioritized", [False, True])
-def test_learns_cartpole(tmp_path, prioritized):
-    """Mean >= 195 over 20 evaluation games (epsilon 0.05), from a fixed seed; uniform replay and
-    prioritized (beta rising to 1 over the run)."""
-    cfg = dqn.resolved(dqn.Config(**CARTPOLE, prioritized=prioritized, priority_beta_steps=CARTPOLE["total_steps"]))
+@pytest.mark.parametrize("prioritized, quantiles", [(False, 0), (True, 0), (False, 32)])
+def test_learns_cartpole(tmp_path, prioritized, quantiles):
+    """Mean >= 195 over 20 evaluation games (epsilon 0.05), from a fixed seed; uniform replay,
+    prioritized (beta rising to 1 over the run), and QR-DQN's 32 quantiles."""
+    cfg = dqn.resolved(dqn.Config(**CARTPOLE, prioritized=prioritized, priority_beta_steps=CARTPOLE["total_steps"],
+                                  quantiles=quantiles))
     run = make_run(tmp_path, cfg)
     dqn.train(cfg, run)
     agent = agents.load(run.checkpoint_path, seed=0)
-    assert agent.kind == "dqn" and agent.eval_epsilon == 0.05
+    assert agent.kind == "dqn" and agent.eval_epsilon == 0.05 and agent.quantiles == quantiles
     summary = evaluate(agent, 20, seed=0)
     assert summary["mean_return"] >= 195, summary
 
@@ -313,3 +357,26 @@ def test_train_resume_and_evaluate_scripts(tmp_path):
     rows = [json.loads(line) for line in proc.stdout.strip().splitlines()]
     assert [r["actions"] for r in rows] == [result["actions"]] and "`--greedy` for the best action" in \
         (tmp_path / "shipped" / "cp.md").read_text()
+
+
+def test_quantile_run_from_the_command_line_and_its_init_rules(tmp_path):
+    """--quantiles K trains QR-DQN; its checkpoint plays through agents.load and scripts.evaluate;
+    --init from it keeps K (it shapes the network), and a different K is a one-line error."""
+    ckpt = str(tmp_path / "qr" / "checkpoint.npz")
+    small = ["--agent", "dqn", "--game", "CartPole-v1", "--learning-starts", "500", "--buffer-size", "5000",
+             "--eval-every", "0", "--quiet"]
+    script("scripts.train", *small, "--total-steps", "1200", "--hidden", "16", "--quantiles", "4",
+           "--run-dir", str(tmp_path / "qr"))
+    agent = agents.load(ckpt)
+    assert agent.quantiles == 4 and agent.model.forward(np.zeros((1, 4), np.float32)).shape == (1, 2 * 4)
+    result = json.loads(script("scripts.evaluate", ckpt, "--episodes", "1").stdout.strip().splitlines()[-1])
+    assert result["episodes"] == 1 and result["mean_return"] > 0
+    script("scripts.train", *small, "--total-steps", "600", "--init", ckpt, "--run-dir", str(tmp_path / "again"))
+    with open(tmp_path / "again" / "config.json") as f:
+        config = json.load(f)["config"]
+    assert (config["quantiles"], config["hidden"]) == (4, 16)
+    for other in ("0", "8"):
+        proc = subprocess.run([sys.executable, "-m", "scripts.train", *small, "--init", ckpt, "--quantiles", other,
+                               "--run-dir", str(tmp_path / f"bad{other}")], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 2 and "does not fit" in proc.stderr and "Traceback" not in proc.stderr
+        assert not os.path.exists(tmp_path / f"bad{other}")

@@ -75,6 +75,18 @@ def test_dueling_head():
     assert set(layer.grads) == set(layer.params) and len(layer.grads) == 8
 
 
+def test_dueling_head_with_atoms():
+    """K atoms per action (QR-DQN's quantiles): outputs (N, A*K), the mean advantage per atom."""
+    rng = rng_for(10)
+    layer = nets.DuelingHead(6, 5, 3, atoms=4, rng=rng, dtype=F64)
+    x = away_from_zero(rng.standard_normal((4, 6)))
+    check_layer(layer, x)
+    q = layer.forward(x).reshape(4, 3, 4)  # (N, A, K)
+    value = layer._stream_forward(x, "v")[1]  # (N, K)
+    np.testing.assert_allclose(q.mean(axis=1), value, rtol=1e-12)  # identifiable per atom
+    assert layer.config()["atoms"] == 4 and "atoms" not in nets.DuelingHead(6, 5, 3).config()
+
+
 def sparse_rows(rng, n, features, used):
     """-1/0/1 rows whose nonzeros fall in the first `used` columns, as Pong frame differences do."""
     x = np.zeros((n, features))
@@ -277,6 +289,24 @@ def test_huber_both_regions():
     check_loss(nets.Huber(delta=1.0), target + diff, target, weights=weights)
     plain, weighted = nets.Huber(), nets.Huber()
     assert weighted.forward(target + diff, target, np.ones((5, 4))) == plain.forward(target + diff, target)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_quantile_huber(weighted):
+    """Both Huber regions, both signs of u; equal target atoms and weighted ones (the
+    epsilon-greedy mixture); per-sample importance weights."""
+    rng = rng_for(24)
+    pred = rng.standard_normal((5, 4))
+    target = pred[:, :1] + rng.uniform(0.1, 2.5, (5, 6)) * rng.choice([-1, 1], (5, 6))
+    kwargs = {}
+    if weighted:
+        chance = rng.uniform(0.1, 1.0, (5, 6))
+        kwargs = {"target_weights": chance / chance.sum(axis=1, keepdims=True), "weights": rng.uniform(0.1, 1, 5)}
+    check_loss(nets.QuantileHuber(1.0), pred, target, **kwargs)
+    loss = nets.QuantileHuber(1.0)
+    value = loss.forward(pred, target, **kwargs)
+    per_sample = loss.per_sample * kwargs.get("weights", 1.0)
+    assert (loss.per_sample > 0).all() and value == pytest.approx(per_sample.mean(), rel=1e-12)
 
 
 @pytest.mark.parametrize("weighted", [False, True])

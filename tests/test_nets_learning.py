@@ -20,6 +20,26 @@ def test_mlp_learns_xor():
     np.testing.assert_array_equal(model.forward(x) > 0, y > 0.5)
 
 
+def test_quantile_huber_learns_the_quantiles_of_each_inputs_returns():
+    """QR-DQN's loss regresses quantiles: a Linear layer on one-hot inputs learns, at the midpoints
+    tau_i = (2i + 1) / 10, the quantiles of an exponential(1) return for input 0 and of a
+    uniform(2, 4) one for input 1, from samples alone. A small kappa (delta) makes its minimizer
+    the plain quantile; kappa = 1 (QR-DQN's) would give a Huber quantile between it and the mean."""
+    rng = np.random.default_rng(5)
+    model = nets.Sequential(nets.Linear(2, 5, rng=rng))
+    loss, opt = nets.QuantileHuber(delta=0.01), nets.Adam(model, lr=0.01)
+    x = np.eye(2, dtype=np.float32)[np.arange(32) % 2]  # (32, 2): half the rows each input
+    for _ in range(2000):
+        target = np.where(x[:, :1] > 0, rng.exponential(1.0, (32, 64)), rng.uniform(2.0, 4.0, (32, 64)))
+        loss.forward(model.forward(x), target.astype(np.float32))
+        model.backward(loss.backward())
+        opt.step()
+    tau = (np.arange(5) + 0.5) / 5
+    got = model.forward(np.eye(2, dtype=np.float32))  # (2, 5)
+    np.testing.assert_allclose(got[0], -np.log(1 - tau), atol=0.08)
+    np.testing.assert_allclose(got[1], 2.0 + 2.0 * tau, atol=0.08)
+
+
 def test_lstm_recalls_the_first_symbol():
     """Sequences of 6 random symbols out of 4; predict the first one after reading the last."""
     rng = np.random.default_rng(1)
