@@ -64,17 +64,22 @@ class QuantileHuber:
         if pred.ndim != 2 or target.ndim != 2 or pred.shape[0] != target.shape[0]:
             raise ValueError(f"QuantileHuber: pred (B, K) and target (B, M) needed, got {pred.shape}, {target.shape}")
         n, k = pred.shape
-        m = target.shape[1]
-        if target_weights is None:
-            target_weights = np.full(target.shape, 1.0 / m, pred.dtype)
-        _check_same_shape("QuantileHuber target_weights", target, target_weights)
-        self.u = target[:, None, :] - pred[:, :, None]  # (B, K, M)
+        if target_weights is not None:
+            _check_same_shape("QuantileHuber target_weights", target, target_weights)
+        u = target[:, None, :] - pred[:, :, None]  # (B, K, M)
         tau = ((np.arange(k) + 0.5) / k).astype(pred.dtype)[None, :, None]  # (1, K, 1)
-        self.slope = np.abs(tau - (self.u < 0)) * target_weights[:, None, :]  # (B, K, M)
-        a = np.abs(self.u)
-        quad = np.minimum(a, self.delta)
-        huber = 0.5 * quad * quad + self.delta * (a - quad)
-        self.per_sample = (self.slope * huber).sum(axis=(1, 2)) / self.delta  # (B,)
+        # |tau_i - [u < 0]| = 1/2 + (tau_i - 1/2) sign(u): tau_i above, 1 - tau_i below (the value
+        # at u = 0 does not matter: huber and its slope are 0 there). Faster than np.where on bools.
+        self.slope = np.sign(u)  # (B, K, M)
+        self.slope *= tau - 0.5
+        self.slope += 0.5
+        self.slope *= (1.0 / target.shape[1]) if target_weights is None else target_weights[:, None, :]
+        self.clipped = np.clip(u, -self.delta, self.delta)  # huber'(u), kept for backward
+        # huber(u) = c (u - c/2) with c = clip(u): u^2/2 inside [-delta, delta], delta (|u| - delta/2) outside
+        u -= 0.5 * self.clipped
+        u *= self.clipped
+        u *= self.slope
+        self.per_sample = u.sum(axis=(1, 2)) / self.delta  # (B,)
         self.weights = None if weights is None else np.asarray(weights, dtype=pred.dtype)
         if self.weights is not None:
             _check_same_shape("QuantileHuber weights", self.per_sample, self.weights)
@@ -83,10 +88,10 @@ class QuantileHuber:
 
     def backward(self):
         """dloss/dpred (B, K)."""
-        d = -(self.slope * np.clip(self.u, -self.delta, self.delta)).sum(axis=2) / self.delta  # (B, K)
+        d = np.einsum("bkm,bkm->bk", self.slope, self.clipped) * (-1.0 / self.delta)  # (B, K)
         if self.weights is not None:
             d *= self.weights[:, None]
-        return d / d.shape[0]
+        return (d / d.shape[0]).astype(self.slope.dtype, copy=False)
 
 
 def log_softmax(logits):
