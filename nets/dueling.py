@@ -48,6 +48,13 @@ class DuelingHead(Layer):
                 self.add_param(f"W{stream}{layer}", rng.uniform(-bound, bound, (fan_in, fan_out)))
                 self.add_param(f"b{stream}{layer}", rng.uniform(-bound, bound, fan_out))
 
+    @staticmethod
+    def size_bound(config):
+        """Parameters a config makes (nets.build checks it before building); config's numbers are
+        already known to be finite and >= 0."""
+        i, h, a, k = (max(int(config.get(name, 1)), 1) for name in ("in_features", "hidden", "n_actions", "atoms"))
+        return 2 * (i + 1) * h + (h + 1) * k * (1 + a)  # both streams' hidden layers, then V (K) and A (A*K)
+
     def config(self):
         config = {"in_features": self.in_features, "hidden": self.hidden, "n_actions": self.n_actions}
         return config if self.atoms == 1 else {**config, "atoms": self.atoms}  # files from before atoms load

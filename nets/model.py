@@ -1,6 +1,8 @@
 """Sequential models and their files: save a model with its architecture, load it back from the file alone."""
 import json
 
+import math
+
 import numpy as np
 
 from nets.layers import Layer
@@ -116,19 +118,25 @@ def build(spec, dtype=np.float32, _budget=None):
     config = spec.get("config", {})
     if not isinstance(config, dict):
         raise ValueError(f"config of {spec['type']} must be an object")
-    # a forged file must not make us allocate gigabytes before its arrays are even compared
+    # a forged file must not make us allocate gigabytes before its arrays are even compared: by
+    # default the bound is the product of the layer's numbers (a Linear's in x out), or the
+    # layer's own size_bound(config) where that product is far too loose (a DuelingHead's)
     size = 1
     for key, value in config.items():
         values = value if isinstance(value, list) and 0 < len(value) <= 4 else [value]
         for v in values:
             if isinstance(v, bool):
                 continue
-            if not isinstance(v, (int, float)):
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"{spec['type']} config {key!r} must be numbers or a flag, got {value!r}")
-            if isinstance(v, int):
-                if v < 0:
-                    raise ValueError(f"{spec['type']} config {key!r} must be >= 0, got {value}")
-                size *= max(v, 1)
+            if v < 0:
+                raise ValueError(f"{spec['type']} config {key!r} must be >= 0, got {value}")
+            size *= max(int(v), 1)
+    if hasattr(cls, "size_bound"):
+        try:
+            size = cls.size_bound(config)
+        except (TypeError, ValueError):  # a list where a number belongs
+            raise ValueError(f"{spec['type']} config {config} is not valid") from None
     budget[0] -= size
     if budget[0] < 0:
         raise ValueError(f"{spec['type']} config {config} makes the model implausibly large")

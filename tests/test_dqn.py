@@ -380,3 +380,15 @@ def test_quantile_run_from_the_command_line_and_its_init_rules(tmp_path):
                                "--run-dir", str(tmp_path / f"bad{other}")], cwd=ROOT, capture_output=True, text=True)
         assert proc.returncode == 2 and "does not fit" in proc.stderr and "Traceback" not in proc.stderr
         assert not os.path.exists(tmp_path / f"bad{other}")
+
+
+@pytest.mark.parametrize("quantiles", [50, 200])
+def test_atari_quantile_network_saves_and_loads(tmp_path, quantiles):
+    """The Pong QR-DQN (Nature trunk, dueling head, K quantiles of 6 actions) is not mistaken for a
+    forged, implausibly large file by nets.load's size bound (stop 28: resuming its run failed so)."""
+    model = dqn.build_q_network((4, 84, 84), 6, "nature", 512, True, np.random.default_rng(0), quantiles)
+    nets.save(tmp_path / "q.npz", model)
+    again, _ = nets.load(tmp_path / "q.npz")
+    x = np.random.default_rng(1).random((2, 4, 84, 84), dtype=np.float32)
+    np.testing.assert_array_equal(again.forward(x), model.forward(x))
+    assert again.forward(x).shape == (2, 6 * quantiles)

@@ -245,6 +245,19 @@ def test_missing_header(saved):
          "in_channels": 2, "out_channels": 4, "kernel_size": "x"}}]}},
     {"format": "grok-arcade.nets", "version": 1, "dtype": "float32", "meta": [1],
      "architecture": {"type": "Sequential", "layers": []}},
+    # sizes that would allocate tens of gigabytes before any array is compared
+    {"format": "grok-arcade.nets", "version": 1, "dtype": "float32",
+     "architecture": {"type": "Sequential", "layers": [{"type": "Linear", "config": {
+         "in_features": 1e6, "out_features": 1e6}}]}},
+    {"format": "grok-arcade.nets", "version": 1, "dtype": "float32",
+     "architecture": {"type": "Sequential", "layers": [{"type": "DuelingHead", "config": {
+         "in_features": 3136, "hidden": 512, "n_actions": 18, "atoms": 100000}}]}},
+    {"format": "grok-arcade.nets", "version": 1, "dtype": "float32",
+     "architecture": {"type": "Sequential", "layers": [{"type": "DuelingHead", "config": {
+         "in_features": [3136, 2], "hidden": 512, "n_actions": 6}}]}},
+    {"format": "grok-arcade.nets", "version": 1, "dtype": "float32",
+     "architecture": {"type": "Sequential", "layers": [{"type": "Linear", "config": {
+         "in_features": float("inf"), "out_features": 3}}]}},
 ])
 def test_wrong_format_or_architecture(tmp_path, header):
     path = tmp_path / "foreign.npz"
