@@ -177,9 +177,14 @@ def q_values(model, obs, obs_scale, quantiles=0):
     return mean_q(model.forward(network_input(obs, obs_scale)), quantiles)
 
 
+def per_action(out, quantiles):
+    """The network's output (N, A), or (N, A*K) with K quantiles per action -> (N, A) or (N, A, K)."""
+    return out.reshape(len(out), -1, quantiles) if quantiles else out
+
+
 def mean_q(out, quantiles):
-    """The network's output (N, A), or (N, A*K) with K quantiles per action -> Q (N, A), their mean."""
-    return out.reshape(len(out), -1, quantiles).mean(axis=2) if quantiles else out
+    """The network's output -> Q (N, A): a quantile network's is the mean of its K quantiles."""
+    return per_action(out, quantiles).mean(axis=2) if quantiles else out
 
 
 def epsilon_at(step, cfg):
@@ -285,7 +290,7 @@ class Learner:
         x_next = self._input("next_obs", batch.next_obs)  # (B, *obs) float32
         k = self.cfg.quantiles
         out = self.target.forward(x_next)
-        q_next = out.reshape(len(out), -1, k) if k else out  # (B, A) or (B, A, K)
+        q_next = per_action(out, k)  # (B, A) or (B, A, K)
         chooser = self.online.eval().forward(x_next) if self.cfg.double else out
         return q_next, mean_q(chooser, k).argmax(axis=1)  # (B,)
 
@@ -327,7 +332,7 @@ class Learner:
             y = self.targets(batch)  # (B,)
         rows = np.arange(len(y))
         out = self.online.train().forward(self._input("obs", batch.obs))  # (B, A) or (B, A*K)
-        q = out.reshape(len(out), -1, k) if k else out  # (B, A) or (B, A, K)
+        q = per_action(out, k)  # (B, A) or (B, A, K)
         q_taken = q[rows, batch.actions]  # (B,) or (B, K)
         if k:  # a sample's quantile loss is its priority (Rainbow: its distributional loss)
             value = self.loss.forward(q_taken, y, y_weights, batch.weights)

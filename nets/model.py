@@ -1,6 +1,5 @@
 """Sequential models and their files: save a model with its architecture, load it back from the file alone."""
 import json
-
 import math
 
 import numpy as np

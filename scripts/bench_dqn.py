@@ -9,9 +9,10 @@ the split within one run, not the absolute figures.
 """
 import json
 import os
-import sys
 import tempfile
 import warnings
+
+from scripts.common import fail
 
 PARTS = ("act", "env", "replay_add", "replay_sample", "update", "eval", "other")
 
@@ -85,8 +86,7 @@ def main(args):
         cfg = make_config(args.game, args.warmup, args.steps, args.num_envs, args.dueling, args.seed,
                           args.prioritized, args.quantiles, args.target_epsilon)
     except ValueError as e:  # a bad flag value or an unknown game: one line, exit 2
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
+        fail(str(e).splitlines()[0])
     print(f"DQN on {args.game}: {args.warmup} warm-up steps, then {args.steps} with learning on "
           f"(OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}; shared machine: trust the split)")
     rows = run(cfg)

@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from scripts.common import fail
+
 
 def add_arguments(parser):
     parser.add_argument("--game", default="pong")
@@ -70,8 +72,7 @@ def main(args):
     try:
         cfg = pg.resolved(pg.Config(game=args.game, num_envs=args.num_envs, seed=args.seed, **extra))
     except ValueError as e:  # a bad flag value or an unknown game: one line, exit 2
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
+        fail(str(e).splitlines()[0])
     if args.steps < cfg.batch_steps:
         print(f"error: --steps {args.steps} is less than one update's batch ({cfg.batch_steps} steps)",
               file=sys.stderr)
