@@ -90,6 +90,8 @@ class Config:
     # 0: the greedy max of Q-learning (Nature, CleanRL). eval_epsilon values a play that survives random moves
     eval_every: int = 100_000  # agent steps between evaluations on whole games (0: never)
     eval_episodes: int = 10  # games per evaluation
+    eval_sticky: str = "auto"  # the evaluation games' protocol: auto (the training one), true (ALE v5 sticky
+    # actions) or false (NoFrameskip-v4), like SB3's separate eval env: train with sticky, score without
     life_loss_terminal: bool = True  # a lost life is terminal for the learner; the game goes on (DeepMind)
     log_every: int = 10_000  # agent steps between "update" reports (loss, mean Q, epsilon, time split)
     max_bad_updates: int = 5  # stop after this many NaN/inf updates in a row
@@ -128,6 +130,8 @@ def resolved(cfg):
     if not 0.0 <= cfg.priority_alpha <= 1.0 or not 0.0 <= cfg.priority_beta <= 1.0 or cfg.priority_beta_steps < 0:
         raise ValueError(f"priority_alpha and priority_beta must be in [0, 1] and priority_beta_steps >= 0, got "
                          f"{cfg.priority_alpha}, {cfg.priority_beta}, {cfg.priority_beta_steps}")
+    if cfg.eval_sticky not in ("auto", "true", "false"):
+        raise ValueError(f"eval_sticky must be auto, true or false, got {cfg.eval_sticky!r}")
     if cfg.prioritized and cfg.workers > 0:
         raise ValueError("prioritized replay runs in the single-process loop only: use --workers 0")
     if not 0.0 < cfg.tau <= 1.0 or not cfg.lr > 0 or not math.isfinite(cfg.lr_end):
@@ -465,7 +469,8 @@ def evaluate_now(cfg, agent, eval_log, step):
     from agents.evaluation import evaluate
     player = QAgent(agent.model, agent.env, agent.n_actions, agent.obs_scale, cfg.eval_epsilon,
                     seed=10_000_000 + cfg.seed, quantiles=cfg.quantiles)
-    summary = evaluate(player, cfg.eval_episodes, seed=10_000_000 + 1000 * cfg.seed, sticky=cfg.sticky)
+    sticky = cfg.sticky if cfg.eval_sticky == "auto" else cfg.eval_sticky == "true"
+    summary = evaluate(player, cfg.eval_episodes, seed=10_000_000 + 1000 * cfg.seed, sticky=sticky)
     eval_log.append(step, summary)
     return {k: summary[k] for k in ("mean_return", "std_return", "episodes")}
 

@@ -82,6 +82,7 @@ case(M, "--run-dir", "{run}", says="already holds a run")
 case(M, "--init", "{pong}", "--hidden", "64", says="does not fit")
 case(M, "--total-steps", "ten", says="--total-steps")
 case(M, "--agent", "dqn", "--game", "CartPole-v1", "--quantiles", "-1", says="quantiles")
+case(M, "--agent", "dqn", "--game", "CartPole-v1", "--eval-sticky", "maybe", says="eval_sticky")
 case(M, "--bogus-flag", says="unrecognized")
 M = "scripts.evaluate"
 case(M, "/nonexistent.npz", says="no such file")

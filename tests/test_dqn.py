@@ -382,6 +382,28 @@ def test_quantile_run_from_the_command_line_and_its_init_rules(tmp_path):
         assert not os.path.exists(tmp_path / f"bad{other}")
 
 
+@pytest.mark.parametrize("setting, trained, evaluated", [("auto", True, True), ("auto", False, False),
+                                                          ("false", True, False), ("true", False, True)])
+def test_eval_sticky_picks_the_protocol_of_the_evaluation_games(monkeypatch, setting, trained, evaluated):
+    """--eval-sticky false scores a run that trains with sticky actions on NoFrameskip-v4 (issue 5's
+    protocol) in eval.csv; auto keeps the training protocol."""
+    import agents.evaluation
+    played, logged = [], []
+
+    def fake_evaluate(player, episodes, seed, sticky):
+        played.append((episodes, sticky))
+        return {"mean_return": 1.0, "std_return": 0.0, "episodes": episodes}
+
+    monkeypatch.setattr(agents.evaluation, "evaluate", fake_evaluate)
+    cfg = dqn.resolved(dqn.Config(game="pong", sticky=trained, eval_sticky=setting, eval_episodes=3))
+    agent = type("Agent", (), dict(model=None, env={}, n_actions=6, obs_scale=1.0))()
+    log = type("Log", (), dict(append=lambda self, step, summary: logged.append(step)))()
+    dqn.evaluate_now(cfg, agent, log, 100)
+    assert played == [(3, evaluated)] and logged == [100]
+    with pytest.raises(ValueError, match="eval_sticky"):
+        dqn.resolved(dqn.Config(game="pong", eval_sticky="yes please"))
+
+
 @pytest.mark.parametrize("quantiles", [50, 200])
 def test_atari_quantile_network_saves_and_loads(tmp_path, quantiles):
     """The Pong QR-DQN (Nature trunk, dueling head, K quantiles of 6 actions) is not mistaken for a
