@@ -8,7 +8,6 @@ not the absolute figures.
 """
 import json
 import os
-import sys
 import tempfile
 import time
 
@@ -74,15 +73,11 @@ def main(args):
     except ValueError as e:  # a bad flag value or an unknown game: one line, exit 2
         fail(str(e).splitlines()[0])
     if args.steps < cfg.batch_steps:
-        print(f"error: --steps {args.steps} is less than one update's batch ({cfg.batch_steps} steps)",
-              file=sys.stderr)
-        return 2
+        fail(f"--steps {args.steps} is less than one update's batch ({cfg.batch_steps} steps)")
     raw = raw_env_speed(cfg, args.steps)
     train = training_speed(cfg, args.steps)
     if train is None:
-        print(f"error: --steps {args.steps} gave fewer than two updates to time between: use more",
-              file=sys.stderr)
-        return 2
+        fail(f"--steps {args.steps} gave fewer than two updates to time between: use more")
     rows = [{"name": f"env only ({cfg.num_envs} envs, random actions)", "steps_per_s": round(raw, 1)},
             {"name": f"pg training ({cfg.num_envs} envs)", "steps_per_s": round(train, 1)}]
     for r in rows:
