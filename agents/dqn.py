@@ -168,6 +168,24 @@ def build_q_network(obs_shape, n_actions, network, hidden, dueling, rng, quantil
     return Sequential(*trunk, *head)
 
 
+def init_weights(init, cfg):
+    """An --init checkpoint's (models, header) -> the weights for this run's network. A plain DQN file
+    (one value per action) starts a QR network with every quantile of an action at that action's
+    Q-value: the head's last layer's columns repeated K times, action-major, so the run starts out
+    playing exactly as the file does and the quantile loss spreads them from there."""
+    state = init[0]["model"].state_dict()
+    config = init[1].get("config") if isinstance(init[1].get("config"), dict) else {}
+    saved = int(config.get("quantiles", 0) or 0)
+    if saved == cfg.quantiles:
+        return state
+    if saved:
+        raise ValueError(f"a network with {saved} quantiles cannot start one with {cfg.quantiles}")
+    last = str(max(int(key.split(".")[0]) for key in state))
+    return {key: np.repeat(value, cfg.quantiles, axis=-1)
+            if key.split(".")[0] == last and key.split(".")[1] in ("W", "b", "Wv2", "bv2", "Wa2", "ba2") else value
+            for key, value in state.items()}
+
+
 def network_input(obs, obs_scale, out=None):
     """(N, *obs) in the env's dtype -> float32 for the network; uint8 frames are scaled by 1/255 here."""
     if out is None:
@@ -521,8 +539,8 @@ def train(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
                    quantiles=cfg.quantiles)
     buffer = make_buffer(cfg, obs_shape, obs_space.dtype, rng)
     if init is not None:
-        learner.online.load_state_dict(init[0]["model"].state_dict())
-        learner.target.load_state_dict(init[0]["model"].state_dict())
+        learner.online.load_state_dict(init_weights(init, cfg))
+        learner.target.load_state_dict(init_weights(init, cfg))
     if resume is not None:
         models, header, rest = resume
         learner.restore(models, header, rest)

@@ -81,6 +81,9 @@ def network_from_checkpoint(module, cfg, args, header, path):
         if name not in saved or not hasattr(cfg, name):
             continue
         given = getattr(args, name, None)
+        if name == "quantiles" and given and not saved[name]:
+            changes[name] = given  # a plain DQN file starts a QR network (agents.dqn.init_weights)
+            continue
         if given is not None and given != saved[name] and not (name == "head" and given == "auto"):
             raise UsageError(f"--{name} {given} does not fit {path}, whose network has {name} {saved[name]}")
         changes[name] = saved[name]

@@ -361,7 +361,8 @@ def test_train_resume_and_evaluate_scripts(tmp_path):
 
 def test_quantile_run_from_the_command_line_and_its_init_rules(tmp_path):
     """--quantiles K trains QR-DQN; its checkpoint plays through agents.load and scripts.evaluate;
-    --init from it keeps K (it shapes the network), and a different K is a one-line error."""
+    --init from it keeps K (it shapes the network), and a different K is a one-line error; a plain
+    DQN file starts a run with --quantiles K."""
     ckpt = str(tmp_path / "qr" / "checkpoint.npz")
     small = ["--agent", "dqn", "--game", "CartPole-v1", "--learning-starts", "500", "--buffer-size", "5000",
              "--eval-every", "0", "--quiet"]
@@ -375,6 +376,10 @@ def test_quantile_run_from_the_command_line_and_its_init_rules(tmp_path):
     with open(tmp_path / "again" / "config.json") as f:
         config = json.load(f)["config"]
     assert (config["quantiles"], config["hidden"]) == (4, 16)
+    script("scripts.train", *small, "--total-steps", "600", "--hidden", "16", "--run-dir", str(tmp_path / "plain"))
+    script("scripts.train", *small, "--total-steps", "600", "--init", str(tmp_path / "plain" / "checkpoint.npz"),
+           "--quantiles", "4", "--run-dir", str(tmp_path / "widened"))  # a plain file starts a QR network
+    assert agents.load(str(tmp_path / "widened" / "checkpoint.npz")).quantiles == 4
     for other in ("0", "8"):
         proc = subprocess.run([sys.executable, "-m", "scripts.train", *small, "--init", ckpt, "--quantiles", other,
                                "--run-dir", str(tmp_path / f"bad{other}")], cwd=ROOT, capture_output=True, text=True)
@@ -402,6 +407,27 @@ def test_eval_sticky_picks_the_protocol_of_the_evaluation_games(monkeypatch, set
     assert played == [(3, evaluated)] and logged == [100]
     with pytest.raises(ValueError, match="eval_sticky"):
         dqn.resolved(dqn.Config(game="pong", eval_sticky="yes please"))
+
+
+@pytest.mark.parametrize("dueling", [True, False])
+def test_a_plain_dqn_file_starts_a_quantile_network_that_plays_as_it_did(dueling):
+    """init_weights: every quantile of an action starts at the plain network's Q-value for it, so
+    Q (the mean), the greedy action and each quantile match the file; other sizes are refused."""
+    rng = np.random.default_rng(3)
+    plain = dqn.build_q_network((4,), 3, "mlp", 16, dueling, rng)
+    header = {"config": {"quantiles": 0}}
+    cfg = dqn.resolved(dqn.Config(game="CartPole-v1", hidden=16, dueling=dueling, quantiles=5))
+    qr = dqn.build_q_network((4,), 3, "mlp", 16, dueling, rng, quantiles=5)
+    qr.load_state_dict(dqn.init_weights(({"model": plain}, header), cfg))
+    x = rng.standard_normal((6, 4)).astype(np.float32)
+    q = plain.forward(x)
+    atoms = dqn.per_action(qr.forward(x), 5)  # (6, 3, 5)
+    np.testing.assert_allclose(atoms, np.repeat(q[:, :, None], 5, axis=2), rtol=1e-5, atol=1e-6)
+    assert np.array_equal(dqn.mean_q(qr.forward(x), 5).argmax(axis=1), q.argmax(axis=1))
+    same = dqn.init_weights(({"model": plain}, header), dataclasses.replace(cfg, quantiles=0))
+    assert all(np.array_equal(same[k], v) for k, v in plain.state_dict().items())
+    with pytest.raises(ValueError, match="quantiles"):
+        dqn.init_weights(({"model": qr}, {"config": {"quantiles": 5}}), dataclasses.replace(cfg, quantiles=8))
 
 
 @pytest.mark.parametrize("quantiles", [50, 200])
