@@ -159,8 +159,9 @@ def train_dqn(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
     replay = SharedReplay([ReplayBuffer(cfg.buffer_size // cfg.workers, space.shape, space.dtype, cfg.num_envs,
                                         stack, cfg.n_step, cfg.gamma, rng) for _ in range(cfg.workers)], rng)
     if init is not None:
-        learner.online.load_state_dict(dqn.init_weights(init, cfg))
-        learner.target.load_state_dict(dqn.init_weights(init, cfg))
+        weights = dqn.init_weights(init, cfg)
+        learner.online.load_state_dict(weights)
+        learner.target.load_state_dict(weights)
     if resume is not None:
         learner.restore(*resume)
         rng.bit_generator.state = resume[1]["rng"]

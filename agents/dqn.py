@@ -539,8 +539,9 @@ def train(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
                    quantiles=cfg.quantiles)
     buffer = make_buffer(cfg, obs_shape, obs_space.dtype, rng)
     if init is not None:
-        learner.online.load_state_dict(init_weights(init, cfg))
-        learner.target.load_state_dict(init_weights(init, cfg))
+        weights = init_weights(init, cfg)
+        learner.online.load_state_dict(weights)
+        learner.target.load_state_dict(weights)
     if resume is not None:
         models, header, rest = resume
         learner.restore(models, header, rest)
