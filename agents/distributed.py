@@ -171,7 +171,7 @@ class PGWorker:
 class EvalWorker:
     """Plays whole games with a checkpoint sent as bytes (every machine reads the same file)."""
 
-    def __init__(self, checkpoint_bytes, sticky, greedy):
+    def __init__(self, checkpoint_bytes, sticky, greedy, epsilon=None):
         import agents
         from agents.evaluation import play_rule
         with tempfile.TemporaryDirectory() as tmp:
@@ -179,7 +179,7 @@ class EvalWorker:
             with open(path, "wb") as f:
                 f.write(checkpoint_bytes)
             self.agent = agents.load(path)
-        self.sticky, self.explore = sticky, play_rule(self.agent, greedy)
+        self.sticky, self.explore = sticky, play_rule(self.agent, greedy, epsilon)
 
     def play(self, k, seed):
         from agents.evaluation import make_eval_env, play_game
@@ -372,9 +372,10 @@ def shut_down(ray, fleet, started):
 
 # ----------------------------------------------------------------------------- evaluation
 
-def evaluate(path, episodes, seed=0, sticky=True, greedy=False, workers=2, ray_address="", on_game=None):
+def evaluate(path, episodes, seed=0, sticky=True, greedy=False, workers=2, ray_address="", on_game=None,
+             epsilon=None):
     """agents.evaluation.evaluate's games and summary, played on `workers` actors that each load the
-    checkpoint from its bytes (see the module's note on randomness); greedy as in
+    checkpoint from its bytes (see the module's note on randomness); greedy and epsilon as in
     agents.evaluation.play_rule. on_game(k, return, length) is called in game order."""
     with open(path, "rb") as f:
         blob = f.read()
@@ -382,7 +383,7 @@ def evaluate(path, episodes, seed=0, sticky=True, greedy=False, workers=2, ray_a
     fleet = None
     try:
         blob_ref = ray.put(blob)
-        fleet = Fleet(ray, EvalWorker, lambda i, g: (blob_ref, sticky, greedy), min(workers, episodes))
+        fleet = Fleet(ray, EvalWorker, lambda i, g: (blob_ref, sticky, greedy, epsilon), min(workers, episodes))
         todo = list(range(episodes))[::-1]
         running = {}  # actor index -> game index
         for i in range(len(fleet.actors)):

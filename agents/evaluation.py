@@ -31,12 +31,21 @@ def play_game(agent, env, seed, explore=False, recorder=None, max_steps=200_000,
     return total, length
 
 
-def play_rule(agent, greedy=False):
+def play_rule(agent, greedy=False, epsilon=None):
     """Set a loaded agent up for evaluation games; returns the `explore` flag its act() takes there.
 
     A policy-gradient agent samples from its policy, or with greedy takes the most likely action.
-    A DQN agent is epsilon-greedy at its eval_epsilon (the protocol, Nature's 0.05), or with greedy
-    takes the argmax every step: eval_epsilon 0, SB3's deterministic evaluation."""
+    A DQN agent is epsilon-greedy at its eval_epsilon (the protocol, Nature's 0.05), at `epsilon`
+    when given (0.01: the final exploration SB3's zoo and CleanRL's training curves score at), or
+    with greedy takes the argmax every step: eval_epsilon 0, SB3's deterministic evaluation."""
+    if epsilon is not None:
+        if agent.kind != "dqn":
+            raise ValueError(f"an epsilon is for a DQN agent's random moves, not a {agent.kind} agent's")
+        if greedy:
+            raise ValueError("greedy play has no random moves: give greedy or an epsilon, not both")
+        if not 0.0 <= float(epsilon) <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
+        agent.eval_epsilon = float(epsilon)
     if agent.kind == "pg":
         return not greedy
     if greedy:
@@ -87,14 +96,20 @@ def evaluate(agent, episodes, seed=0, sticky=True, explore=False, on_game=None, 
             "mean_length": float(np.mean(lengths)), "returns": returns}
 
 
-# Published scores a shipped card sets its own beside. Random and human play: the Atari-57 table of
-# van Hasselt et al. (2016) and Wang et al. (2016), which DQN Zoo uses for human-normalized scores;
-# Nature DQN: Mnih et al. (2015), 50M agent steps, epsilon 0.05. The Pong rows after it are the ones
-# issue 5 names (CleanRL's dqn_atari and the SB3 zoo, both NoFrameskip-v4 after 10M steps).
+# Published scores a shipped card sets its own beside, each with the epsilon its games were played at.
+# Random and human play: the Atari-57 table of van Hasselt et al. (2016) and Wang et al. (2016), which
+# DQN Zoo uses for human-normalized scores; Nature DQN: Mnih et al. (2015), 50M agent steps, epsilon
+# 0.05. The Pong rows after it: CleanRL's dqn_atari after 10M steps (20.25 in its docs is the training
+# curve's last episodes, played at its final exploration 0.01; the model card of the run it ships,
+# cleanrl/PongNoFrameskip-v4-dqn_atari-seed1, reports 17.80 from its dqn_eval at epsilon 0.05) and
+# the SB3 zoo's DQN after 10M steps (rl_zoo3 plays Atari stochastically: exploration_final_eps 0.01).
+# All NoFrameskip-v4, without sticky actions.
 REFERENCE_SCORES = {
-    "ALE/Pong-v5": {"random": -20.7, "human": 14.6, "Nature DQN (50M steps)": 18.9,
-                    "CleanRL dqn_atari (10M steps)": 20.25, "SB3 zoo DQN (10M steps)": 20.6},
-    "ALE/Breakout-v5": {"random": 1.7, "human": 30.5, "Nature DQN (50M steps)": 401.2},
+    "ALE/Pong-v5": {"random": -20.7, "human": 14.6, "Nature DQN (50M steps, epsilon 0.05)": 18.9,
+                    "CleanRL dqn_atari (10M steps, its evaluation at epsilon 0.05)": 17.8,
+                    "CleanRL dqn_atari (10M steps, training games at epsilon 0.01)": 20.25,
+                    "SB3 zoo DQN (10M steps, epsilon 0.01)": 20.6},
+    "ALE/Breakout-v5": {"random": 1.7, "human": 30.5, "Nature DQN (50M steps, epsilon 0.05)": 401.2},
 }
 
 

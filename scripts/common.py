@@ -57,6 +57,23 @@ def add_greedy_flag(parser):
                              "where the agent never serves, as Breakout can, runs to ALE's 108,000-frame cap)")
 
 
+def add_epsilon_flag(parser):
+    """--epsilon of the scripts that score or show a DQN checkpoint (agents.evaluation.play_rule)."""
+    parser.add_argument("--epsilon", type=float, default=None, metavar="E",
+                        help="DQN: a random move with probability E each step instead of the checkpoint's "
+                             "evaluation epsilon (Nature's 0.05); 0.01 is the final exploration that SB3's "
+                             "zoo evaluates Atari DQN at and CleanRL's training curves report")
+
+
+def play_rule_from_flags(agent, args):
+    """agents.evaluation.play_rule with --greedy and --epsilon; a bad combination is a UsageError."""
+    from agents.evaluation import play_rule
+    try:
+        return play_rule(agent, args.greedy, args.epsilon)
+    except ValueError as e:
+        raise UsageError(f"--epsilon: {e}") from None
+
+
 def add_config_flags(parser, cls, skip=()):
     """One --flag per dataclass field (underscores become dashes), defaulting to None = unchanged."""
     group = parser.add_argument_group(f"{cls.__module__.split('.')[-1]} settings")

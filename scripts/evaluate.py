@@ -6,8 +6,8 @@ import json
 import os
 import sys
 
-from scripts.common import (Parser, UsageError, add_greedy_flag, check_record_dir, check_workers, fail,
-                            load_agent)
+from scripts.common import (Parser, UsageError, add_epsilon_flag, add_greedy_flag, check_record_dir,
+                            check_workers, fail, load_agent, play_rule_from_flags)
 
 
 def build_parser():
@@ -19,6 +19,7 @@ def build_parser():
                    help="NoFrameskip-v4 protocol (no sticky actions) instead of ALE v5's")
     p.add_argument("--record", metavar="DIR", help="save every game as a recording in DIR")
     add_greedy_flag(p)
+    add_epsilon_flag(p)
     p.add_argument("--workers", type=int, default=0,
                    help="spread the games over N Ray actors (needs the distributed extra)")
     p.add_argument("--ray-address", default="", help="with --workers: join this Ray cluster (default: a local Ray)")
@@ -34,23 +35,23 @@ def main(argv=None):
         if args.workers and args.record:
             raise UsageError("--record writes the games where they are played: drop --workers to record")
         agent = load_agent(args.checkpoint, args.seed)
+        explore = play_rule_from_flags(agent, args)
         if args.record:
             check_record_dir(agent, args.record)
             os.makedirs(args.record, exist_ok=True)
     except UsageError as e:
         fail(str(e))
-    from agents.evaluation import action_rule, evaluate, play_rule
+    from agents.evaluation import action_rule, evaluate
 
     def row(k, ret, length):
         print(f"game {k + 1:3d}  seed {args.seed + k:6d}  return {ret:7.1f}  length {length:6d}", flush=True)
 
-    explore = play_rule(agent, args.greedy)
     if args.workers:
         from agents import distributed
         try:
             summary = distributed.evaluate(args.checkpoint, args.episodes, seed=args.seed, sticky=not args.no_sticky,
-                                           greedy=args.greedy, workers=args.workers, ray_address=args.ray_address,
-                                           on_game=row)
+                                           greedy=args.greedy, epsilon=args.epsilon, workers=args.workers,
+                                           ray_address=args.ray_address, on_game=row)
         except distributed.WorkerError as e:
             fail(str(e))
     else:

@@ -18,6 +18,16 @@ import tempfile
 from scripts.common import Parser, UsageError, check_workers, fail, load_agent
 
 CHECKPOINTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints")
+# The final exploration SB3's zoo evaluates its Atari DQN at (rl_zoo3's enjoy plays Atari stochastically:
+# exploration_final_eps) and CleanRL's dqn_atari training curves are played at.
+SB3_EPSILON = 0.01
+
+
+def play_rules(agent):
+    """(greedy, epsilon) of each row a card reports, the first the one that decides a ship."""
+    if agent.kind == "pg":
+        return [(False, None), (True, None)]
+    return [(False, None)] + ([(False, SB3_EPSILON)] if agent.eval_epsilon != SB3_EPSILON else [])
 
 
 def build_parser():
@@ -87,23 +97,26 @@ def comparison(results, old_scores, trained):
     return protocol, new_scores[protocol], None
 
 
-def references(env_id, result):
-    """Markdown lines setting the agent's score beside the published ones, [] for other games."""
+def references(env_id, scored):
+    """Markdown lines setting the agent's scores (results on one protocol) beside the published ones,
+    [] for other games."""
     from agents.evaluation import REFERENCE_SCORES, human_normalized
     ref = REFERENCE_SCORES.get(env_id)
     if ref is None:
         return []
-    score = result["mean_return"]
     lines = ["## Against published scores", "",
              "Random and human play from the Atari-57 table of van Hasselt et al. (2016), the one DQN Zoo "
-             "normalizes by; Nature DQN from Mnih et al. (2015). Human-normalized: 100 * (score - random) / "
-             "(human - random).", "",
+             "normalizes by; Nature DQN from Mnih et al. (2015); each published agent's row says at which epsilon "
+             "its games were played (`agents/evaluation.py` names the sources). Human-normalized: 100 * "
+             "(score - random) / (human - random).", "",
              f"| {env_id} | mean return | human-normalized |", "|---|---|---|"]
     for who, value in ref.items():
         lines.append(f"| {who} | {value:g} | {human_normalized(env_id, value):.0f}% |")
-    lines += [f"| **this agent** ({result['protocol']}, {result['episodes']} games) | **{score:.2f}** | "
-              f"**{human_normalized(env_id, score):.0f}%** |", ""]
-    return lines
+    for r in scored:
+        score = r["mean_return"]
+        lines.append(f"| **this agent** ({r['protocol']}, {r['actions']}, {r['episodes']} games) | **{score:.2f}** | "
+                     f"**{human_normalized(env_id, score):.0f}%** |")
+    return lines + [""]
 
 
 def init_record(config):
@@ -179,12 +192,13 @@ def card(name, config, header, results, curve_name, seed, workers=0, scored=None
              f"checkpoints/{name}.npz --episodes {results[0]['episodes']} --seed {seed}"
              f"{f' --workers {workers}' if workers else ''}` (`--no-sticky` for NoFrameskip-v4, `--greedy` for the "
              "best action every step: a policy-gradient agent's most likely one, DQN's argmax without the "
-             "evaluation epsilon's random moves)"
+             f"evaluation epsilon's random moves; `--epsilon {SB3_EPSILON:g}` for DQN's random moves at SB3's zoo's "
+             "final exploration)"
              + (". With workers each game draws its random actions from its own seed, so it differs from the "
                 "same game played without them" if workers else "") + ":", ""]
     for r in results:
         lines += ["```json", json.dumps(r), "```", ""]
-    lines += references(header["env"]["env_id"], scored or results[0])
+    lines += references(header["env"]["env_id"], scored or results[:1])
     lines += ["## Learning curve", "", f"![learning curve]({curve_name})", ""]
     if init:
         lines[-1:-1] = ["", "The curve is of the last run, the one continued from the `--init` weights."]
@@ -229,23 +243,24 @@ def main(argv=None):
     results = []
     # a policy-gradient agent is scored sampling its actions (the policy it learned, and what the
     # comparison with a shipped card uses) and also taking the most likely one (SB3's deterministic
-    # evaluation), on the same seeds. DQN only at its evaluation epsilon: its greedy games can stall
-    # (Breakout waits for a FIRE until ALE's 108,000-frame cap); `scripts.evaluate --greedy` has them
+    # evaluation), on the same seeds. DQN at its evaluation epsilon (Nature's 0.05, the comparison's)
+    # and at SB3_EPSILON, not greedy: its greedy games can stall (Breakout waits for a FIRE until
+    # ALE's 108,000-frame cap); `scripts.evaluate --greedy` has them
     def row(k, ret, length):
         print(f"game {k + 1:3d}  return {ret:6.1f}  length {length}", file=sys.stderr, flush=True)
 
     trained = agent.env.get("protocol")
     for sticky in ([True, False] if args.no_sticky or trained == "v4-nosticky" else [True]):
-        for greedy in ((False, True) if agent.kind == "pg" else (False,)):
+        for greedy, epsilon in play_rules(agent):
             # a freshly seeded agent for each row, as `scripts.evaluate --seed` starts with: each JSON
             # line on the card is then exactly what that command prints, whichever rows came before
             fresh = load_agent(staged, args.seed)
-            explore = play_rule(fresh, greedy)
+            explore = play_rule(fresh, greedy, epsilon)
             if args.workers:
                 from agents import distributed
                 try:
                     summary = distributed.evaluate(staged, args.episodes, seed=args.seed, sticky=sticky,
-                                                   greedy=greedy, workers=args.workers,
+                                                   greedy=greedy, epsilon=epsilon, workers=args.workers,
                                                    ray_address=args.ray_address, on_game=row)
                 except distributed.WorkerError as e:
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -273,7 +288,7 @@ def main(argv=None):
         os.replace(os.path.join(tmp, curve_name), os.path.join(args.out_dir, curve_name))
     os.replace(staged, os.path.join(args.out_dir, f"{args.name}.npz"))
     with open(os.path.join(tmp, "card.md"), "w") as f:
-        scored = next(r for r in results if r["protocol"] == protocol)
+        scored = [r for r in results if r["protocol"] == protocol]
         f.write(card(args.name, config, header, results, curve_name, args.seed, args.workers, scored, earlier))
     os.replace(os.path.join(tmp, "card.md"), card_path)
     shutil.rmtree(tmp, ignore_errors=True)

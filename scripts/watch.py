@@ -5,7 +5,7 @@ checkpoints/pong-dqn.npz, the one whose model card (checkpoints/<name>.md) repor
 return on the protocol it trained on, the one it is watched on (a card without scripts.ship's
 evaluation JSON: its "mean return: X"); without cards, pong-pg first. Game k is seeded seed+k and the agent acts
 as in scripts.evaluate (policy gradient samples and DQN is epsilon-greedy at the evaluation epsilon,
-unless --greedy), on the protocol it was trained on unless --sticky says otherwise.
+unless --greedy or --epsilon), on the protocol it was trained on unless --sticky says otherwise.
 
 Keys: Space pause, Right one step while paused, + and - speed, R start and stop recording, Esc or Q quit.
 Recording keeps the whole current game (the recorder logs every game from its reset): R saves
@@ -24,8 +24,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from scripts.common import (Parser, UsageError, add_greedy_flag, check_record_dir, fail, load_agent,  # noqa: E402
-                            parse_bool)
+from scripts.common import (Parser, UsageError, add_epsilon_flag, add_greedy_flag, check_record_dir,  # noqa: E402
+                            fail, load_agent, parse_bool, play_rule_from_flags)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHIPPED = ("pong-pg", "pong-dqn")  # preference order when the model cards do not decide
@@ -46,6 +46,7 @@ def build_parser():
     p.add_argument("--sticky", type=parse_bool, default=None, metavar="{true,false}",
                    help="sticky actions (default: the protocol the checkpoint was trained on)")
     add_greedy_flag(p)
+    add_epsilon_flag(p)
     return p
 
 
@@ -212,6 +213,7 @@ def main(argv=None, *, max_frames=None, keys=None, on_frame=None):
             raise UsageError(f"--scale must be 1 to 8, got {args.scale}")
         path = args.checkpoint or shipped_checkpoint()
         agent = load_agent(path, args.seed)
+        explore = play_rule_from_flags(agent, args)
         if args.record:
             check_record_dir(agent, args.record)
         from scripts.viewer import NoDisplayError, Viewer, check_display, run
@@ -227,8 +229,6 @@ def main(argv=None, *, max_frames=None, keys=None, on_frame=None):
         print(f"game {k + 1:3d}  seed {seed:6d}  return {ret:7.1f}  length {length:6d}", flush=True)
 
     sticky = args.sticky if args.sticky is not None else agent.env.get("repeat_action_probability", 0.0) > 0
-    from agents.evaluation import play_rule
-    explore = play_rule(agent, args.greedy)
     session = WatchSession(agent, args.episodes, args.seed, sticky, explore, args.record,
                            recording=bool(args.record), on_game=row)
     scale = args.scale or (3 if session.atari else 1)

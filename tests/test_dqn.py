@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -65,6 +66,32 @@ def test_greedy_play_takes_the_argmax_every_step():
         actions, q = agent.act(obs, explore)
         assert not explore and action_rule(agent, explore) == ("greedy" if greedy else "epsilon-greedy 1")
         assert (actions == q.argmax(axis=1)).mean() == (1.0 if greedy else pytest.approx(1 / 3, abs=0.1))
+
+
+def test_play_rule_sets_the_evaluation_epsilon_of_a_dqn_agent_only():
+    """play_rule(epsilon=e) replaces the checkpoint's evaluation epsilon; 0 is greedy play. Greedy and an
+    epsilon together, an epsilon out of [0, 1], and an epsilon for a policy-gradient agent are refused."""
+    rng = np.random.default_rng(0)
+    model = dqn.build_q_network((4,), 3, "mlp", 16, True, rng).eval()
+    obs = rng.standard_normal((3000, 4)).astype(np.float32)
+    for eps, random_share in ((0.6, 0.6), (0.0, 0.0)):
+        agent = dqn.QAgent(model, {}, 3, 1.0, eval_epsilon=0.05, seed=2)
+        explore = play_rule(agent, epsilon=eps)
+        actions, q = agent.act(obs, explore)
+        assert action_rule(agent, explore) == (f"epsilon-greedy {eps:g}" if eps else "greedy")
+        # a random move is the argmax a third of the time: 1 - 2/3 of the moves leave it
+        assert (actions != q.argmax(axis=1)).mean() == pytest.approx(random_share * 2 / 3, abs=0.03)
+    agent = dqn.QAgent(model, {}, 3, 1.0, eval_epsilon=0.05)
+    for kwargs, says in (({"greedy": True, "epsilon": 0.1}, "not both"), ({"epsilon": 1.5}, "[0, 1]"),
+                         ({"epsilon": -0.1}, "[0, 1]")):
+        with pytest.raises(ValueError, match=re.escape(says)):
+            play_rule(agent, **kwargs)
+    assert agent.eval_epsilon == 0.05  # a refused epsilon changes nothing
+
+    class PolicyAgent:
+        kind = "pg"
+    with pytest.raises(ValueError, match="DQN agent"):
+        play_rule(PolicyAgent(), epsilon=0.05)
 
 
 def mlp_learner(**changes):
@@ -351,12 +378,31 @@ def test_train_resume_and_evaluate_scripts(tmp_path):
         by_hand.append(total)
     assert greedy["actions"] == "greedy"
     assert (greedy["min_return"], greedy["max_return"]) == (min(by_hand), max(by_hand))
-    # scripts.ship scores a DQN agent at its evaluation epsilon only: each row what scripts.evaluate prints
+    # --epsilon 0 plays those greedy games; --epsilon 1 makes every move random, and says so
+    for eps, says, same in (("0", "greedy", True), ("1", "epsilon-greedy 1", False)):
+        proc = script("scripts.evaluate", os.path.join(run_dir, "checkpoint.npz"), "--episodes", "2", "--seed", "7",
+                      "--epsilon", eps)
+        played = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert played["actions"] == says
+        assert ((played["min_return"], played["max_return"]) == (min(by_hand), max(by_hand))) == same
+    for bad, says in ((["--epsilon", "2"], "[0, 1]"), (["--greedy", "--epsilon", "0.1"], "not both")):
+        proc = subprocess.run([sys.executable, "-m", "scripts.evaluate", os.path.join(run_dir, "checkpoint.npz"),
+                               *bad], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    # scripts.ship scores a DQN agent at its evaluation epsilon, then at SB3's zoo's 0.01: each row what
+    # scripts.evaluate prints (the shipped file is the run's checkpoint, exported for playing)
     proc = script("scripts.ship", run_dir, "--name", "cp", "--episodes", "2", "--seed", "7", "--out-dir",
                   str(tmp_path / "shipped"))
     rows = [json.loads(line) for line in proc.stdout.strip().splitlines()]
-    assert [r["actions"] for r in rows] == [result["actions"]] and "`--greedy` for the best action" in \
-        (tmp_path / "shipped" / "cp.md").read_text()
+    assert [r["actions"] for r in rows] == [result["actions"], "epsilon-greedy 0.01"]
+    text = (tmp_path / "shipped" / "cp.md").read_text()
+    assert "`--greedy` for the best action" in text and "`--epsilon 0.01`" in text
+    for extra, shipped in (([], rows[0]), (["--epsilon", "0.01"], rows[1])):
+        proc = script("scripts.evaluate", str(tmp_path / "shipped" / "cp.npz"), "--episodes", "2", "--seed", "7",
+                      *extra)
+        again = json.loads(proc.stdout.strip().splitlines()[-1])
+        del again["checkpoint"], shipped["checkpoint"]
+        assert again == shipped
 
 
 def test_quantile_run_from_the_command_line_and_its_init_rules(tmp_path):

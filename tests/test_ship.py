@@ -86,10 +86,19 @@ def test_a_breakout_card_sets_its_score_beside_random_human_and_nature_dqn():
     assert human_normalized("ALE/Breakout-v5", 1.7) == 0.0
     assert abs(human_normalized("ALE/Breakout-v5", 30.5) - 100.0) < 1e-9
     assert human_normalized("CartPole-v1", 100.0) is None
-    text = "\n".join(references("ALE/Breakout-v5", {"protocol": "v4-nosticky", "episodes": 30, "mean_return": 16.1}))
+    rows = [{"protocol": "v4-nosticky", "actions": f"epsilon-greedy {eps}", "episodes": 30, "mean_return": score}
+            for eps, score in (("0.05", 16.1), ("0.01", 30.5))]
+    text = "\n".join(references("ALE/Breakout-v5", rows))
     assert "| random | 1.7 | 0% |" in text and "| human | 30.5 | 100% |" in text and "401.2" in text
-    assert "**16.10**" in text and "**50%**" in text
-    assert references("CartPole-v1", {"protocol": "gymnasium", "episodes": 2, "mean_return": 9.0}) == []
+    # one row of the agent's per way of playing, each saying how it played
+    assert "| **this agent** (v4-nosticky, epsilon-greedy 0.05, 30 games) | **16.10** | **50%** |" in text
+    assert "| **this agent** (v4-nosticky, epsilon-greedy 0.01, 30 games) | **30.50** | **100%** |" in text
+    # the published Pong figures say at which epsilon their games were played
+    pong = "\n".join(references("ALE/Pong-v5", rows[:1]))
+    assert all(f"| {who} |" in pong for who in ("Nature DQN (50M steps, epsilon 0.05)",
+                                                 "SB3 zoo DQN (10M steps, epsilon 0.01)"))
+    assert references("CartPole-v1", [{"protocol": "gymnasium", "actions": "sampled", "episodes": 2,
+                                       "mean_return": 9.0}]) == []
 
 
 def test_a_run_continued_with_init_ships_a_card_that_counts_all_its_training(tmp_path):
