@@ -19,6 +19,9 @@ def load(path, seed=0):
         elif kind == "dqn":
             from agents.dqn import QAgent
             agent = QAgent.from_checkpoint(models, header, seed)
+        elif kind == "ppo":
+            from agents.ppo import PPOAgent
+            agent = PPOAgent.from_checkpoint(models, header, seed)
         else:
             raise CheckpointError(f"{path}: unknown agent {kind!r}")
     except (KeyError, TypeError, ValueError) as e:

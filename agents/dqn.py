@@ -40,10 +40,10 @@ import numpy as np
 
 import envs
 from agents.replay import ReplayBuffer
+from agents.run import EvalLog, NumericalError
 from nets import Adam, Conv2d, DuelingHead, Flatten, Huber, Linear, QuantileHuber, ReLU, RMSProp, Sequential
 
 HIDDEN_FLAGS = ()
-EVAL_FIELDS = ["step", "mean_return", "std_return", "episodes", "wall_seconds"]
 
 
 @dataclasses.dataclass
@@ -422,10 +422,6 @@ class Learner:
             t += self.cfg.tau * p
 
 
-class NumericalError(RuntimeError):
-    """Training produced NaN/inf too many times in a row; the checkpoint was not overwritten."""
-
-
 # ----------------------------------------------------------------------------- the loop's helpers
 
 def final_observations(info, next_obs, ended):
@@ -452,33 +448,6 @@ class Stopwatch:
         now = time.perf_counter()
         self.totals[name] = self.totals.get(name, 0.0) + now - self.last
         self.last = now
-
-
-class EvalLog:
-    """eval.csv in the run dir: one row per evaluation."""
-
-    def __init__(self, run):
-        self.path = os.path.join(run.dir, "eval.csv")
-        self.run = run
-
-    def start(self, resumed_step):
-        """Create the file, or on resume drop rows written after the checkpoint."""
-        rows = [EVAL_FIELDS]
-        if os.path.exists(self.path):
-            with open(self.path, newline="") as f:
-                old = list(csv.reader(f))
-            rows += [r for r in old[1:] if r and r[0].isdigit() and int(r[0]) <= resumed_step]
-        with open(self.path, "w", newline="") as f:
-            csv.writer(f).writerows(rows)
-
-    def append(self, step, summary):
-        row = [step, f"{summary['mean_return']:.4f}", f"{summary['std_return']:.4f}", summary["episodes"],
-               f"{self.run.wall_seconds():.1f}"]
-        try:
-            with open(self.path, "a", newline="") as f:
-                csv.writer(f).writerow(row)
-        except OSError as e:
-            self.run.message(f"could not append to {self.path}: {e.strerror or e}")
 
 
 def evaluate_now(cfg, agent, eval_log, step):

@@ -46,7 +46,7 @@ def play_rule(agent, greedy=False, epsilon=None):
         if not 0.0 <= float(epsilon) <= 1.0:
             raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
         agent.eval_epsilon = float(epsilon)
-    if agent.kind == "pg":
+    if agent.kind in ("pg", "ppo"):
         return not greedy
     if greedy:
         agent.eval_epsilon = 0.0
@@ -56,7 +56,7 @@ def play_rule(agent, greedy=False, epsilon=None):
 def action_rule(agent, explore):
     """How the agent picks its actions in these games, for the report: a policy gradient agent
     samples from its policy or takes the most likely action; DQN is epsilon-greedy (greedy at 0)."""
-    if agent.kind == "pg":
+    if agent.kind in ("pg", "ppo"):
         return "sampled" if explore else "greedy"
     eps = agent.epsilon if explore else agent.eval_epsilon
     return f"epsilon-greedy {eps:g}" if eps > 0 else "greedy"

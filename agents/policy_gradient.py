@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 import envs
+from agents.run import NumericalError
 from nets import Adam, BCEWithLogits, Linear, ReLU, RMSProp, Sequential, SoftmaxCrossEntropy, softmax
 from nets.layers import sigmoid
 
@@ -205,10 +206,6 @@ class Learner:
         self.opt.load_state_dict(header.get("optim", {"t": 0}),
                                  {k[6:]: v for k, v in rest.items() if k.startswith("optim.")})
         self.opt.lr = self.cfg.lr  # the run's config rules: `--resume RUN --lr X` changes it
-
-
-class NumericalError(RuntimeError):
-    """Training produced NaN/inf too many times in a row; the checkpoint was not overwritten."""
 
 
 def checkpoint_header(cfg, obs_shape, n_actions, rng):

@@ -25,6 +25,11 @@ from nets.npzfile import atomic_write, read_npz, read_npz_header, write_npz
 AGENT_FORMAT = "grok-arcade.agent"
 AGENT_FORMAT_VERSION = 1
 PROGRESS_FIELDS = ["step", "episode", "return", "length", "running_mean", "wall_seconds"]
+EVAL_FIELDS = ["step", "mean_return", "std_return", "episodes", "wall_seconds"]
+
+
+class NumericalError(RuntimeError):
+    """Training produced NaN/inf too many times in a row; the checkpoint was not overwritten."""
 
 
 def versions():
@@ -308,6 +313,33 @@ class Run:
         if self.stop_requested:  # a second Ctrl-C: stop at once
             raise KeyboardInterrupt
         self.stop_requested = True
+
+
+class EvalLog:
+    """eval.csv in the run dir: one row per evaluation."""
+
+    def __init__(self, run):
+        self.path = os.path.join(run.dir, "eval.csv")
+        self.run = run
+
+    def start(self, resumed_step):
+        """Create the file, or on resume drop rows written after the checkpoint."""
+        rows = [EVAL_FIELDS]
+        if os.path.exists(self.path):
+            with open(self.path, newline="") as f:
+                old = list(csv.reader(f))
+            rows += [r for r in old[1:] if r and r[0].isdigit() and int(r[0]) <= resumed_step]
+        with open(self.path, "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+
+    def append(self, step, summary):
+        row = [step, f"{summary['mean_return']:.4f}", f"{summary['std_return']:.4f}", summary["episodes"],
+               f"{self.run.wall_seconds():.1f}"]
+        try:
+            with open(self.path, "a", newline="") as f:
+                csv.writer(f).writerow(row)
+        except OSError as e:
+            self.run.message(f"could not append to {self.path}: {e.strerror or e}")
 
 
 def config_dict(cfg):

@@ -4,14 +4,14 @@ from nets.conv import Conv2d, MaxPool2d
 from nets.recurrent import RNN, LSTM
 from nets.losses import MSE, Huber, QuantileHuber, SoftmaxCrossEntropy, BCEWithLogits, softmax, log_softmax
 from nets.optim import SGD, RMSProp, Adam, clip_grad_norm
-from nets.model import Sequential, CheckpointError, save, load, build
+from nets.model import Sequential, Parallel, CheckpointError, save, load, build
 
 __all__ = [
     "Layer", "Linear", "Flatten", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Dropout", "Embedding",
     "Conv2d", "MaxPool2d", "RNN", "LSTM",
     "MSE", "Huber", "QuantileHuber", "SoftmaxCrossEntropy", "BCEWithLogits", "softmax", "log_softmax",
     "SGD", "RMSProp", "Adam", "clip_grad_norm",
-    "Sequential", "CheckpointError", "save", "load", "build",
+    "Sequential", "Parallel", "CheckpointError", "save", "load", "build",
 ]
 from nets.dueling import DuelingHead
 __all__ += ["DuelingHead"]

@@ -95,6 +95,28 @@ class Sequential(Layer):
         return f"Sequential(\n  {inner}\n)"
 
 
+class Parallel(Sequential):
+    """Branches that read the same input side by side; their outputs are concatenated on axis 1,
+    so (N, a) and (N, b) give (N, a + b). PPO's actor and critic towers on classic tasks are one."""
+
+    def spec(self):
+        return {"type": "Parallel", "layers": [layer_spec(layer) for layer in self.layers]}
+
+    def forward(self, x):
+        outs = [branch.forward(x) for branch in self.layers]  # [(N, k_i)]
+        self.widths = [o.shape[1] for o in outs]
+        return np.concatenate(outs, axis=1)  # (N, sum k_i)
+
+    def backward(self, dy):
+        dx, start = None, 0
+        for branch, width in zip(self.layers, self.widths):
+            d = branch.backward(dy[:, start:start + width])
+            start += width
+            if d is not None:
+                dx = d if dx is None else dx + d
+        return dx
+
+
 def layer_spec(layer):
     if isinstance(layer, Sequential):
         return layer.spec()
@@ -106,11 +128,12 @@ def build(spec, dtype=np.float32, _budget=None):
     budget = [MAX_MODEL_SIZE] if _budget is None else _budget
     if not isinstance(spec, dict) or "type" not in spec:
         raise ValueError("model spec must be an object with a 'type'")
-    if spec["type"] == "Sequential":
+    if spec["type"] in ("Sequential", "Parallel"):
         layers = spec.get("layers")
         if not isinstance(layers, list):
-            raise ValueError("Sequential spec needs a list of layers")
-        return Sequential(*[build(s, dtype, budget) for s in layers], dtype=dtype)
+            raise ValueError(f"{spec['type']} spec needs a list of layers")
+        cls = Sequential if spec["type"] == "Sequential" else Parallel
+        return cls(*[build(s, dtype, budget) for s in layers], dtype=dtype)
     cls = layer_types().get(spec["type"])
     if cls is None:
         raise ValueError(f"unknown layer type {spec['type']!r}")

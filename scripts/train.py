@@ -14,7 +14,7 @@ import time
 
 from scripts.common import Parser, UsageError, add_config_flags, check_workers, config_from_args, fail
 
-AGENTS = {"pg": "agents.policy_gradient", "dqn": "agents.dqn"}
+AGENTS = {"pg": "agents.policy_gradient", "dqn": "agents.dqn", "ppo": "agents.ppo"}
 
 
 def agent_module(name):

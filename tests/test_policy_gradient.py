@@ -138,7 +138,7 @@ def test_train_resume_and_evaluate_scripts(tmp_path):
 @pytest.mark.parametrize("args, words", [
     (["scripts.train", "--game", "pongg"], "did you mean pong"),
     (["scripts.train", "--lr", "abc"], "--lr"),
-    (["scripts.train", "--agent", "ppo"], "unknown agent"),
+    (["scripts.train", "--agent", "a2c"], "unknown agent"),
     (["scripts.train", "--resume", "/nonexistent/run"], "no such run dir"),
     (["scripts.train", "--init", "/nonexistent.npz"], "no such file"),
     (["scripts.train", "--num-envs", "0"], "num_envs"),

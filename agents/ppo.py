@@ -1,0 +1,453 @@
+"""PPO (Schulman et al. 2017) on the nets/ stack: CleanRL's ppo_atari, one readable file.
+
+One network with a shared torso ends in a Linear whose first A outputs are the policy's logits and
+whose last output is the value estimate (the two heads of CleanRL's Agent, in one matrix). Each
+round the vector env plays num_steps steps; GAE(lambda) turns rewards and values into advantages;
+then `epochs` passes of shuffled minibatches minimize the clipped surrogate, the (clipped) value
+loss and minus the entropy bonus, with advantages normalized per minibatch, the gradient's global
+norm clipped and the learning rate annealed linearly to 0 over the run's total_steps.
+
+Atari runs full games on the deepmind preset (ale-py's AtariVectorEnv), with DeepMind's episodic
+life done here as in agents/dqn.py: a lost life ends the learner's episode (no bootstrap, no
+advantage across it) while the game goes on, so progress.csv holds whole-game scores. Rewards are
+clipped to [-1, 1] for learning (CleanRL's ClipRewardEnv); a time-limit truncation bootstraps from
+the value of the episode's real last observation (info["final_obs"]).
+"""
+import dataclasses
+import math
+import time
+
+import numpy as np
+
+import envs
+from agents.evaluation import evaluate
+from agents.run import EvalLog, NumericalError
+from nets import Adam, Conv2d, Flatten, Linear, Parallel, ReLU, Sequential, Tanh, log_softmax, softmax
+from nets.init import orthogonal_init
+
+__all__ = ["Config", "resolved", "train", "PPOAgent", "NumericalError"]
+
+
+@dataclasses.dataclass
+class Config:
+    agent: str = "ppo"  # which algorithm (fixed)
+    game: str = "pong"  # short name or env id
+    preset: str = ""  # deepmind (Atari) or classic (CartPole-v1, ...); empty: by game
+    sticky: bool = True  # ALE v5 sticky actions (0.25), the default protocol; False: NoFrameskip-v4
+    seed: int = 0  # seeds the network, action sampling, minibatch order and the envs
+    total_steps: int = 0  # stop after this many agent steps; the learning rate anneals to 0 over them (0: no limit)
+    hours: float = 0.0  # stop after this many hours of wall clock (0: no limit)
+    num_envs: int = 8  # envs stepped together (CleanRL ppo_atari: 8; ppo on CartPole: 4)
+    num_steps: int = 128  # steps per env in each rollout (CleanRL: 128)
+    network: str = "auto"  # nature (Nature DQN's torso), small (Mnih et al. 2013's: conv 16 8x8/4, conv 32
+    # 4x4/2, 256) or mlp (classic tasks); auto: small on Atari, mlp on classic
+    hidden: int = 0  # units of the last hidden layer; 0: 512 nature, 256 small, 64 mlp (CleanRL)
+    lr: float = 2.5e-4  # Adam's learning rate at step 0 (CleanRL: 2.5e-4)
+    anneal_lr: bool = True  # anneal the learning rate linearly to 0 over total_steps (CleanRL)
+    adam_eps: float = 1e-5  # Adam's epsilon (CleanRL, from OpenAI baselines)
+    gamma: float = 0.99  # discount (CleanRL)
+    gae_lambda: float = 0.95  # GAE's lambda (CleanRL)
+    epochs: int = 4  # passes over each rollout (CleanRL update_epochs: 4)
+    minibatches: int = 4  # minibatches per pass (CleanRL: 4; 8 envs x 128 steps -> 256 a minibatch)
+    clip: float = 0.1  # surrogate clipping epsilon (CleanRL ppo_atari: 0.1; ppo on CartPole: 0.2)
+    clip_vloss: bool = True  # clip the value update around the rollout's values as well (CleanRL: on)
+    ent_coef: float = 0.01  # entropy bonus (CleanRL: 0.01)
+    vf_coef: float = 0.5  # value loss weight (CleanRL: 0.5)
+    max_grad_norm: float = 0.5  # clip the gradient's global norm (CleanRL: 0.5)
+    norm_adv: bool = True  # normalize advantages in each minibatch (CleanRL)
+    target_kl: float = 0.0  # stop a round's epochs early once the approximate KL passes this (0: never; CleanRL: off)
+    life_loss_terminal: bool = True  # a lost life ends the learner's episode; the game goes on (CleanRL's EpisodicLife)
+    eval_every: int = 0  # agent steps between evaluations on whole games into eval.csv (0: never)
+    eval_episodes: int = 5  # games per evaluation
+    max_bad_updates: int = 5  # stop after this many NaN/inf minibatch updates in a row
+    checkpoint_minutes: float = 5.0  # write checkpoint.npz this often (at the end of a round)
+    keep_snapshots: int = 0  # also keep the playing weights of the last K saves in snapshots/ (ship --average)
+    workers: int = 0  # Ray actors stepping the envs: not built for PPO yet (0: all in this process)
+    ray_address: str = ""  # with workers: join this Ray cluster
+
+
+def resolved(cfg):
+    """Config with derived values filled in (preset, network, hidden); ValueError on bad values."""
+    env_id = envs.resolve(cfg.game)
+    preset = cfg.preset or ("deepmind" if envs.atari.is_atari(env_id) else "classic")
+    if preset not in ("deepmind", "classic"):
+        raise ValueError(f"ppo needs the deepmind preset on Atari or classic on control tasks, got {preset!r}")
+    envs.env_spec(env_id, preset, cfg.sticky)  # raises on a preset that does not fit the game
+    network = cfg.network if cfg.network != "auto" else ("small" if preset == "deepmind" else "mlp")
+    if network not in ("nature", "small", "mlp") or (network == "mlp") != (preset == "classic"):
+        raise ValueError(f"network must be auto, nature or small (deepmind preset) or mlp (classic), got {cfg.network!r}")
+    hidden = cfg.hidden or {"nature": 512, "small": 256, "mlp": 64}[network]
+    for name in ("num_envs", "num_steps", "epochs", "minibatches", "eval_episodes", "max_bad_updates"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    for name in ("total_steps", "hours", "eval_every", "keep_snapshots", "ent_coef", "vf_coef", "max_grad_norm",
+                 "target_kl", "checkpoint_minutes"):
+        if not getattr(cfg, name) >= 0 or not math.isfinite(getattr(cfg, name)):
+            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    if (cfg.num_envs * cfg.num_steps) % cfg.minibatches:
+        raise ValueError(f"num_envs x num_steps ({cfg.num_envs * cfg.num_steps}) must split into "
+                         f"{cfg.minibatches} equal minibatches")
+    for name in ("gamma", "gae_lambda"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
+    if not 0.0 < cfg.clip < 1.0 or not cfg.lr > 0 or not math.isfinite(cfg.lr) or not cfg.adam_eps > 0:
+        raise ValueError(f"clip must be in (0, 1), lr and adam_eps > 0, got {cfg.clip}, {cfg.lr}, {cfg.adam_eps}")
+    if cfg.workers:
+        raise ValueError("--workers is not built for ppo yet: its envs run in this process (use --num-envs)")
+    return dataclasses.replace(cfg, preset=preset, network=network, hidden=hidden)
+
+
+# ----------------------------------------------------------------------------- the network
+
+def build_network(obs_shape, n_actions, network, hidden, rng):
+    """(N, *obs) -> (N, n_actions + 1): the logits, then the value. On Atari a shared conv torso ends
+    in one Linear holding both heads; on classic tasks an actor and a critic MLP run side by side
+    (CleanRL's ppo.py: sharing a small torso, the value loss swamped the policy's gradient on
+    CartPole here). Orthogonal init as CleanRL's layer_init: gain sqrt(2) in the torsos, 0.01 on
+    the policy's outputs (a near-uniform first policy), 1 on the value's."""
+    if network == "mlp":  # CleanRL's ppo.py: separate actor and critic towers, side by side
+        features = int(np.prod(obs_shape))
+        towers = []
+        for out, gain in ((n_actions, 0.01), (1, 1.0)):
+            layers = [Linear(features, hidden, input_grad=False, rng=rng), Tanh(), Linear(hidden, hidden, rng=rng),
+                      Tanh(), Linear(hidden, out, rng=rng)]
+            for layer, g in zip(layers[::2], (math.sqrt(2.0), math.sqrt(2.0), gain)):
+                orthogonal_init(layer, g, rng=rng)
+            towers.append(Sequential(*layers))
+        return Sequential(Parallel(*towers))
+    c, h, w = obs_shape
+    convs = ((32, 8, 4), (64, 4, 2), (64, 3, 1)) if network == "nature" else ((16, 8, 4), (32, 4, 2))
+    torso = []
+    for i, (out, k, s) in enumerate(convs):
+        torso += [Conv2d(c, out, k, stride=s, input_grad=i > 0, rng=rng), ReLU()]  # no dx for the data
+        c, h, w = out, (h - k) // s + 1, (w - k) // s + 1
+    torso += [Flatten(), Linear(c * h * w, hidden, rng=rng), ReLU()]
+    for layer in torso:
+        if "W" in layer.params:
+            orthogonal_init(layer, math.sqrt(2.0), rng=rng)
+    head = Linear(hidden, n_actions + 1, rng=rng)
+    orthogonal_init(head, 1.0, rng=rng)
+    head.params["W"][:, :n_actions] *= 0.01  # the policy's columns: CleanRL's std 0.01
+    return Sequential(*torso, head)
+
+
+def network_input(obs, obs_scale):
+    """(N, *obs) in the env's dtype -> float32; uint8 frames are scaled by 1/255 here."""
+    return np.multiply(obs, np.float32(obs_scale), dtype=np.float32)
+
+
+def policy_and_value(model, obs, obs_scale):
+    """(N, *obs) -> logits (N, A), values (N,)."""
+    out = model.forward(network_input(obs, obs_scale))  # (N, A+1)
+    return out[:, :-1], out[:, -1]
+
+
+def sample_actions(logits, rng):
+    """One action per row by the Gumbel-max trick: argmax(logits + Gumbel noise) ~ softmax(logits)."""
+    u = rng.random(logits.shape, dtype=np.float32)  # (N, A)
+    return np.argmax(logits - np.log(-np.log(u + 1e-20) + 1e-20), axis=1)
+
+
+# ----------------------------------------------------------------------------- GAE and the loss
+
+def gae(rewards, values, next_values, terminal, boundary, gamma, lam):
+    """Generalized advantage estimation (Schulman et al. 2016) over a (T, N) rollout.
+
+    next_values[t]: the value of the observation after step t in the same episode (the episode's
+    last observation on a truncation); terminal[t]: step t ended the learner's episode for good (no
+    bootstrap); boundary[t]: an episode ended at step t for any reason (terminal, truncated), so no
+    advantage flows back across it. Returns (advantages, returns), each (T, N) float32."""
+    T = len(rewards)
+    adv = np.zeros_like(values, dtype=np.float32)
+    running = np.zeros(values.shape[1:], np.float32)
+    for t in range(T - 1, -1, -1):
+        delta = rewards[t] + gamma * next_values[t] * (1.0 - terminal[t]) - values[t]  # (N,)
+        running = delta + gamma * lam * (1.0 - boundary[t]) * running
+        adv[t] = running
+    return adv, (adv + values).astype(np.float32)
+
+
+def ppo_loss(out, actions, old_logp, adv, returns, old_values, cfg):
+    """The clipped PPO objective on one minibatch; returns (loss, dloss/dout (B, A+1), stats).
+
+    out: (B, A+1) network outputs (logits, value). loss = policy loss - ent_coef * entropy
+    + vf_coef * value loss, each a mean over the minibatch (CleanRL's ppo_atari)."""
+    B = len(actions)
+    rows = np.arange(B)
+    logits, v = out[:, :-1], out[:, -1]  # (B, A), (B,)
+    logp_all = log_softmax(logits)  # (B, A)
+    p = np.exp(logp_all)  # (B, A)
+    logp = logp_all[rows, actions]  # (B,)
+    log_ratio = logp - old_logp
+    ratio = np.exp(log_ratio)  # (B,)
+    if cfg.norm_adv and B > 1:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    surr1 = ratio * adv
+    surr2 = np.clip(ratio, 1.0 - cfg.clip, 1.0 + cfg.clip) * adv
+    pg_loss = -np.mean(np.minimum(surr1, surr2))
+    # d pg_loss / d logp: through the unclipped term wherever it is the smaller one
+    dlogp = np.where(surr1 <= surr2, -adv * ratio, 0.0) / B  # (B,)
+    dlogits = -p * dlogp[:, None]  # d logp[a] / d logits = onehot(a) - p
+    dlogits[rows, actions] += dlogp
+    entropy = -np.sum(p * logp_all, axis=1)  # (B,)
+    # d entropy / d logits_j = -p_j (logp_j + entropy); the bonus enters the loss as -ent_coef * mean
+    dlogits += cfg.ent_coef / B * p * (logp_all + entropy[:, None])
+    if cfg.clip_vloss:
+        v_clipped = old_values + np.clip(v - old_values, -cfg.clip, cfg.clip)
+        loss_unclipped, loss_clipped = (v - returns) ** 2, (v_clipped - returns) ** 2
+        use_unclipped = loss_unclipped >= loss_clipped
+        v_loss = 0.5 * np.mean(np.maximum(loss_unclipped, loss_clipped))
+        inside = np.abs(v - old_values) < cfg.clip  # where the clipped value still moves with v
+        dv = np.where(use_unclipped, v - returns, np.where(inside, v_clipped - returns, 0.0)) / B
+    else:
+        v_loss = 0.5 * np.mean((v - returns) ** 2)
+        dv = (v - returns) / B
+    loss = pg_loss - cfg.ent_coef * float(np.mean(entropy)) + cfg.vf_coef * v_loss
+    dout = np.empty_like(out)
+    dout[:, :-1] = dlogits
+    dout[:, -1] = cfg.vf_coef * dv
+    stats = {"policy_loss": float(pg_loss), "value_loss": float(v_loss), "entropy": float(np.mean(entropy)),
+             "approx_kl": float(np.mean((ratio - 1.0) - log_ratio)),  # Schulman's low-variance estimator
+             "clipfrac": float(np.mean(np.abs(ratio - 1.0) > cfg.clip))}
+    return float(loss), dout.astype(out.dtype, copy=False), stats
+
+
+# ----------------------------------------------------------------------------- acting
+
+class PPOAgent:
+    """A trained policy that acts: act(obs, explore) -> (actions (N,), probabilities (N, A)).
+
+    explore=True samples from the policy (as in training, and rl_zoo3's default on Atari);
+    explore=False takes the most likely action. `values` holds the last call's value estimates."""
+
+    kind = "ppo"
+
+    def __init__(self, model, env, n_actions, obs_scale, seed=0, rng=None):
+        self.model = model
+        self.env = env
+        self.n_actions = int(n_actions)
+        self.obs_scale = float(obs_scale)
+        self.rng = rng if rng is not None else np.random.default_rng(seed)
+        self.values = None
+
+    @classmethod
+    def from_checkpoint(cls, models, header, seed=0):
+        return cls(models["model"].eval(), header["env"], int(header["n_actions"]), float(header["obs_scale"]),
+                   seed=seed)
+
+    def act(self, obs, explore=True):
+        logits, self.values = policy_and_value(self.model, obs, self.obs_scale)
+        actions = sample_actions(logits, self.rng) if explore else logits.argmax(axis=1)
+        return actions, softmax(logits)
+
+
+# ----------------------------------------------------------------------------- learning
+
+class Rollout:
+    """One round of experience, (T, N) per field; obs kept in the env's dtype (uint8 frames)."""
+
+    def __init__(self, T, N, obs_shape, obs_dtype):
+        self.obs = np.zeros((T, N, *obs_shape), obs_dtype)
+        self.actions = np.zeros((T, N), np.int64)
+        self.logp = np.zeros((T, N), np.float32)
+        self.values = np.zeros((T, N), np.float32)
+        self.rewards = np.zeros((T, N), np.float32)
+        self.terminal = np.zeros((T, N), np.float32)  # no bootstrap: game over or a lost life
+        self.boundary = np.zeros((T, N), np.float32)  # any episode end, truncation included
+        self.next_values = np.zeros((T, N), np.float32)  # filled in by finish()
+        self.truncated_values = {}  # (t, i) -> value of the truncated episode's last observation
+
+    def finish(self, last_values):
+        """next_values from the values of the following steps, and the truncated episodes' own."""
+        self.next_values[:-1] = self.values[1:]
+        self.next_values[-1] = last_values
+        for (t, i), v in self.truncated_values.items():
+            self.next_values[t, i] = v
+        self.truncated_values = {}
+
+
+class Learner:
+    """The network, Adam, and the PPO update over a rollout."""
+
+    def __init__(self, cfg, obs_shape, n_actions, obs_scale, rng):
+        self.cfg = cfg
+        self.obs_scale = obs_scale
+        self.n_actions = n_actions
+        self.model = build_network(obs_shape, n_actions, cfg.network, cfg.hidden, rng)
+        self.opt = Adam(self.model, lr=cfg.lr, eps=cfg.adam_eps)
+        self.updates = 0  # rounds of epochs done
+        self.bad_in_a_row = 0
+        self.bad_total = 0
+
+    def lr_at(self, step):
+        """lr, annealed linearly to 0 over total_steps (CleanRL's frac = 1 - update / num_updates)."""
+        if not self.cfg.anneal_lr or not self.cfg.total_steps:
+            return self.cfg.lr
+        return self.cfg.lr * max(1.0 - step / self.cfg.total_steps, 0.0)
+
+    def minibatch_step(self, obs, actions, logp, adv, returns, values):
+        """One gradient step; returns stats, or None when the loss or gradient was NaN/inf (skipped)."""
+        out = self.model.train().forward(network_input(obs, self.obs_scale))  # (B, A+1)
+        loss, dout, stats = ppo_loss(out, actions, logp, adv, returns, values, self.cfg)
+        self.model.backward(dout)
+        grads = [g for _, _, g in self.model.parameters()]
+        norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads))
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            self.bad_in_a_row += 1
+            self.bad_total += 1
+            return None
+        if 0 < self.cfg.max_grad_norm < norm:  # nets.clip_grad_norm, without computing the norm twice
+            for g in grads:
+                g *= self.cfg.max_grad_norm / (norm + 1e-6)
+        self.opt.step()
+        self.bad_in_a_row = 0
+        return {**stats, "loss": loss, "grad_norm": norm}
+
+    def update(self, ro, adv, returns, rng, step, on_bad):
+        """epochs passes of shuffled minibatches over the rollout; returns the mean stats."""
+        cfg = self.cfg
+        self.opt.lr = self.lr_at(step)
+        n = ro.actions.size
+        obs = ro.obs.reshape(n, *ro.obs.shape[2:])  # (T*N, ...)
+        flat = [a.reshape(n) for a in (ro.actions, ro.logp, adv, returns, ro.values)]
+        size = n // cfg.minibatches
+        totals, count, epochs_done = {}, 0, 0
+        for _ in range(cfg.epochs):
+            order = rng.permutation(n)
+            kls = []
+            for start in range(0, n, size):
+                idx = order[start:start + size]
+                stats = self.minibatch_step(obs[idx], *(a[idx] for a in flat))
+                if stats is None:
+                    on_bad(self)
+                    continue
+                kls.append(stats["approx_kl"])
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0.0) + v
+                count += 1
+            epochs_done += 1
+            if cfg.target_kl and kls and np.mean(kls) > cfg.target_kl:
+                break
+        self.model.eval()
+        self.updates += 1
+        metrics = {k: v / max(count, 1) for k, v in totals.items()}
+        var = float(np.var(flat[3]))
+        metrics["explained_variance"] = float("nan") if var == 0 else 1.0 - float(np.var(flat[3] - flat[4])) / var
+        metrics.update(lr=self.opt.lr, epochs=epochs_done, updates=self.updates)
+        return metrics
+
+    def restore(self, models, header, rest):
+        self.model.load_state_dict(models["model"].state_dict())
+        self.opt.load_state_dict(header.get("optim", {"t": 0}),
+                                 {k[6:]: v for k, v in rest.items() if k.startswith("optim.")})
+        self.updates = int(header.get("updates", 0))
+
+    def checkpoint(self):
+        info, opt_arrays = self.opt.state_dict()
+        return ({"model": self.model}, {"updates": self.updates, "optim": info},
+                {f"optim.{k}": v for k, v in opt_arrays.items()})
+
+
+# ----------------------------------------------------------------------------- training
+
+def train(cfg, run, callback=None, init=None, resume=None):
+    """Train until total_steps, hours, or a stop request. cfg: a resolved Config.
+
+    init: (models, header) of a checkpoint to start the weights from; resume: the same for the run's
+    own checkpoint (weights, optimizer, counters and random state). callback(metrics) gets "episode"
+    events after every finished game, "update" after every round and "eval" after evaluations."""
+    rng = np.random.default_rng(cfg.seed)
+    venv = envs.make_vector(cfg.game, cfg.preset, cfg.num_envs, sticky=cfg.sticky, training=False)
+    run.env = venv.grok_spec  # what checkpoints record is the env this run really plays
+    obs_space = venv.single_observation_space
+    obs_shape, n_actions = obs_space.shape, int(venv.single_action_space.n)
+    obs_scale = 1.0 / 255.0 if obs_space.dtype == np.uint8 else 1.0
+    learner = Learner(cfg, obs_shape, n_actions, obs_scale, rng)
+    if init is not None:
+        learner.model.load_state_dict(init[0]["model"].state_dict())
+    if resume is not None:
+        models, header, rest = resume
+        learner.restore(models, header, rest)
+        rng.bit_generator.state = header["rng"]
+        run.restore(header)
+    eval_log = EvalLog(run)
+    eval_log.start(run.step)
+
+    def save(final=False):
+        models, fields, extra = learner.checkpoint()
+        header = {"agent": "ppo", "obs_shape": list(obs_shape), "n_actions": n_actions, "obs_scale": obs_scale,
+                  "rng": rng.bit_generator.state, **fields}
+        return run.save(models, header, extra, final=final)
+
+    def on_bad(lrn):
+        run.message(f"update at step {run.step} produced NaN/inf: skipped "
+                    f"({lrn.bad_in_a_row} in a row, {lrn.bad_total} in all)")
+        if lrn.bad_in_a_row >= cfg.max_bad_updates:
+            raise NumericalError(f"{lrn.bad_in_a_row} updates in a row produced NaN/inf; stopped without "
+                                 f"overwriting {run.checkpoint_path}")
+
+    T, N = cfg.num_steps, cfg.num_envs
+    ro = Rollout(T, N, obs_shape, obs_space.dtype)
+    clip = cfg.preset == "deepmind"  # CleanRL clips Atari rewards to [-1, 1]; classic tasks keep theirs
+    # envs are re-seeded from (seed, step) so a resumed run does not replay the same games
+    obs, info = venv.reset(seed=int(cfg.seed * 1_000_003 + run.step) % (2**31))
+    lives = info.get("lives") if cfg.life_loss_terminal else None
+    game_return, game_length = np.zeros(N), np.zeros(N, np.int64)
+    next_eval = (run.step // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else math.inf
+    deadline = time.monotonic() + cfg.hours * 3600 if cfg.hours > 0 else math.inf
+    model = learner.model.eval()
+    try:
+        while not run.stop_requested:
+            if cfg.total_steps and run.step >= cfg.total_steps or time.monotonic() >= deadline:
+                break
+            started = time.perf_counter()
+            for t in range(T):
+                logits, values = policy_and_value(model, obs, obs_scale)  # (N, A), (N,)
+                actions = sample_actions(logits, rng)
+                ro.obs[t] = obs
+                ro.actions[t], ro.values[t] = actions, values
+                ro.logp[t] = log_softmax(logits)[np.arange(N), actions]
+                obs, rewards, terminated, truncated, info = venv.step(actions)
+                ended = terminated | truncated
+                terminal = terminated.copy()
+                if lives is not None and "lives" in info:
+                    terminal |= (info["lives"] < lives) & ~ended  # a lost life: the game goes on
+                    lives = info["lives"]
+                ro.rewards[t] = np.sign(rewards) if clip else rewards
+                ro.terminal[t], ro.boundary[t] = terminal, terminal | ended
+                for i in np.flatnonzero(truncated & ~terminated):  # bootstrap from the real last observation
+                    _, v = policy_and_value(model, info["final_obs"][i][None], obs_scale)
+                    ro.truncated_values[(t, i)] = float(v[0])
+                run.step += N
+                game_return += rewards
+                game_length += 1
+                for i in np.flatnonzero(ended):
+                    mean = run.log_episode(game_return[i], game_length[i])
+                    if callback:
+                        callback({"event": "episode", "step": run.step, "episode": run.episode,
+                                  "return": float(game_return[i]), "length": int(game_length[i]),
+                                  "running_mean": mean})
+                    game_return[i], game_length[i] = 0.0, 0
+            _, last_values = policy_and_value(model, obs, obs_scale)
+            ro.finish(last_values)
+            adv, returns = gae(ro.rewards, ro.values, ro.next_values, ro.terminal, ro.boundary,
+                               cfg.gamma, cfg.gae_lambda)
+            acted = time.perf_counter()
+            metrics = learner.update(ro, adv, returns, rng, run.step, on_bad)
+            metrics["seconds"] = {"rollout": acted - started, "update": time.perf_counter() - acted}
+            run.log_update(metrics, callback)
+            if run.step >= next_eval:
+                next_eval = (run.step // cfg.eval_every + 1) * cfg.eval_every
+                player = PPOAgent(model, run.env, n_actions, obs_scale, seed=10_000_000 + cfg.seed)
+                summary = evaluate(player, cfg.eval_episodes, seed=10_000_000 + 1000 * cfg.seed, sticky=cfg.sticky,
+                                   explore=True)
+                eval_log.append(run.step, summary)
+                if callback:
+                    callback({"event": "eval", "step": run.step,
+                              **{k: summary[k] for k in ("mean_return", "std_return", "episodes")}})
+            if run.due():
+                save()
+        save(final=True)
+    finally:
+        venv.close()
+    return learner
