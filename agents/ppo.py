@@ -280,7 +280,8 @@ class Learner:
         self.bad_total = 0
 
     def lr_at(self, step):
-        """lr, annealed linearly to 0 over total_steps (CleanRL's frac = 1 - update / num_updates)."""
+        """lr, annealed linearly to 0 over total_steps; step: the agent steps before this round's
+        rollout, so the first round learns at lr (CleanRL's frac = 1 - (update - 1) / num_updates)."""
         if not self.cfg.anneal_lr or not self.cfg.total_steps:
             return self.cfg.lr
         return self.cfg.lr * max(1.0 - step / self.cfg.total_steps, 0.0)
@@ -374,9 +375,16 @@ def train(cfg, run, callback=None, init=None, resume=None):
     eval_log.start(run.step)
 
     def save(final=False):
+        """At the end of a round. Envs that can be saved mid-episode (classic control) are, with the
+        observation in hand and the games' running scores: a resumed run then goes on bit-exactly."""
         models, fields, extra = learner.checkpoint()
         header = {"agent": "ppo", "obs_shape": list(obs_shape), "n_actions": n_actions, "obs_scale": obs_scale,
                   "rng": rng.bit_generator.state, **fields}
+        env_state = envs.atari.vector_state(venv)
+        if env_state is not None:
+            header["env_state"] = env_state
+            extra.update({"envstate.obs": np.asarray(obs), "envstate.game_return": game_return,
+                          "envstate.game_length": game_length})
         return run.save(models, header, extra, final=final)
 
     def on_bad(lrn):
@@ -393,6 +401,14 @@ def train(cfg, run, callback=None, init=None, resume=None):
     obs, info = venv.reset(seed=int(cfg.seed * 1_000_003 + run.step) % (2**31))
     lives = info.get("lives") if cfg.life_loss_terminal else None
     game_return, game_length = np.zeros(N), np.zeros(N, np.int64)
+    if resume is not None and "env_state" in resume[1]:  # the envs go on from where they were saved
+        try:
+            envs.atari.restore_vector_state(venv, resume[1]["env_state"])
+            obs = resume[2]["envstate.obs"].astype(obs.dtype)
+            game_return[:] = resume[2]["envstate.game_return"]
+            game_length[:] = resume[2]["envstate.game_length"]
+        except (KeyError, TypeError, ValueError):
+            run.message("the saved env state does not fit: the resumed run starts new episodes")
     next_eval = (run.step // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else math.inf
     deadline = time.monotonic() + cfg.hours * 3600 if cfg.hours > 0 else math.inf
     model = learner.model.eval()
@@ -433,7 +449,7 @@ def train(cfg, run, callback=None, init=None, resume=None):
             adv, returns = gae(ro.rewards, ro.values, ro.next_values, ro.terminal, ro.boundary,
                                cfg.gamma, cfg.gae_lambda)
             acted = time.perf_counter()
-            metrics = learner.update(ro, adv, returns, rng, run.step, on_bad)
+            metrics = learner.update(ro, adv, returns, rng, run.step - T * N, on_bad)
             metrics["seconds"] = {"rollout": acted - started, "update": time.perf_counter() - acted}
             run.log_update(metrics, callback)
             if run.step >= next_eval:

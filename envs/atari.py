@@ -317,3 +317,42 @@ def make_vector(game, preset=None, num_envs=1, *, seed=None, sticky=True, traini
         venv.reset(seed=int(seed))
         venv.action_space.seed(int(seed))
     return venv
+
+
+# ----------------------------------------------------------------------------- saving envs mid-episode
+
+def vector_state(venv):
+    """What a classic-control vector env needs to go on exactly where it is (JSON-able), or None when
+    the env cannot be saved mid-episode (ale-py's AtariVectorEnv keeps its emulators in C++): a
+    resumed run then starts new games. Per env: the physics state, the step counts and the RNG."""
+    if not isinstance(venv, gym.vector.SyncVectorEnv):
+        return None
+    out = []
+    for env in venv.envs:
+        base = env.unwrapped
+        if not hasattr(base, "state") or not hasattr(base, "steps_beyond_terminated"):
+            return None
+        limit = env
+        while not isinstance(limit, gym.wrappers.TimeLimit) and hasattr(limit, "env"):
+            limit = limit.env
+        out.append({"state": None if base.state is None else np.asarray(base.state, np.float64).tolist(),
+                    "steps_beyond_terminated": base.steps_beyond_terminated,
+                    "elapsed_steps": getattr(limit, "_elapsed_steps", None),
+                    "rng": base.np_random.bit_generator.state})
+    return out
+
+
+def restore_vector_state(venv, saved):
+    """Put a vector env (reset once already) back into a state from vector_state; ValueError if it does not fit."""
+    if not isinstance(venv, gym.vector.SyncVectorEnv) or not isinstance(saved, list) or len(saved) != venv.num_envs:
+        raise ValueError("the saved env state does not fit this vector env")
+    for env, s in zip(venv.envs, saved):
+        base = env.unwrapped
+        base.state = None if s["state"] is None else np.array(s["state"], np.float64)
+        base.steps_beyond_terminated = s["steps_beyond_terminated"]
+        base.np_random.bit_generator.state = s["rng"]
+        limit = env
+        while not isinstance(limit, gym.wrappers.TimeLimit) and hasattr(limit, "env"):
+            limit = limit.env
+        if isinstance(limit, gym.wrappers.TimeLimit):
+            limit._elapsed_steps = s["elapsed_steps"]
