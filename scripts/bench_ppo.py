@@ -1,0 +1,197 @@
+"""python -m scripts.bench ppo: PPO's real rollout + update loop, its envs alone, and PyTorch beside it.
+
+Three measurements in one run, on the same vector env settings: (1) the envs alone, random actions;
+(2) agents.ppo.train for --rounds rounds after one warm-up round (rollout and update seconds come
+from its metrics); (3) where torch is importable, the same loop written with torch (same network
+shape, rollout length, epochs, minibatches, Adam, gradient clipping; GAE is the project's numpy
+function in both), at as many torch threads as OPENBLAS_NUM_THREADS. The last row is the
+numpy/torch time ratio per training step (below 1: numpy is faster). Trust ratios, not seconds.
+"""
+import json
+import math
+import os
+import tempfile
+import time
+import warnings
+
+import numpy as np
+
+from scripts.common import fail
+
+
+def add_arguments(parser):
+    parser.add_argument("--game", default="pong", help="game (default pong; CartPole-v1 times the MLP)")
+    parser.add_argument("--network", default="auto", help="nature, small or mlp (default: the agent's own)")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds timed after a warm-up round (default 4)")
+    parser.add_argument("--num-envs", type=int, default=8, help="envs stepped together (default 8)")
+    parser.add_argument("--num-steps", type=int, default=128, help="steps per env in a rollout (default 128)")
+    parser.add_argument("--epochs", type=int, default=4, help="passes over each rollout (default 4)")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch loop")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def make_config(args):
+    from agents import ppo
+    if args.rounds < 1:
+        raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
+    per_round = args.num_envs * args.num_steps
+    return ppo.resolved(ppo.Config(game=args.game, network=args.network, num_envs=args.num_envs,
+                                   num_steps=args.num_steps, epochs=args.epochs, seed=args.seed,
+                                   total_steps=per_round * (args.rounds + 1), checkpoint_minutes=1e6))
+
+
+def env_steps_per_second(cfg, seconds=3.0):
+    import envs
+    venv = envs.make_vector(cfg.game, cfg.preset, cfg.num_envs, sticky=cfg.sticky, training=False)
+    rng = np.random.default_rng(0)
+    venv.reset(seed=0)
+    n = int(venv.single_action_space.n)
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        venv.step(rng.integers(n, size=cfg.num_envs))
+        steps += cfg.num_envs
+    rate = steps / (time.perf_counter() - start)
+    venv.close()
+    return rate
+
+
+def numpy_loop(cfg):
+    """(seconds per training step, rollout share) of agents.ppo.train, the warm-up round left out."""
+    from agents import ppo
+    from agents.run import Run, config_dict
+    rows = []
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a curve with no finished games
+        run = Run(os.path.join(folder, "run"), config_dict(cfg), {}, cfg.checkpoint_minutes, message=lambda t: None)
+        ppo.train(cfg, run, callback=lambda m: rows.append(m["seconds"]) if m["event"] == "update" else None)
+    timed = rows[1:]
+    rollout = sum(r["rollout"] for r in timed)
+    update = sum(r["update"] for r in timed)
+    steps = len(timed) * cfg.num_envs * cfg.num_steps
+    return (rollout + update) / steps, rollout / steps, update / steps
+
+
+def torch_network(torch, obs_shape, n_actions, network, hidden):
+    nn = torch.nn
+    if network == "mlp":
+        d = int(np.prod(obs_shape))
+
+        class Towers(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.actor = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
+                                           nn.Linear(hidden, n_actions))
+                self.critic = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
+                                            nn.Linear(hidden, 1))
+
+            def forward(self, x):
+                return torch.cat([self.actor(x), self.critic(x)], dim=1)
+        return Towers()
+    c, h, w = obs_shape
+    convs = ((32, 8, 4), (64, 4, 2), (64, 3, 1)) if network == "nature" else ((16, 8, 4), (32, 4, 2))
+    layers = []
+    for out, k, s in convs:
+        layers += [nn.Conv2d(c, out, k, stride=s), nn.ReLU()]
+        c, h, w = out, (h - k) // s + 1, (w - k) // s + 1
+    layers += [nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU(), nn.Linear(hidden, n_actions + 1)]
+    return nn.Sequential(*layers)
+
+
+def torch_loop(cfg, rounds, threads):
+    """The same rollout + update in PyTorch; (seconds per training step, rollout and update shares)."""
+    import torch
+    import envs
+    from agents import ppo
+    torch.set_num_threads(threads)
+    torch.manual_seed(cfg.seed)
+    venv = envs.make_vector(cfg.game, cfg.preset, cfg.num_envs, sticky=cfg.sticky, training=False)
+    space = venv.single_observation_space
+    scale = 1.0 / 255.0 if space.dtype == np.uint8 else 1.0
+    n_actions = int(venv.single_action_space.n)
+    net = torch_network(torch, space.shape, n_actions, cfg.network, cfg.hidden)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+    T, N = cfg.num_steps, cfg.num_envs
+    obs, _ = venv.reset(seed=cfg.seed)
+    buf_obs = np.zeros((T, N, *space.shape), space.dtype)
+    actions, logp, values, rewards, dones = (np.zeros((T, N), d) for d in (np.int64, np.float32, np.float32,
+                                                                          np.float32, np.float32))
+    times = []
+    for _ in range(rounds + 1):
+        start = time.perf_counter()
+        with torch.no_grad():
+            for t in range(T):
+                out = net(torch.from_numpy(np.asarray(obs, np.float32) * np.float32(scale)))
+                dist = torch.distributions.Categorical(logits=out[:, :-1])
+                a = dist.sample()
+                buf_obs[t], actions[t], logp[t], values[t] = obs, a.numpy(), dist.log_prob(a).numpy(), out[:, -1].numpy()
+                obs, r, term, trunc, _ = venv.step(a.numpy())
+                rewards[t], dones[t] = np.sign(r), term | trunc
+            last = net(torch.from_numpy(np.asarray(obs, np.float32) * np.float32(scale)))[:, -1].numpy()
+        next_values = np.concatenate([values[1:], last[None]])
+        adv, returns = ppo.gae(rewards, values, next_values, dones, dones, cfg.gamma, cfg.gae_lambda)
+        acted = time.perf_counter()
+        n = T * N
+        b_obs = torch.from_numpy(buf_obs.reshape(n, *space.shape))
+        b = [torch.from_numpy(x.reshape(n)) for x in (actions, logp, adv, returns, values)]
+        size = n // cfg.minibatches
+        for _ in range(cfg.epochs):
+            order = torch.randperm(n)
+            for s in range(0, n, size):
+                idx = order[s:s + size]
+                out = net(b_obs[idx].float() * scale)
+                dist = torch.distributions.Categorical(logits=out[:, :-1])
+                new_logp = dist.log_prob(b[0][idx])
+                ratio = (new_logp - b[1][idx]).exp()
+                mb_adv = (b[2][idx] - b[2][idx].mean()) / (b[2][idx].std() + 1e-8)
+                pg = torch.max(-mb_adv * ratio, -mb_adv * ratio.clamp(1 - cfg.clip, 1 + cfg.clip)).mean()
+                v = out[:, -1]
+                v_clip = b[4][idx] + (v - b[4][idx]).clamp(-cfg.clip, cfg.clip)
+                v_loss = 0.5 * torch.max((v - b[3][idx]) ** 2, (v_clip - b[3][idx]) ** 2).mean()
+                loss = pg - cfg.ent_coef * dist.entropy().mean() + cfg.vf_coef * v_loss
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm)
+                opt.step()
+        times.append((acted - start, time.perf_counter() - acted))
+    venv.close()
+    timed = times[1:]
+    steps = len(timed) * T * N
+    rollout, update = sum(t[0] for t in timed), sum(t[1] for t in timed)
+    return (rollout + update) / steps, rollout / steps, update / steps
+
+
+def main(args):
+    try:
+        cfg = make_config(args)
+    except ValueError as e:
+        fail(str(e).splitlines()[0])
+    threads = int(os.environ.get("OPENBLAS_NUM_THREADS", "0") or 0) or os.cpu_count()
+    print(f"PPO on {cfg.game} ({cfg.network} network, {cfg.num_envs} envs x {cfg.num_steps} steps, {cfg.epochs} "
+          f"epochs of {cfg.minibatches} minibatches), {args.rounds} rounds timed; BLAS threads {threads}")
+    rows = [{"name": "envs alone, random actions", "steps_per_s": round(env_steps_per_second(cfg), 1)}]
+    total, rollout, update = numpy_loop(cfg)
+    rows.append({"name": "numpy PPO training", "steps_per_s": round(1 / total, 1),
+                 "rollout_ms_per_step": round(1e3 * rollout, 3), "update_ms_per_step": round(1e3 * update, 3)})
+    torch_total = None
+    if not args.no_torch:
+        try:
+            import torch  # noqa: F401  optional: only this comparison needs it
+        except ImportError:
+            print("  (torch is not installed: no PyTorch comparison)")
+        else:
+            torch_total, t_rollout, t_update = torch_loop(cfg, args.rounds, threads)
+            rows.append({"name": "PyTorch PPO training", "steps_per_s": round(1 / torch_total, 1),
+                         "rollout_ms_per_step": round(1e3 * t_rollout, 3),
+                         "update_ms_per_step": round(1e3 * t_update, 3)})
+    for row in rows:
+        extra = ""
+        if "rollout_ms_per_step" in row:
+            extra = f"   rollout {row['rollout_ms_per_step']:.3f} ms/step, update {row['update_ms_per_step']:.3f} ms/step"
+        print(f"  {row['name']:<28} {row['steps_per_s']:>9,.1f} steps/s{extra}")
+    ratio = None
+    if torch_total:
+        ratio = round(total / torch_total, 3)
+        print(f"  numpy/torch time per training step: {ratio:.2f}")
+    print(json.dumps({"bench": "ppo", "game": cfg.game, "network": cfg.network, "threads": threads, "rows": rows,
+                      "numpy_over_torch": ratio if ratio is None or math.isfinite(ratio) else None}))
+    return 0
