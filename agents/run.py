@@ -10,7 +10,6 @@ import io
 import json
 import math
 import os
-import platform
 import re
 import signal
 import sys
@@ -19,22 +18,18 @@ from collections import deque
 
 import numpy as np
 
-from nets.model import CheckpointError, check_header, model_from_arrays, package_versions
-from nets.npzfile import atomic_write, read_npz, read_npz_header, write_npz
+from nets.model import CheckpointError, check_header, model_from_arrays
+from nets.npzfile import atomic_write, read_npz, read_npz_header, versions, write_npz
 
 AGENT_FORMAT = "grok-arcade.agent"
 AGENT_FORMAT_VERSION = 1
 PROGRESS_FIELDS = ["step", "episode", "return", "length", "running_mean", "wall_seconds"]
 EVAL_FIELDS = ["step", "mean_return", "std_return", "episodes", "wall_seconds"]
+PACKAGES = ("grok-arcade", "gymnasium", "ale-py")  # whose versions checkpoints and run dirs record
 
 
 class NumericalError(RuntimeError):
     """Training produced NaN/inf too many times in a row; the checkpoint was not overwritten."""
-
-
-def versions():
-    return {"python": platform.python_version(),
-            **package_versions("grok-arcade", "gymnasium", "ale-py")}
 
 
 def write_text_atomic(path, text):
@@ -51,7 +46,7 @@ def save_checkpoint(path, models, header, extra_arrays=None):
     main = models["model"]
     full = {"format": AGENT_FORMAT, "version": AGENT_FORMAT_VERSION,
             "architecture": main.spec(), "dtype": str(main.dtype),
-            "models": sorted(models), "versions": versions(), **header}
+            "models": sorted(models), "versions": versions(*PACKAGES), **header}
     write_npz(path, arrays, full)
 
 
@@ -130,7 +125,7 @@ class Run:
         kept by every resume, so a shipped agent's card counts the training its weights started from."""
         now = time.strftime("%Y-%m-%dT%H:%M:%S")
         threads = os.environ.get("OPENBLAS_NUM_THREADS")  # as scripts.train set it, or as inherited
-        record = {"config": self.config, "env": self.env, "versions": versions(),
+        record = {"config": self.config, "env": self.env, "versions": versions(*PACKAGES),
                   "command": sys.argv, "blas_threads": threads, "started": now, "resumes": []}
         if init is not None:
             record["init"] = init

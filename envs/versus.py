@@ -87,17 +87,6 @@ def available():
     return True
 
 
-def versions():
-    from importlib import metadata
-    found = {"ale_py": ale_py.__version__, "numpy": np.__version__}
-    for name in ("pettingzoo", "multi-agent-ale-py", "gymnasium"):
-        try:
-            found[name.replace("-", "_")] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name.replace("-", "_")] = None
-    return found
-
-
 # ----------------------------------------------------------------------------- mirroring
 
 _GRAY_SWAP = np.arange(256, dtype=np.uint8)
