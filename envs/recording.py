@@ -1,48 +1,37 @@
 """Recorded games: one .npz per game that replays frame for frame, checked by a CRC32 per screen.
 
-Where the recording sits. A Recorder attaches a small gym.Wrapper right above the base ALE env,
-under every preset wrapper (`envs.make(game, preset, recorder=rec)` puts it there). So it logs what
-the emulator itself was given and showed: the raw action index of each base step (karpathy's action
-0, "up", arrives as ALE action 2, RIGHT), the raw unclipped reward, and the RGB screen after reset
-and after every step. For the deepmind preset the base env runs at frameskip=1 and AtariPreprocessing
-steps it 4 times per agent step; its no-op starts, and with training=True the FIRE presses and
-life-loss no-ops, are base steps too. Every one is in the recording, one entry per emulator frame,
-so replay needs no preset: it makes the base env with the recorded id and kwargs, resets it with the
-recorded seed and steps the recorded actions. Sticky actions (v5) come from the ALE's own RNG, which
-reset(seed=...) reseeds, so the same seed and actions repeat them exactly. Only single envs are
-recorded: make_vector's emulators step inside ale-py's C++ AtariVectorEnv, out of a wrapper's reach.
-
-One game runs from one base reset to the next, and every game is seeded: when a wrapper resets
-without a seed (each game after the first), the recorder passes one drawn from a generator seeded
-by the first seed it saw. So every game replays alone; the first game plays exactly as it would
-unrecorded, later games get different (still reproducible) seeds.
-
-File (FORMAT, VERSION): an .npz read without pickle, written atomically, with
-  header (JSON, stored as uint8 array "__header__"): format, version, env_id, env_kwargs (every kwarg
-      of gym.make but render_mode), preset, spec (envs.env_spec of the wrapped env, or null),
-      protocol, sticky, repeat_action_probability, versions {ale_py, gymnasium, numpy, grok_arcade},
-      seed, player ("human" or a checkpoint name), length (base steps), return, ended_at (first step
-      that terminated or truncated, or null), end ("terminated", "truncated" or null), frames
-      (bool), frame_shape, data_crc32 (of the three arrays below, to catch edits), created (UTC time)
-  actions       (length,)    uint8    raw ALE action index of each base step
-  rewards       (length,)    float64  raw reward of each base step
-  screen_crc32  (length+1,)  uint32   zlib.crc32 of the RGB screen after reset, then after each step
-  frames_zlib   (bytes,)     uint8    only with frames=True: one zlib stream of every screen XOR the
-                                      one before (the first against zeros): about 160 bytes a frame
-Step numbers in messages count base steps: step 0 is the screen after reset, step i the screen after
-the i-th action.
+A Recorder attaches a small gym.Wrapper right above the base ALE env, under every preset wrapper
+(`envs.make(game, preset, recorder=rec)` puts it there), so it logs what the emulator itself was given
+and showed: the raw action index of each base step (karpathy's "up" arrives as ALE action 2, RIGHT;
+the deepmind preset's frames, no-op starts and training FIRE presses are base steps too), the raw
+unclipped reward and the RGB screen after reset and after every step. So replay needs no preset: it
+makes the base env with the recorded id and kwargs, resets it with the recorded seed and steps the
+recorded actions; sticky actions come from the ALE's own RNG, which the seed repeats. Every game is
+seeded (a reset without a seed gets one drawn from the first seed seen), so each game replays alone.
+Only single envs are recorded: make_vector's emulators step inside ale-py's C++ AtariVectorEnv.
+Step numbers in messages count base steps: step i is the screen after the i-th action.
 """
 import os
 import zlib
 
 import ale_py
 import gymnasium as gym
+import imageio.v3 as iio
+import imageio_ffmpeg
 import numpy as np
 
 from envs.atari import is_atari, make
 from envs.recording_format import (SCREEN_SHAPE, Recording, RecordingError, mismatch, read_recording,
                                    write_recording)
 
+# The file (envs/recording_format.py): a JSON header with format, version, env_id, env_kwargs (every
+# gym.make kwarg but render_mode), preset, spec (envs.env_spec of the wrapped env, or null), protocol,
+# sticky, repeat_action_probability, seed, player ("human" or a checkpoint name), length (base steps),
+# return, ended_at (the first step that terminated or truncated, or null), end ("terminated",
+# "truncated" or null), frames, frame_shape, versions, data_crc32 and created (UTC); the arrays
+# actions (L,) uint8 and rewards (L,) float64 of each base step, screen_crc32 (L+1,) uint32, and with
+# frames=True frames_zlib (bytes,) uint8: one zlib stream of every screen XOR the one before (the
+# first against zeros), about 160 bytes a frame.
 FORMAT = "grok-arcade-recording"
 VERSION = 1
 ARRAY_DTYPES = {"actions": np.uint8, "rewards": np.float64, "screen_crc32": np.uint32,
@@ -306,10 +295,6 @@ def export(path, out_path, fps=None, every=1, scale=1):
 
 
 def _write_mp4(frames, out_path, fps, scale):
-    try:
-        import imageio_ffmpeg
-    except ImportError:
-        raise ImportError("mp4 export needs imageio-ffmpeg: pip install imageio-ffmpeg") from None
     height, width = SCREEN_SHAPE[0] * scale, SCREEN_SHAPE[1] * scale
     writer = imageio_ffmpeg.write_frames(out_path, (width, height), fps=fps, macro_block_size=1,
                                          ffmpeg_log_level="error")
@@ -325,10 +310,6 @@ def _write_mp4(frames, out_path, fps, scale):
 
 
 def _write_gif(frames, out_path, fps, scale):
-    try:
-        import imageio.v3 as iio
-    except ImportError:
-        raise ImportError("gif export needs imageio and Pillow: pip install imageio pillow") from None
     count = 0
     with iio.imopen(out_path, "w", plugin="pillow") as gif:  # Pillow keeps the frames until close
         for frame in frames:

@@ -1,22 +1,11 @@
 """Recorded two-player games: one .npz per game of envs.versus.VersusPong, replayed and checked by a
-CRC32 per screen, in the safe file format of envs.recording (atomic write, JSON header, no pickle).
+CRC32 per screen, in the file format of envs/recording_format.py.
 
 A VersusRecorder given to VersusPong(recorder=...) logs both players' actions as they chose them (auto
 serve adds FIRE inside the env, so replay repeats it), both rewards, and the screen after reset and
 after every step. Replay rebuilds VersusPong with the recorded settings, resets it with the recorded
 seed and no-op frames, and steps the recorded actions. scripts.replay tells the two formats apart by
 the header's format field (is_versus).
-
-File (FORMAT, VERSION):
-  header: format, version, game ("pong"), env_kwargs (VersusPong's frameskip, auto_serve), sides
-      {left: "second_0", right: "first_0"}, players {left, right} ("human" or a checkpoint name),
-      player (both, for listings), seed, noop_frames, length (steps), points {left, right} (points
-      scored), ended_at, end ("terminated", "truncated" or null), frames (false: screens are not
-      stored), versions {ale_py, numpy, pettingzoo, multi_agent_ale_py, gymnasium, grok_arcade},
-      data_crc32, created
-  actions       (length, 2)  uint8    [left, right] action index (envs.versus.ACTION_MEANINGS) per step
-  rewards       (length, 2)  float64  [left, right] reward per step
-  screen_crc32  (length+1,)  uint32   zlib.crc32 of the RGB screen after reset, then after each step
 """
 import os
 import zlib
@@ -27,6 +16,12 @@ from envs import versus
 from envs.recording_format import Recording, RecordingError, mismatch, read_header, read_recording, write_recording
 from nets.npzfile import versions
 
+# The file: a JSON header with format, version, game ("pong"), env_kwargs (VersusPong's frameskip,
+# auto_serve), sides {left: "second_0", right: "first_0"}, players {left, right} ("human" or a
+# checkpoint name), player (both, for listings), seed, noop_frames, length (steps), points {left,
+# right}, ended_at, end ("terminated", "truncated" or null), frames (false: no screens are stored),
+# versions, data_crc32, created; the arrays actions (L, 2) uint8 [left, right] (envs.versus.
+# ACTION_MEANINGS), rewards (L, 2) float64 and screen_crc32 (L+1,) uint32.
 FORMAT = "grok-arcade-versus-recording"
 VERSION = 1
 ARRAYS = {"actions": np.uint8, "rewards": np.float64, "screen_crc32": np.uint32}
