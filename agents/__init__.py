@@ -1,6 +1,9 @@
-"""agents: the learning algorithms, their run dirs and checkpoints."""
-from nets.model import CheckpointError
+"""agents: the learning algorithms, their run dirs and checkpoints; load() rebuilds a player from a file."""
+from agents.dqn import QAgent
+from agents.policy_gradient import PolicyAgent
+from agents.ppo import PPOAgent
 from agents.run import load_checkpoint
+from nets.model import CheckpointError
 
 
 def load(path, seed=0):
@@ -14,13 +17,10 @@ def load(path, seed=0):
         raise CheckpointError(f"{path}: checkpoint has no env spec")
     try:
         if kind == "pg":
-            from agents.policy_gradient import PolicyAgent
             agent = PolicyAgent(models["model"], header["head"], env, int(header["n_actions"]), seed)
         elif kind == "dqn":
-            from agents.dqn import QAgent
             agent = QAgent.from_checkpoint(models, header, seed)
         elif kind == "ppo":
-            from agents.ppo import PPOAgent
             agent = PPOAgent.from_checkpoint(models, header, seed)
         else:
             raise CheckpointError(f"{path}: unknown agent {kind!r}")

@@ -1,5 +1,6 @@
 """Learning-curve PNG from a run's progress.csv (matplotlib, headless)."""
 import csv
+import os
 
 
 def read_progress(path):
@@ -43,5 +44,4 @@ def plot_progress(progress_path, out_path, title="", others=(), label="this run"
     tmp = f"{out_path}.tmp.png"
     fig.savefig(tmp)
     plt.close(fig)
-    import os
     os.replace(tmp, out_path)

@@ -1,49 +1,36 @@
-"""DQN from pixels (Mnih et al. 2015, Nature) on the nets/ stack: Double DQN, a dueling head and 3-step
-returns by default (the settings of the run that learned Pong here; each can be switched off for
-Nature's plain DQN), a frame replay buffer (agents/replay.py), whole-game evaluations.
+"""DQN from pixels (Mnih et al. 2015, Nature) on the nets/ stack, one training loop read top to bottom.
 
-The Q-network is Nature's (conv 32 8x8/4, conv 64 4x4/2, conv 64 3x3/1, 512, one output per action)
-on the deepmind preset, a two-layer MLP on classic-control tasks. uint8 frames go into the buffer as
-they are and are scaled by 1/255 to float32 just before the network (q_values below). Targets
-come from a target network synced every `target_update` agent steps; the loss is Huber on the
-taken action's Q (Nature's error clipping); rewards are clipped to [-1, 1] on Atari (Nature).
-With quantiles K (QR-DQN, Dabney et al. 2018) the network gives K quantiles of the return per
-action instead of its mean, the loss is the quantile Huber loss against the target network's
-bootstrapped quantiles, and acting, Double DQN's choice and evaluation use their mean.
+By default Double DQN, a dueling head and 3-step returns (the settings that learned Pong here; each
+can be switched off for Nature's plain DQN), QR-DQN's quantiles with `quantiles` K, prioritized replay
+with `prioritized`. Nature's network on the deepmind preset, a two-layer MLP on classic-control tasks;
+Huber loss on the taken action; a target network synced every target_update steps; Atari rewards
+clipped to [-1, 1]. Lost lives are terminal for the learner while the game goes on (ale-py's own
+episodic_life resets the whole game), so progress.csv holds whole-game scores. Episode ends are
+exact: info["final_obs"] is the bootstrap of a truncated episode (agents/replay.py).
 
-Episodes and lives. ale-py's AtariVectorEnv with episodic_life=True (make_vector's training=True)
-resets the WHOLE GAME at every lost life (measured with ale-py 0.12.1: Breakout's lives stay 5),
-so a run would never see a game's later lives. So the learner runs the env on full games
-(training=False) and does DeepMind's episodic life itself: when info["lives"] drops, that
-transition is terminal for the learner (no bootstrap) while the game and its frame stack go on.
-Hence progress.csv's `return` is the unclipped score of a whole game, as evaluations report it.
-No FIRE is pressed for the agent after a reset or a lost life (training=False has no fire reset):
-it learns to press FIRE itself, which the evaluation protocol also needs.
-
-Same-step autoreset: on the step an episode ends, venv.step returns the NEW episode's first
-observation; the ended episode's last one is in info["final_obs"] (both AtariVectorEnv and
-gymnasium's vector envs put it there). The buffer stores it, so a truncated episode (time limit)
-bootstraps from its real last observation and a terminated one does not bootstrap at all.
-
-Resuming: the checkpoint holds both networks, the optimizer, the random state and the counters;
-the replay buffer only with save_buffer (replay.npz beside the checkpoint, written when the run
-stops). Without it, a resumed run refills the buffer to learning_starts with its current policy
-and epsilon before it learns again.
+Experience comes from a source: LocalEnvs (num_envs envs in this process) or, with workers, RayActors
+(Ape-X: DQNWorker actors, each lane with its own epsilon). Both step their envs with the same Acting
+class; the loop in train() neither knows nor cares which one feeds it. A checkpoint holds both networks,
+the optimizer, the random state and the counters; the replay buffer only with save_buffer.
 """
-import csv
 import dataclasses
 import math
-import os
-import time
+from typing import NamedTuple
 
 import numpy as np
 
 import envs
-from agents.replay import ReplayBuffer
-from agents.run import EvalLog, NumericalError
+from agents import evaluation
+from agents.distributed import Fleet, lost_reporter, report_rollout, shut_down, start_ray, worker_seed
+from agents.replay import (ReplayBuffer, SharedReplay, final_observations, make_buffer, restore_buffer, save_buffer,
+                           slots_per_env)
+from agents.run import EvalLog, Stopwatch, check_update, deadline, finished
+from envs.atari import frame_stack
 from nets import Adam, Conv2d, DuelingHead, Flatten, Huber, Linear, QuantileHuber, ReLU, RMSProp, Sequential
 
 HIDDEN_FLAGS = ()
+BROADCAST_EVERY = 50  # updates between weight broadcasts to the actors: 200 agent steps (Ape-X: 100)
+CHUNK_STEPS = 256  # agent steps per actor call (Ape-X sends 50-step batches)
 
 
 @dataclasses.dataclass
@@ -53,7 +40,7 @@ class Config:
     preset: str = ""  # deepmind (Atari) or classic (CartPole-v1, ...); empty: by game
     sticky: bool = False  # ALE v5 sticky actions; False: NoFrameskip-v4, the protocol CleanRL and SB3 report
     seed: int = 0  # seeds the network, exploration, replay sampling and the envs
-    total_steps: int = 0  # stop after this many agent steps (0: no limit; issue 5's Pong target: 1.5M)
+    total_steps: int = 0  # stop after this many agent steps (0: no limit; the Pong target: 1.5M)
     hours: float = 0.0  # stop after this many hours of wall clock (0: no limit)
     num_envs: int = 1  # envs stepped together (CleanRL: 1)
     network: str = "auto"  # nature (conv, Atari) or mlp (classic); auto: by preset
@@ -68,7 +55,7 @@ class Config:
     prioritized: bool = False  # prioritized replay (Schaul et al. 2016), proportional, as in Rainbow
     priority_alpha: float = 0.5  # priority = (|TD error| + 1e-6) ** alpha (Rainbow: 0.5; Schaul: 0.6)
     priority_beta: float = 0.4  # importance-weight exponent at step 0, rising linearly to 1 (Rainbow: 0.4)
-    priority_beta_steps: int = 1_500_000  # agent steps of that rise (issue 5's Pong budget)
+    priority_beta_steps: int = 1_500_000  # agent steps of that rise (the Pong target's 1.5M)
     learning_starts: int = 50_000  # transitions before learning (Nature, own Pong run: 50k; CleanRL: 80k)
     train_freq: int = 4  # agent steps per update (Nature, CleanRL: 4)
     batch_size: int = 32  # transitions per update (Nature, CleanRL: 32)
@@ -98,7 +85,7 @@ class Config:
     checkpoint_minutes: float = 5.0  # write checkpoint.npz this often
     keep_snapshots: int = 0  # also keep the playing weights of the last K saves in snapshots/ (ship --average)
     save_buffer: bool = False  # also write replay.npz beside the checkpoint when the run stops (big)
-    workers: int = 0  # Ray actors stepping the envs (agents/distributed.py, apex.py); 0: all here
+    workers: int = 0  # Ray actors stepping the envs, Ape-X style (RayActors below); 0: all here
     ray_address: str = ""  # with workers: join this Ray cluster (auto, HOST:6379); empty: start a local Ray
 
 
@@ -136,9 +123,14 @@ def resolved(cfg):
         raise ValueError("prioritized replay runs in the single-process loop only: use --workers 0")
     if not 0.0 < cfg.tau <= 1.0 or not cfg.lr > 0 or not math.isfinite(cfg.lr_end):
         raise ValueError(f"tau must be in (0, 1], lr > 0 and lr_end finite, got {cfg.tau}, {cfg.lr}, {cfg.lr_end}")
-    stack = 4 if preset == "deepmind" else 1
-    if cfg.buffer_size // cfg.num_envs <= stack + cfg.n_step + 1 or cfg.learning_starts > cfg.buffer_size // 2:
-        raise ValueError(f"buffer_size {cfg.buffer_size} is too small for num_envs {cfg.num_envs}, "
+    try:  # with workers, each actor's envs get their own share of the buffer
+        slots_per_env(cfg.buffer_size // max(cfg.workers, 1), cfg.num_envs, frame_stack(preset), cfg.n_step)
+        fits = cfg.learning_starts <= cfg.buffer_size // 2
+    except ValueError:
+        fits = False
+    if not fits:
+        per = f" on each of {cfg.workers} workers" if cfg.workers > 0 else ""
+        raise ValueError(f"buffer_size {cfg.buffer_size} is too small for num_envs {cfg.num_envs}{per}, "
                          f"n_step {cfg.n_step} and learning_starts {cfg.learning_starts} (needs 2x it)")
     return dataclasses.replace(cfg, preset=preset, network=network, hidden=hidden)
 
@@ -232,11 +224,70 @@ def beta_at(step, cfg):
     return cfg.priority_beta + min(step / cfg.priority_beta_steps, 1.0) * (1.0 - cfg.priority_beta)
 
 
-def make_buffer(cfg, obs_shape, obs_dtype, rng):
-    """The run's replay buffer: frame stacks rebuilt on the deepmind preset, priorities if asked."""
-    stack = 4 if cfg.preset == "deepmind" else 1
-    return ReplayBuffer(cfg.buffer_size, obs_shape, obs_dtype, cfg.num_envs, stack, cfg.n_step, cfg.gamma, rng,
-                        prioritized=cfg.prioritized, alpha=cfg.priority_alpha)
+# ----------------------------------------------------------------------------- acting
+
+def obs_scale_of(space):
+    """The network sees uint8 frames scaled by 1/255 (network_input) and anything else as it is."""
+    return 1.0 / 255.0 if space.dtype == np.uint8 else 1.0
+
+
+def epsilon_greedy(greedy, eps, n, n_actions, rng):
+    """n actions: with probability eps (a number, or one per row) a uniform random one, else the
+    greedy one. greedy() gives those; it is not called when every row explores (epsilon 1 while the
+    replay fills). At eps 0 nothing is drawn from rng."""
+    if not np.any(np.asarray(eps) > 0):
+        return greedy()
+    explore = rng.random(n) < eps  # (N,)
+    best = np.zeros(n, np.int64) if explore.all() else greedy()
+    return np.where(explore, rng.integers(n_actions, size=n), best)
+
+
+class Step(NamedTuple):
+    """One step of num_envs envs, as the replay buffer takes it."""
+    actions: np.ndarray  # (N,) int64
+    rewards: np.ndarray  # (N,) as stored: clipped on Atari
+    terminal: np.ndarray  # (N,) bool: no bootstrap (the game ended or a life was lost)
+    ended: np.ndarray  # (N,) bool: the env's episode ended and it reset
+    next_obs: np.ndarray  # (N, *obs): with same-step autoreset, a new episode's first where ended
+    info: dict  # the vector env's info (final_obs of the ended episodes)
+
+
+class Acting:
+    """The acting step, written once for LocalEnvs and the Ray actors: num_envs envs stepped
+    epsilon-greedily on a Q-network. A lost life is terminal for the learner (DeepMind's episodic
+    life: the game and its frame stack go on), rewards are clipped to [-1, 1] on Atari (Nature), and
+    whole games are counted for progress.csv."""
+
+    def __init__(self, cfg, venv, rng, seed, clock=None):
+        self.venv, self.rng, self.clock = venv, rng, clock or Stopwatch()
+        self.quantiles, self.clip = cfg.quantiles, cfg.preset == "deepmind"
+        self.n_actions = int(venv.single_action_space.n)
+        self.obs_scale = obs_scale_of(venv.single_observation_space)
+        self.obs, info = venv.reset(seed=seed)
+        self.lives = info.get("lives") if cfg.life_loss_terminal else None
+        self.game_return = np.zeros(cfg.num_envs)
+        self.game_length = np.zeros(cfg.num_envs, np.int64)
+
+    def step(self, model, eps):
+        """One step of every env at epsilon eps -> (Step, [(return, length) of each game that ended])."""
+        n = len(self.obs)
+        actions = epsilon_greedy(lambda: q_values(model, self.obs, self.obs_scale, self.quantiles).argmax(axis=1),
+                                 eps, n, self.n_actions, self.rng)
+        self.clock.mark("act")
+        next_obs, rewards, terminated, truncated, info = self.venv.step(actions)
+        self.clock.mark("env")
+        ended = terminated | truncated
+        terminal = terminated.copy()
+        if self.lives is not None and "lives" in info:
+            terminal |= (info["lives"] < self.lives) & ~ended  # a lost life, the game goes on
+            self.lives = info["lives"]
+        self.game_return += rewards
+        self.game_length += 1
+        games = [(float(self.game_return[i]), int(self.game_length[i])) for i in np.flatnonzero(ended)]
+        self.game_return[ended], self.game_length[ended] = 0.0, 0
+        self.obs = next_obs
+        stored = np.sign(rewards) if self.clip else rewards
+        return Step(actions, stored, terminal, ended, next_obs, info), games
 
 
 class QAgent:
@@ -267,13 +318,68 @@ class QAgent:
 
     def act(self, obs, explore=True):
         q = q_values(self.model, obs, self.obs_scale, self.quantiles)  # (N, A)
-        actions = q.argmax(axis=1)
         eps = self.epsilon if explore else self.eval_epsilon
-        if eps > 0:
-            explore_rows = self.rng.random(len(actions)) < eps  # (N,)
-            random_actions = self.rng.integers(self.n_actions, size=len(actions))
-            actions = np.where(explore_rows, random_actions, actions)
-        return actions, q
+        return epsilon_greedy(lambda: q.argmax(axis=1), eps, len(q), self.n_actions, self.rng), q
+
+
+# ----------------------------------------------------------------------------- Ape-X actors
+
+def apex_epsilons(n):
+    """Ape-X's per-lane exploration floor: 0.4 ** (1 + 7 j / (n - 1)) for lane j of n, from 0.4 down
+    to 0.4 ** 8, so some lanes stay nearly greedy while others keep exploring."""
+    if n == 1:
+        return np.array([0.4])
+    return 0.4 ** (1 + 7 * np.arange(n) / (n - 1))
+
+
+def newest_frames(obs, stack):
+    """(N, K, H, W) stacks -> (N, 1, H, W): a replay slot keeps only obs[-1] (agents/replay.py)."""
+    return obs[:, -1:] if stack > 1 else obs
+
+
+class DQNWorker:
+    """A Ray actor (agents/distributed.py starts it): num_envs envs, a copy of the Q-network and its
+    lanes' epsilon floors. collect() runs the acting step and returns the transitions, sending only
+    each observation's newest frame (the buffer rebuilds the stacks), tagged with its weights version."""
+
+    def __init__(self, cfg, index, seed, epsilons):
+        self.cfg, self.index = Config(**cfg), index
+        self.rng = np.random.default_rng(seed)
+        c = self.cfg
+        self.venv = envs.make_vector(c.game, c.preset, c.num_envs, sticky=c.sticky, training=False)
+        space, n_actions = self.venv.single_observation_space, int(self.venv.single_action_space.n)
+        self.model = build_q_network(space.shape, n_actions, c.network, c.hidden, c.dueling, self.rng,
+                                     c.quantiles).eval()
+        self.acting = Acting(c, self.venv, self.rng, seed)
+        self.stack = frame_stack(c.preset)
+        self.floor = np.asarray(epsilons, np.float64)  # (N,): this actor's lanes' Ape-X epsilons
+        self.fresh = True  # the next chunk carries the first observations (buffer.start)
+        self.version = -1
+
+    def set_weights(self, version, weights):
+        self.model.load_state_dict(weights)
+        self.version = version
+
+    def collect(self, steps, step):
+        """About `steps` agent steps at the exploration of agent step `step`, as arrays over (T, N)."""
+        eps = np.maximum(epsilon_at(step, self.cfg), self.floor)  # (N,)
+        start = newest_frames(self.acting.obs, self.stack).copy() if self.fresh else None
+        self.fresh = False
+        out = {k: [] for k in ("actions", "rewards", "terminal", "ended", "next")}
+        final_at, final_frames, games = [], [], []
+        for t in range(max(1, math.ceil(steps / self.cfg.num_envs))):
+            s, ended_games = self.acting.step(self.model, eps)
+            games += ended_games
+            for i in np.flatnonzero(s.ended):
+                final_at.append((t, i))
+                final_frames.append(np.array(newest_frames(s.info["final_obs"][i][None], self.stack)[0]))  # a copy
+            for k, v in zip(out, (s.actions, s.rewards, s.terminal, s.ended, newest_frames(s.next_obs, self.stack))):
+                out[k].append(np.array(v))
+        chunk = {k: np.stack(v) for k, v in out.items()}  # (T, N, ...)
+        chunk.update(worker=self.index, version=self.version, start=start, episodes=games,
+                     steps=int(chunk["actions"].size), final_at=np.array(final_at, np.int64).reshape(-1, 2),
+                     final_frames=np.array(final_frames))
+        return chunk
 
 
 # ----------------------------------------------------------------------------- learning
@@ -395,22 +501,18 @@ class Learner:
         return ({"model": self.online, "target": self.target}, {"updates": self.updates, "optim": info},
                 {f"optim.{k}": v for k, v in opt_arrays.items()})
 
-    def learn(self, buffer, run, clock):
-        """Sample, update, and deal with NaN/inf: message, count, NumericalError after too many."""
+    def learn(self, replay, run, clock):
+        """Sample a batch at this step's learning rate and beta, update, and give the batch's
+        transitions their new priorities; then NaN/inf is dealt with (agents.run.check_update)."""
         self.opt.lr = lr_at(run.step, self.cfg)
-        batch = buffer.sample(self.cfg.batch_size, beta_at(run.step, self.cfg))
+        batch = replay.sample(self.cfg.batch_size, beta_at(run.step, self.cfg))
         clock.mark("replay_sample")
         metrics = self.update(batch)
         clock.mark("update")
         if batch.index is not None and not metrics["skipped"]:
-            buffer.update_priorities(batch.index, self.td_errors)
+            replay.update_priorities(batch.index, self.td_errors)
             clock.mark("replay_sample")
-        if metrics["skipped"]:
-            run.message(f"update at step {run.step} produced NaN/inf: skipped "
-                        f"({self.bad_in_a_row} in a row, {self.bad_total} in all)")
-            if self.bad_in_a_row >= self.cfg.max_bad_updates:
-                raise NumericalError(f"{self.bad_in_a_row} updates in a row produced NaN/inf; stopped "
-                                     f"without overwriting {run.checkpoint_path}")
+        check_update(self, metrics, run)
         return metrics
 
     def sync_target(self):
@@ -422,104 +524,164 @@ class Learner:
             t += self.cfg.tau * p
 
 
-# ----------------------------------------------------------------------------- the loop's helpers
+# ----------------------------------------------------------------------------- experience sources
 
-def final_observations(info, next_obs, ended):
-    """The last observation of each episode that ended this step (rows of other envs: next_obs)."""
-    if not ended.any():
-        return next_obs
-    final = info.get("final_obs")
-    if final is None:
-        raise ValueError("the vector env reported no info['final_obs'] for an ended episode")
-    out = np.array(next_obs, copy=True)
-    for i in np.flatnonzero(ended):
-        out[i] = final[i]
-    return out
+class LocalEnvs:
+    """Experience from num_envs envs in this process: one vector step per collect(), into one replay
+    buffer (saved with save_buffer)."""
+
+    def __init__(self, cfg, rng, clock):
+        self.cfg, self.rng, self.clock = cfg, rng, clock
+        self.venv = envs.make_vector(cfg.game, cfg.preset, cfg.num_envs, sticky=cfg.sticky, training=False)
+        self.spec = self.venv.grok_spec
+        space = self.venv.single_observation_space
+        self.obs_shape, self.n_actions = space.shape, int(self.venv.single_action_space.n)
+        self.obs_scale = obs_scale_of(space)
+        self.replay = make_buffer(cfg, space.shape, space.dtype, rng)
+        self.acting, self.epsilon = None, cfg.epsilon_start
+
+    def start(self, run, learner, resumed, callback):
+        if resumed and self.cfg.save_buffer:
+            self.replay = restore_buffer(self.replay, run)
+        elif resumed:
+            run.message("the replay buffer is not saved (no save_buffer): refilling it before learning again")
+        self.model = learner.online
+        # envs are re-seeded from (seed, step) so a resumed run does not replay the same games
+        seed = int(self.cfg.seed * 1_000_003 + run.step) % (2**31)
+        self.acting = Acting(self.cfg, self.venv, self.rng, seed, self.clock)
+        self.replay.start(self.acting.obs)
+
+    def collect(self, run, callback):
+        self.epsilon = epsilon_at(run.step, self.cfg)
+        s, games = self.acting.step(self.model, self.epsilon)
+        self.replay.add(s.actions, s.rewards, s.terminal, s.ended, s.next_obs,
+                        final_observations(s.info, s.next_obs, s.ended))
+        self.clock.mark("replay_add")
+        run.count(self.cfg.num_envs, games, callback)
+        self.clock.mark("other")
+        return True
+
+    def updated(self, learner):
+        pass
+
+    def status(self):
+        return {"epsilon": self.epsilon, "buffer": len(self.replay)}
+
+    def saved(self, run):
+        if self.cfg.save_buffer:
+            save_buffer(self.replay, run)
+
+    def close(self):
+        self.venv.close()
 
 
-class Stopwatch:
-    """Seconds spent per named part of the loop: mark(name) charges the time since the last mark."""
+class RayActors:
+    """Experience from `workers` DQNWorker actors, Ape-X style (Horgan et al. 2018): each sends chunks
+    of CHUNK_STEPS transitions into its own replay buffer (SharedReplay samples them as one), the learner
+    keeps LocalEnvs' pace of one update every train_freq agent steps, and the online network goes out
+    every BROADCAST_EVERY updates. The buffers are not saved: a resumed run refills them."""
 
-    def __init__(self):
-        self.totals = {}
-        self.last = time.perf_counter()
+    def __init__(self, cfg, rng, clock):
+        self.cfg, self.clock = cfg, clock
+        probe = envs.make_vector(cfg.game, cfg.preset, 1, sticky=cfg.sticky, training=False)
+        self.spec = probe.grok_spec
+        space = probe.single_observation_space
+        self.obs_shape, self.n_actions = space.shape, int(probe.single_action_space.n)
+        self.obs_scale = obs_scale_of(space)
+        probe.close()
+        self.replay = SharedReplay([ReplayBuffer(cfg.buffer_size // cfg.workers, space.shape, space.dtype,
+                                                 cfg.num_envs, frame_stack(cfg.preset), cfg.n_step, cfg.gamma, rng)
+                                    for _ in range(cfg.workers)], rng)
+        self.ray, self.started, self.fleet = None, False, None
+        self.updates, self.again = 0, None
 
-    def mark(self, name):
-        now = time.perf_counter()
-        self.totals[name] = self.totals.get(name, 0.0) + now - self.last
-        self.last = now
+    def start(self, run, learner, resumed, callback):
+        cfg, n = self.cfg, self.cfg.num_envs
+        if resumed:
+            run.message("replay buffers are not saved with workers: refilling them before learning again")
+        self.ray, self.started = start_ray(cfg.ray_address, cfg.workers)
+        config, first_step, eps = dataclasses.asdict(cfg), run.step, apex_epsilons(cfg.workers * n)
+        self.fleet = Fleet(self.ray, DQNWorker, lambda i, g: (config, i, worker_seed(cfg.seed, first_step, i, g),
+                                                              eps[i * n:(i + 1) * n]),
+                           cfg.workers, lost_reporter(run, callback))
+        self.model = learner.online
+        self.fleet.broadcast(self.model.state_dict())
+        for i in range(cfg.workers):
+            self.fleet.call(i, "collect", CHUNK_STEPS, run.step)
 
+    def collect(self, run, callback):
+        """The next chunk any actor returns (False when none came within a second, or its actor was lost)."""
+        if self.again is not None:  # the actor that answered last goes on, at the exploration of this step
+            self.fleet.call(self.again, "collect", CHUNK_STEPS, run.step)
+        got = self.fleet.next(timeout=1.0)
+        self.clock.mark("wait")
+        self.again = None if got is None else got[0]
+        if got is None or got[1] is None:
+            return False
+        i, chunk = got
+        self.replay.add_chunk(i, chunk)
+        report_rollout(run, callback, chunk, self.fleet.generation[i])
+        self.clock.mark("replay_add")
+        return True
+
+    def updated(self, learner):
+        self.updates += 1
+        if self.updates % BROADCAST_EVERY == 0:
+            self.fleet.broadcast(learner.online.state_dict())
+            self.clock.mark("broadcast")
+
+    def status(self):
+        return {"buffer": len(self.replay), "version": self.fleet.version}
+
+    def saved(self, run):
+        pass
+
+    def close(self):
+        shut_down(self.ray, self.fleet, self.started)
+
+
+# ----------------------------------------------------------------------------- evaluation
 
 def evaluate_now(cfg, agent, eval_log, step):
     """Whole games with the current network at eval_epsilon, on the same seeds every time so the
     curve compares like with like; appended to eval.csv. Returns mean, std and episodes."""
-    from agents.evaluation import evaluate
     player = QAgent(agent.model, agent.env, agent.n_actions, agent.obs_scale, cfg.eval_epsilon,
                     seed=10_000_000 + cfg.seed, quantiles=cfg.quantiles)
     sticky = cfg.sticky if cfg.eval_sticky == "auto" else cfg.eval_sticky == "true"
-    summary = evaluate(player, cfg.eval_episodes, seed=10_000_000 + 1000 * cfg.seed, sticky=sticky)
+    summary = evaluation.evaluate(player, cfg.eval_episodes, seed=10_000_000 + 1000 * cfg.seed, sticky=sticky)
     eval_log.append(step, summary)
     return {k: summary[k] for k in ("mean_return", "std_return", "episodes")}
 
 
-def buffer_path(run):
-    return os.path.join(run.dir, "replay.npz")
-
-
-def restore_buffer(buffer, run):
-    """Fill buffer from replay.npz when there is one that fits; otherwise say that it refills.
-    A file older than the checkpoint is still good experience, so it is used all the same."""
-    path = buffer_path(run)
-    if not os.path.exists(path):
-        run.message("no saved replay buffer: refilling it before learning again")
-        return buffer
-    try:
-        header = buffer.load(path)
-    except Exception as e:  # a damaged file (zip, JSON, shapes) must not stop the run: refill instead
-        run.message(f"could not load {path} ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-                    f"refilling the replay buffer")
-        return buffer.empty_like()
-    if header.get("step") != run.step:
-        run.message(f"{path} was saved at step {header.get('step')}, the checkpoint at {run.step}: using it")
-    return buffer
-
-
 # ----------------------------------------------------------------------------- training
+
+def next_multiple(step, every):
+    return (step // every + 1) * every
+
 
 def train(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
     """Train until total_steps, hours, or a stop request. cfg: a resolved Config.
 
     init: (models, header) of a checkpoint to start the weights from; resume: the same for the run's
     own checkpoint. callback(metrics) gets "episode" events after every finished game, "eval" after
-    every evaluation and "update" every log_every steps (with the seconds spent per part of the
-    loop). stopwatch: a Stopwatch to charge the time to (the benchmark reads it)."""
-    if cfg.workers > 0:
-        from agents.apex import train_dqn
-        return train_dqn(cfg, run, callback, init, resume, stopwatch)
+    every evaluation, "update" every log_every steps (with the seconds spent per part of the loop)
+    and, with workers, "rollout" and "worker_lost". stopwatch: a Stopwatch to charge the time to."""
     rng = np.random.default_rng(cfg.seed)
-    venv = envs.make_vector(cfg.game, cfg.preset, cfg.num_envs, sticky=cfg.sticky, training=False)
-    run.env = venv.grok_spec  # what checkpoints record is the env this run really plays
-    obs_space = venv.single_observation_space
-    obs_shape, n_actions = obs_space.shape, int(venv.single_action_space.n)
-    obs_scale = 1.0 / 255.0 if obs_space.dtype == np.uint8 else 1.0
+    clock = stopwatch or Stopwatch()
+    source = (RayActors if cfg.workers > 0 else LocalEnvs)(cfg, rng, clock)
+    run.env = source.spec  # what checkpoints record is the env this run really plays
+    obs_shape, n_actions, obs_scale = source.obs_shape, source.n_actions, source.obs_scale
     learner = Learner(cfg, obs_shape, n_actions, obs_scale, rng)
-    spec = envs.env_spec(cfg.game, cfg.preset, cfg.sticky)
-    agent = QAgent(learner.online.eval(), spec, n_actions, obs_scale, cfg.eval_epsilon, rng=rng,
+    agent = QAgent(learner.online.eval(), run.env, n_actions, obs_scale, cfg.eval_epsilon, rng=rng,
                    quantiles=cfg.quantiles)
-    buffer = make_buffer(cfg, obs_shape, obs_space.dtype, rng)
     if init is not None:
         weights = init_weights(init, cfg)
         learner.online.load_state_dict(weights)
         learner.target.load_state_dict(weights)
     if resume is not None:
-        models, header, rest = resume
-        learner.restore(models, header, rest)
-        rng.bit_generator.state = header["rng"]
-        run.restore(header)
-        if cfg.save_buffer:
-            buffer = restore_buffer(buffer, run)
-        else:
-            run.message("the replay buffer is not saved (no save_buffer): refilling it before learning again")
+        learner.restore(*resume)
+        rng.bit_generator.state = resume[1]["rng"]
+        run.restore(resume[1])
     eval_log = EvalLog(run)
     eval_log.start(run.step)
 
@@ -527,80 +689,43 @@ def train(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
         models, fields, extra = learner.checkpoint()
         header = {"agent": "dqn", "obs_shape": list(obs_shape), "n_actions": n_actions, "obs_scale": obs_scale,
                   "rng": rng.bit_generator.state, **fields}
-        ok = run.save(models, header, extra, final=final)
-        if final and ok and cfg.save_buffer:
-            try:
-                buffer.save(buffer_path(run), run.step)
-            except OSError as e:
-                run.message(f"could not write {buffer_path(run)}: {e.strerror or e}")
+        if run.save(models, header, extra, final=final) and final:
+            source.saved(run)
 
-    clip = cfg.preset == "deepmind"  # Nature clips Atari rewards to [-1, 1]; classic tasks keep theirs
-    # envs are re-seeded from (seed, step) so a resumed run does not replay the same games
-    obs, info = venv.reset(seed=int(cfg.seed * 1_000_003 + run.step) % (2**31))
-    buffer.start(obs)
-    lives = info.get("lives") if cfg.life_loss_terminal else None
-    game_return = np.zeros(cfg.num_envs)
-    game_length = np.zeros(cfg.num_envs, dtype=np.int64)
     next_update = run.step + cfg.train_freq
-    next_sync = (run.step // cfg.target_update + 1) * cfg.target_update
-    next_eval = (run.step // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else math.inf
-    next_log = (run.step // cfg.log_every + 1) * cfg.log_every
-    last = {}
-    deadline = time.monotonic() + cfg.hours * 3600 if cfg.hours > 0 else math.inf
-    clock = stopwatch or Stopwatch()
-    clock.mark("setup")
+    next_sync = next_multiple(run.step, cfg.target_update)
+    next_eval = next_multiple(run.step, cfg.eval_every) if cfg.eval_every else math.inf
+    next_log = next_multiple(run.step, cfg.log_every)
+    last, stop_at = {}, deadline(cfg.hours)
     try:
-        while not run.stop_requested:
-            if cfg.total_steps and run.step >= cfg.total_steps or time.monotonic() >= deadline:
-                break
-            agent.epsilon = epsilon_at(run.step, cfg)
-            actions, _ = agent.act(obs, explore=True)
-            clock.mark("act")
-            next_obs, rewards, terminated, truncated, info = venv.step(actions)
-            clock.mark("env")
-            ended = terminated | truncated
-            terminal = terminated.copy()
-            if lives is not None and "lives" in info:
-                terminal |= (info["lives"] < lives) & ~ended  # a lost life, the game goes on
-                lives = info["lives"]
-            stored = np.sign(rewards) if clip else rewards
-            buffer.add(actions, stored, terminal, ended, next_obs, final_observations(info, next_obs, ended))
-            clock.mark("replay_add")
-            obs = next_obs
-            run.step += cfg.num_envs
-            game_return += rewards
-            game_length += 1
-            for i in np.flatnonzero(ended):
-                mean = run.log_episode(game_return[i], game_length[i])
-                if callback:
-                    callback({"event": "episode", "step": run.step, "episode": run.episode,
-                              "return": float(game_return[i]), "length": int(game_length[i]),
-                              "running_mean": mean})
-                game_return[i], game_length[i] = 0.0, 0
-            clock.mark("other")
-            learning = buffer.sampleable() >= max(cfg.learning_starts, cfg.batch_size)
-            while run.step >= next_update:  # train_freq agent steps per update, however many envs
-                next_update += cfg.train_freq
-                if learning:
-                    last = learner.learn(buffer, run, clock)
-            if run.step >= next_sync:
-                next_sync += cfg.target_update
-                if learning:
-                    learner.sync_target()
-            if run.step >= next_eval:
-                next_eval += cfg.eval_every
-                summary = evaluate_now(cfg, agent, eval_log, run.step)
-                if callback:
-                    callback({"event": "eval", "step": run.step, **summary})
-                clock.mark("eval")
-            if run.step >= next_log:
-                next_log += cfg.log_every
-                run.log_update({"updates": learner.updates, "epsilon": agent.epsilon, "buffer": len(buffer),
-                                **last, "seconds": dict(clock.totals)}, callback)
+        source.start(run, learner, resume is not None, callback)
+        clock.mark("setup")
+        while not finished(cfg, run, stop_at):
+            if source.collect(run, callback):
+                learning = source.replay.sampleable() >= max(cfg.learning_starts, cfg.batch_size)
+                while run.step >= next_update:  # train_freq agent steps per update, however many envs
+                    next_update += cfg.train_freq
+                    if learning:
+                        last = learner.learn(source.replay, run, clock)
+                        source.updated(learner)
+                if run.step >= next_sync:
+                    next_sync = next_multiple(run.step, cfg.target_update)
+                    if learning:
+                        learner.sync_target()
+                if run.step >= next_eval:
+                    next_eval = next_multiple(run.step, cfg.eval_every)
+                    summary = evaluate_now(cfg, agent, eval_log, run.step)
+                    if callback:
+                        callback({"event": "eval", "step": run.step, **summary})
+                    clock.mark("eval")
+                if run.step >= next_log:
+                    next_log = next_multiple(run.step, cfg.log_every)
+                    run.log_update({"updates": learner.updates, **source.status(), **last,
+                                    "seconds": dict(clock.totals)}, callback)
             if run.due():
                 save()
             clock.mark("other")
         save(final=True)
     finally:
-        venv.close()
+        source.close()
     return learner

@@ -4,6 +4,7 @@ import os
 import numpy as np
 
 import envs
+from envs.recording import Recorder
 
 
 def make_eval_env(agent, sticky=True, render_mode=None, recorder=None):
@@ -72,7 +73,6 @@ def evaluate(agent, episodes, seed=0, sticky=True, explore=False, on_game=None, 
     for k in range(episodes):
         recorder = None
         if record_dir is not None:
-            from envs.recording import Recorder
             recorder = Recorder(player=os.path.basename(agent.path))
         env = make_eval_env(agent, sticky, recorder=recorder)
         try:
@@ -90,10 +90,15 @@ def evaluate(agent, episodes, seed=0, sticky=True, explore=False, on_game=None, 
         lengths.append(length)
         if on_game:
             on_game(k, ret, length)
+    return summarize(returns, lengths)
+
+
+def summarize(returns, lengths):
+    """The summary of finished games (returns and lengths in game order)."""
     r = np.array(returns, dtype=np.float64)
-    return {"episodes": episodes, "mean_return": float(r.mean()), "std_return": float(r.std()),
+    return {"episodes": len(returns), "mean_return": float(r.mean()), "std_return": float(r.std()),
             "min_return": float(r.min()), "max_return": float(r.max()),
-            "mean_length": float(np.mean(lengths)), "returns": returns}
+            "mean_length": float(np.mean(lengths)), "returns": list(returns)}
 
 
 # Published scores a shipped card sets its own beside, each with the epsilon its games were played at.

@@ -1,25 +1,28 @@
-"""REINFORCE from pixels: Karpathy's "Pong from Pixels" on the nets/ stack, with batched envs.
+"""REINFORCE from pixels: Karpathy's "Pong from Pixels" on the nets/ stack, one training loop.
 
-The policy is a two-layer MLP. On Karpathy's preset it is his 6400 -> 200 -> 1 with a sigmoid giving
-P(down); elsewhere a softmax over the game's actions. Returns are discounted and restart whenever a
-point is scored (reward != 0) in Pong-like games, advantages are standardized over each update
-batch, and the gradient of  -advantage * log pi(action)  goes through nets' BCE / softmax
-cross-entropy with per-sample weights.
+The policy is a two-layer MLP: on Karpathy's preset his 6400 -> 200 -> 1 with a sigmoid giving
+P(down), elsewhere a softmax over the game's actions. Returns are discounted and restart whenever a
+point is scored (reward != 0) in Pong-like games, advantages are standardized over each update batch,
+and the gradient of -advantage * log pi(action) goes through nets' BCE / softmax cross-entropy with
+per-sample weights. A point is a complete piece of experience: an env's steps join the update batch
+as soon as its point (or episode) ends, so updates need not wait for whole 21-point games.
 
-Because returns restart at every point, a point is a complete piece of experience: an env's steps
-join the update batch as soon as a point (or the episode) ends, so updates need not wait for
-whole 21-point games.
+Experience comes from a source: LocalEnvs (num_envs envs in this process) or, with workers, RayActors
+(PGWorker actors in synchronous rounds: REINFORCE has no correction for stale experience). Both step
+their envs with the same Pieces class; train() is the one loop.
 """
 import dataclasses
 import math
-import time
 
 import numpy as np
 
 import envs
-from agents.run import NumericalError
-from nets import Adam, BCEWithLogits, Linear, ReLU, RMSProp, Sequential, SoftmaxCrossEntropy, softmax
+from agents.distributed import Fleet, lost_reporter, report_rollout, shut_down, start_ray, worker_seed
+from agents.run import check_update, deadline, finished
+from nets import Adam, BCEWithLogits, Linear, ReLU, RMSProp, Sequential, SoftmaxCrossEntropy, clip_grad_norm, softmax
 from nets.layers import sigmoid
+
+BROADCAST_EVERY = 1  # updates between broadcasts to the actors; 1 keeps REINFORCE on-policy
 
 
 @dataclasses.dataclass
@@ -44,7 +47,7 @@ class Config:
     max_bad_updates: int = 5  # stop after this many NaN/inf updates in a row
     checkpoint_minutes: float = 5.0  # write checkpoint.npz this often
     keep_snapshots: int = 0  # also keep the playing weights of the last K saves in snapshots/ (ship --average)
-    workers: int = 0  # Ray actors stepping the envs (agents/distributed.py); 0: all in this process
+    workers: int = 0  # Ray actors stepping the envs (RayActors below); 0: all in this process
     ray_address: str = ""  # with workers: join this Ray cluster (auto, HOST:6379); empty: start a local Ray
 
 
@@ -58,7 +61,8 @@ def resolved(cfg):
     if reset == "auto":
         reset = "yes" if spec["env_id"].startswith("ALE/") else "no"
     if head not in ("sigmoid", "softmax") or reset not in ("yes", "no"):
-        raise ValueError(f"head must be sigmoid/softmax/auto and reset_on_reward yes/no/auto, got {cfg.head!r}, {cfg.reset_on_reward!r}")
+        raise ValueError(f"head must be sigmoid/softmax/auto and reset_on_reward yes/no/auto, got {cfg.head!r}, "
+                         f"{cfg.reset_on_reward!r}")
     if cfg.optimizer not in ("rmsprop", "adam"):
         raise ValueError(f"optimizer must be rmsprop or adam, got {cfg.optimizer!r}")
     for name in ("num_envs", "hidden", "batch_steps"):
@@ -194,7 +198,6 @@ class Learner:
             self.bad_total += 1
             return {"loss": value, "skipped": True}
         if self.cfg.max_grad_norm > 0:
-            from nets import clip_grad_norm
             clip_grad_norm(self.model, self.cfg.max_grad_norm)
         self.opt.step()
         self.bad_in_a_row = 0
@@ -213,20 +216,195 @@ def checkpoint_header(cfg, obs_shape, n_actions, rng):
             "head": cfg.head, "rng": rng.bit_generator.state}
 
 
+# ----------------------------------------------------------------------------- acting
+
+def store_dtype(preset):
+    return np.int8 if preset == "karpathy" else np.float32  # Karpathy's frame differences are -1/0/1
+
+
+class Pieces:
+    """The rollout step, written once for LocalEnvs and the Ray actors: num_envs envs stepped on the
+    policy, their steps cut into pieces that join `rollouts.batch` when a point or an episode ends.
+    `version` tags the pieces with the weights they began with (an actor's weights version)."""
+
+    def __init__(self, cfg, venv, rng, seed):
+        self.cfg, self.venv, self.rng, n = cfg, venv, rng, cfg.num_envs
+        self.reset_on_reward = cfg.reset_on_reward == "yes"
+        self.rollouts = Rollouts(n, store_dtype(cfg.preset))
+        self.obs, _ = venv.reset(seed=seed)
+        self.ep_return, self.ep_length = np.zeros(n), np.zeros(n, np.int64)
+        self.version, self.oldest = -1, -1
+        self.piece_version = np.full(n, -1)  # (N,): weights version each unfinished piece began with
+
+    def step(self, model):
+        """One step of every env -> [(return, length) of each episode that ended]."""
+        cfg, r, reset = self.cfg, self.rollouts, self.reset_on_reward
+        probs = action_probs(model, self.obs, cfg.head)  # (N, A)
+        actions = sample_actions(probs, self.rng)
+        next_obs, rewards, terminated, truncated, _ = self.venv.step(actions)
+        done = terminated | truncated
+        self.ep_return += rewards
+        self.ep_length += 1
+        episodes = []
+        for i in range(cfg.num_envs):
+            if not r.obs[i]:
+                self.piece_version[i] = self.version
+            r.add(i, self.obs[i], actions[i], float(rewards[i]))
+            if done[i] or (reset and rewards[i] != 0):
+                self.oldest = min(self.oldest, self.piece_version[i])
+                r.finish(i, cfg.gamma, reset)
+            if done[i]:
+                episodes.append((float(self.ep_return[i]), int(self.ep_length[i])))
+                self.ep_return[i], self.ep_length[i] = 0.0, 0
+        self.obs = next_obs
+        return episodes
+
+
+class PGWorker:
+    """A Ray actor (agents/distributed.py starts it): num_envs envs and a copy of the policy;
+    collect() returns finished pieces of experience."""
+
+    def __init__(self, cfg, index, seed):
+        self.cfg, self.index = Config(**cfg), index
+        self.rng = np.random.default_rng(seed)
+        c = self.cfg
+        self.venv = envs.make_vector(c.game, c.preset, c.num_envs, sticky=c.sticky)
+        obs_size = int(np.prod(self.venv.single_observation_space.shape))
+        n_actions = int(self.venv.single_action_space.n)
+        self.model = build_policy(obs_size, n_actions, c.hidden, c.head, self.rng,
+                                  sparse_input=c.preset == "karpathy").eval()
+        self.pieces = Pieces(c, self.venv, self.rng, seed)
+
+    @property
+    def version(self):
+        return self.pieces.version
+
+    def set_weights(self, version, weights):
+        self.model.load_state_dict(weights)
+        self.pieces.version = version
+
+    def collect(self, min_steps):
+        """Step until min_steps steps of finished pieces are in hand; return them (obs kept in their
+        storage dtype: int8 on Karpathy's preset), the finished episodes and the versions used."""
+        p, r = self.pieces, self.pieces.rollouts
+        episodes, p.oldest = [], p.version
+        while r.batch_steps < min_steps:
+            episodes += p.step(self.model)
+        pieces, steps = r.batch, r.batch_steps
+        r.batch, r.batch_steps = [], 0
+        return {"worker": self.index, "version": p.version, "oldest_version": int(p.oldest),
+                "steps": steps, "episodes": episodes,
+                "obs": np.concatenate([b[0] for b in pieces]),  # (B, D)
+                "actions": np.concatenate([b[1] for b in pieces]),  # (B,)
+                "returns": np.concatenate([b[2] for b in pieces])}  # (B,)
+
+
+# ----------------------------------------------------------------------------- experience sources
+
+class LocalEnvs:
+    """Experience from num_envs envs in this process: one vector step per collect(); a batch is
+    ready once batch_steps steps of finished pieces are in hand."""
+
+    def __init__(self, cfg, rng):
+        self.cfg, self.rng = cfg, rng
+        self.venv = envs.make_vector(cfg.game, cfg.preset, cfg.num_envs, sticky=cfg.sticky)
+        self.spec = self.venv.grok_spec
+        self.obs_shape = self.venv.single_observation_space.shape
+        self.n_actions = int(self.venv.single_action_space.n)
+
+    def start(self, run, learner, callback):
+        self.model = learner.model
+        # envs are re-seeded from (seed, step) so a resumed run does not replay the same games
+        self.pieces = Pieces(self.cfg, self.venv, self.rng, int(self.cfg.seed * 1_000_003 + run.step) % (2**31))
+
+    def collect(self, run, callback):
+        run.count(self.cfg.num_envs, self.pieces.step(self.model), callback)
+
+    def batch(self):
+        """(obs in their storage dtype: the network converts, actions, returns), or None."""
+        rollouts = self.pieces.rollouts
+        return rollouts.take() if rollouts.batch_steps >= self.cfg.batch_steps else None
+
+    def updated(self, learner):
+        pass
+
+    def status(self):
+        return {}
+
+    def close(self):
+        self.venv.close()
+
+
+class RayActors:
+    """Experience from `workers` PGWorker actors in synchronous rounds: every actor collects
+    batch_steps / workers steps of finished pieces with the newest weights; once all have answered,
+    the batch is ready. A round waits for its slowest actor rather than learn from stale games:
+    letting fast actors run on, one update stale, made CartPole runs climb to 400 and collapse.
+    Pieces an actor holds unfinished at the end of a round carry over to its next one."""
+
+    def __init__(self, cfg, rng):
+        self.cfg = cfg
+        probe = envs.make_vector(cfg.game, cfg.preset, 1, sticky=cfg.sticky)
+        self.spec = probe.grok_spec
+        self.obs_shape = probe.single_observation_space.shape
+        self.n_actions = int(probe.single_action_space.n)
+        probe.close()
+        self.ray, self.started, self.fleet = None, False, None
+        self.results, self.steps, self.updates = [], 0, 0
+
+    def start(self, run, learner, callback):
+        cfg = self.cfg
+        self.ray, self.started = start_ray(cfg.ray_address, cfg.workers)
+        config, first_step = dataclasses.asdict(cfg), run.step
+        self.fleet = Fleet(self.ray, PGWorker, lambda i, g: (config, i, worker_seed(cfg.seed, first_step, i, g)),
+                           cfg.workers, lost_reporter(run, callback))
+        self.fleet.broadcast(learner.model.state_dict())
+        self.per_call = math.ceil(cfg.batch_steps / cfg.workers)
+
+    def collect(self, run, callback):
+        if not self.fleet.pending:  # a new round: every actor collects with the same, newest weights
+            for i in range(self.cfg.workers):
+                self.fleet.call(i, "collect", self.per_call)
+        got = self.fleet.next(timeout=1.0)
+        if got is not None and got[1] is not None:
+            i, result = got
+            report_rollout(run, callback, result, self.fleet.generation[i])
+            self.results.append(result)
+            self.steps += len(result["returns"])
+
+    def batch(self):
+        """The round's pieces in worker order (arrival order must not change the sums), or None."""
+        if self.fleet.pending or self.steps < self.cfg.batch_steps:
+            return None
+        batch = sorted(self.results, key=lambda b: b["worker"])
+        self.results, self.steps = [], 0
+        obs = np.concatenate([b["obs"] for b in batch]).astype(np.float32)  # (B, D)
+        return obs, np.concatenate([b["actions"] for b in batch]), np.concatenate([b["returns"] for b in batch])
+
+    def updated(self, learner):
+        self.updates += 1
+        if self.updates % BROADCAST_EVERY == 0:
+            self.fleet.broadcast(learner.model.state_dict())
+
+    def status(self):
+        return {"version": self.fleet.version}
+
+    def close(self):
+        shut_down(self.ray, self.fleet, self.started)
+
+
+# ----------------------------------------------------------------------------- training
+
 def train(cfg, run, callback=None, init=None, resume=None):
     """Train until total_steps, hours, or a stop request. cfg: a resolved Config.
 
     init: (models, header) of a checkpoint to start the weights from; resume: the same for the run's
     own checkpoint (weights, optimizer, counters and random state). callback(metrics) is called
-    after every finished episode and update."""
-    if cfg.workers > 0:
-        from agents.distributed import train_pg
-        return train_pg(cfg, run, callback, init, resume)
+    after every finished episode and update (and with workers, every "rollout" and "worker_lost")."""
     rng = np.random.default_rng(cfg.seed)
-    venv = envs.make_vector(cfg.game, cfg.preset, cfg.num_envs, sticky=cfg.sticky)
-    run.env = venv.grok_spec  # what checkpoints record is the env this run really plays
-    obs_shape = venv.single_observation_space.shape
-    n_actions = int(venv.single_action_space.n)
+    source = (RayActors if cfg.workers > 0 else LocalEnvs)(cfg, rng)
+    run.env = source.spec  # what checkpoints record is the env this run really plays
+    obs_shape, n_actions = source.obs_shape, source.n_actions
     learner = Learner(cfg, int(np.prod(obs_shape)), n_actions, rng)
     if init is not None:
         learner.model.load_state_dict(init[0]["model"].state_dict())
@@ -238,56 +416,26 @@ def train(cfg, run, callback=None, init=None, resume=None):
 
     def save(final=False):
         info, opt_arrays = learner.opt.state_dict()
-        extra = {f"optim.{k}": v for k, v in opt_arrays.items()}
         header = {**checkpoint_header(cfg, obs_shape, n_actions, rng), "optim": info}
-        return run.save({"model": learner.model}, header, extra, final=final)
+        return run.save({"model": learner.model}, header, {f"optim.{k}": v for k, v in opt_arrays.items()},
+                        final=final)
 
-    store = np.int8 if cfg.preset == "karpathy" else np.float32  # Karpathy diffs are -1/0/1
-    rollouts = Rollouts(cfg.num_envs, store)
-    reset_on_reward = cfg.reset_on_reward == "yes"
-    # envs are re-seeded from (seed, step) so a resumed run does not replay the same games
-    obs, _ = venv.reset(seed=int(cfg.seed * 1_000_003 + run.step) % (2**31))
-    ep_return = np.zeros(cfg.num_envs)
-    ep_length = np.zeros(cfg.num_envs, dtype=np.int64)
-    deadline = time.monotonic() + cfg.hours * 3600 if cfg.hours > 0 else math.inf
+    stop_at = deadline(cfg.hours)
     learner.model.eval()
     try:
-        while not run.stop_requested:
-            if cfg.total_steps and run.step >= cfg.total_steps or time.monotonic() >= deadline:
-                break
-            probs = action_probs(learner.model, obs, cfg.head)  # (N, A)
-            actions = sample_actions(probs, rng)
-            next_obs, rewards, terminated, truncated, _ = venv.step(actions)
-            done = terminated | truncated
-            run.step += cfg.num_envs
-            ep_return += rewards
-            ep_length += 1
-            for i in range(cfg.num_envs):
-                rollouts.add(i, obs[i], actions[i], float(rewards[i]))
-                if done[i] or (reset_on_reward and rewards[i] != 0):
-                    rollouts.finish(i, cfg.gamma, reset_on_reward)
-                if done[i]:
-                    mean = run.log_episode(ep_return[i], ep_length[i])
-                    if callback:
-                        callback({"event": "episode", "step": run.step, "episode": run.episode,
-                                  "return": float(ep_return[i]), "length": int(ep_length[i]),
-                                  "running_mean": mean})
-                    ep_return[i], ep_length[i] = 0.0, 0
-            obs = next_obs
-            if rollouts.batch_steps >= cfg.batch_steps:
-                metrics = learner.update(*rollouts.take())
+        source.start(run, learner, callback)
+        while not finished(cfg, run, stop_at):
+            source.collect(run, callback)
+            batch = source.batch()
+            if batch is not None:
+                metrics = learner.update(*batch)
                 learner.model.eval()
-                if metrics["skipped"]:
-                    run.message(f"update at step {run.step} produced NaN/inf: skipped "
-                                f"({learner.bad_in_a_row} in a row, {learner.bad_total} in all)")
-                    if learner.bad_in_a_row >= cfg.max_bad_updates:
-                        raise NumericalError(
-                            f"{learner.bad_in_a_row} updates in a row produced NaN/inf; stopped without "
-                            f"overwriting {run.checkpoint_path}")
-                run.log_update(metrics, callback)
+                check_update(learner, metrics, run)
+                source.updated(learner)
+                run.log_update({**source.status(), **metrics}, callback)
             if run.due():
                 save()
         save(final=True)
     finally:
-        venv.close()
+        source.close()
     return learner

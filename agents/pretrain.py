@@ -2,50 +2,19 @@
 
 Each recording (envs/recording.py) is re-simulated on the emulator (every screen checked against
 its CRC32) and the target agent's observations are rebuilt from the raw RGB screens exactly as its
-preset builds them; the label of an observation is the action taken right after it was seen.
-The network is trained by cross-entropy with mini-batches, a held-out split and Adam, and written
-as a checkpoint of the agent's own kind that `scripts.train --init` and `agents.load` accept.
+preset builds them (agent_steps: frames; action_map: which recorded actions the agent can take);
+the label of an observation is the action taken right after it was seen. The network is trained
+by cross-entropy with mini-batches, whole games held out (Demonstrations.split) and Adam, and
+written as a checkpoint of the agent's own kind that `scripts.train --init` and `agents.load` accept.
 
-Frames. Both presets act every 4 emulator frames. A recording holds one entry per base-env step:
-  frameskip 4 (karpathy-preset recordings): one entry per agent step, nothing to do for karpathy.
-      For the deepmind preset the max-pool over an agent step's last two frames cannot be rebuilt
-      (the frame before the last was never shown): the last frame stands alone (an approximation;
-      Pong's ball looks half as long). No no-op starts: the first screen is the reset screen.
-  frameskip 1 (deepmind-preset recordings from evaluate/watch, and scripts.play): the preset's
-      no-op starts come first (their count is redrawn from the recorded seed as AtariPreprocessing
-      draws it, and checked: those base steps must all be NOOP); then every 4 base steps are one
-      agent step. Subsampled for karpathy (the screen at the end of each agent step, which is what
-      ALE's own frameskip=4 returns); pooled for deepmind (max of the last two screens, ALE's
-      grayscale, cv2 INTER_AREA to 84x84, stacks of 4 with zero padding, as the preset does).
-  The label of agent step k is the recorded action of its first base step (deepmind recordings
-  repeat it over all four; `mixed_groups` counts the agent steps where they differ).
-  Other frameskips, and recordings made with the training wrappers (life-loss resets, FIRE
-  presses), are refused.
-
-Actions. Raw ALE actions are mapped by name to the target's actions:
-  deepmind: the same name in the target's action set (identity for the minimal set); missing
-      names are dropped.
-  karpathy (2 actions, 0 = up, 1 = down): RIGHT and RIGHTFIRE -> up, LEFT and LEFTFIRE -> down in
-      Pong (UP/DOWN where the game has them; FIRE only serves). NOOP and FIRE are DROPPED: the
-      policy cannot keep still, and calling them up or down would teach a drift the teacher
-      never had. Their observations still serve as the previous frame of the next difference.
-
-Split. Whole games are held out (consecutive frames are near duplicates, so a random split by
-frame would flatter the accuracy): shuffled games go to validation until it holds val_fraction of
-the samples (at least one game, never all). With one game, its last val_fraction is held out.
-The weights of the epoch with the best validation accuracy are kept (the last, without a split).
-
-DQN. The Nature network (conv layers, then the hidden and output layers) is trained the same way,
-its Q-values standing in for logits under softmax cross-entropy: the greedy action becomes the
-teacher's, the Q levels mean nothing yet (TD learning sets them). Target = online network.
-It is slow to start: Pong's raw frames differ from each other by about 0.3% of the pixel range,
-so for the first few hundred updates the network only learns how often each action is taken
-(measured, hidden 64: 32 Pong stacks memorised after about 500 full-batch updates at lr 3e-3 and
-not within 1000 at 1e-4; 32 noise images or mean-centred stacks within 50 at 1e-3). Give it
-thousands of updates.
+DQN. The Nature network is trained the same way, its Q-values standing in for logits under softmax
+cross-entropy: the greedy action becomes the teacher's, the Q levels mean nothing yet (TD learning
+sets them). It is slow to start: Pong's raw frames differ from each other by about 0.3% of the pixel
+range, so for the first few hundred updates the network only learns how often each action is taken
+(measured, hidden 64: 32 Pong stacks memorised after about 500 full-batch updates at lr 3e-3 and not
+within 1000 at 1e-4; 32 noise images or mean-centred stacks within 50 at 1e-3). Give it thousands.
 """
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -58,7 +27,7 @@ import envs
 from agents import dqn
 from agents import policy_gradient as pg
 from agents.run import config_dict, save_checkpoint
-from envs.atari import karpathy_preprocess, up_down_actions
+from envs.atari import action_names, deepmind_frame, karpathy_frame
 from envs.recording import RecordingError, load, replay
 from nets import Adam, BCEWithLogits, SoftmaxCrossEntropy
 
@@ -140,22 +109,15 @@ def resolved(cfg):
     return Target(cfg.agent, agent_cfg, spec, obs_shape, meanings, scale, head, batch_size)
 
 
-@functools.lru_cache(maxsize=None)
-def action_names(env_id, preset):
-    """The names of the agent's actions (cached: making an ALE env loads its ROM, which is slow)."""
-    probe = gym.make(env_id)
-    try:
-        meanings = list(probe.unwrapped.get_action_meanings())
-        if preset == "karpathy":
-            up, down = up_down_actions(probe)
-            return meanings[up], meanings[down]
-        return tuple(meanings)
-    finally:
-        probe.close()
-
-
 def action_map(recorded_meanings, target):
-    """(raw actions,) int array: the target's action index for each recorded action, or DROP."""
+    """(raw actions,) int array: the target's action index for each recorded action, or DROP.
+
+    deepmind: the same name in the target's action set (identity for the minimal set); missing
+        names are dropped.
+    karpathy (2 actions, 0 = up, 1 = down): RIGHT and RIGHTFIRE -> up, LEFT and LEFTFIRE -> down in
+        Pong (UP/DOWN where the game has them; FIRE only serves). NOOP and FIRE are DROPPED: the
+        policy cannot keep still, and calling them up or down would teach a drift the teacher
+        never had. Their observations still serve as the previous frame of the next difference."""
     out = np.full(len(recorded_meanings), DROP, np.int64)
     for raw, name in enumerate(recorded_meanings):
         if target.spec["preset"] == "karpathy":
@@ -163,31 +125,6 @@ def action_map(recorded_meanings, target):
         if name in target.actions:
             out[raw] = target.actions.index(name)
     return out
-
-
-# ----------------------------------------------------------------------------- frames, as the presets make them
-
-def ale_grayscale(rgb):
-    """(210, 160, 3) uint8 -> (210, 160) uint8: ALE's getScreenGrayscale from the RGB screen
-    (its luminance weights, rounded half up; checked equal on 119 colours of 12 games)."""
-    f = rgb.astype(np.float64)
-    lum = f[..., 0] * 0.2989 + f[..., 1] * 0.5870 + f[..., 2] * 0.1140  # (210, 160)
-    return np.floor(lum + 0.5).astype(np.uint8)
-
-
-def deepmind_frame(last, before=None, size=84):
-    """AtariPreprocessing's observation of one agent step: max of its last two screens (just the
-    last at reset), grayscale, resized with cv2 INTER_AREA. -> (size, size) uint8."""
-    import cv2
-    gray = ale_grayscale(last)
-    if before is not None:
-        np.maximum(gray, ale_grayscale(before), out=gray)
-    return cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA)
-
-
-def karpathy_frame(last, before=None):
-    """Karpathy's preprocessed screen, bit-packed: (800,) uint8 for the 6400 0/1 pixels."""
-    return np.packbits(karpathy_preprocess(last).astype(np.uint8))
 
 
 # ----------------------------------------------------------------------------- one recording
@@ -248,7 +185,21 @@ def agent_steps(layout, target):
     """Re-simulate one recording into the target's per-agent-step frames and labels.
 
     Returns (frames (K+1, ...) uint8, labels (K,) int64 with DROP, info dict): frames[k] is what the
-    preset keeps of agent step k (k = 0: the first screen), labels[k] the action taken after it."""
+    preset keeps of agent step k (k = 0: the first screen), labels[k] the action taken after it.
+
+    Both presets act every 4 emulator frames; a recording holds one entry per base-env step:
+      frameskip 4 (karpathy-preset recordings): one entry per agent step, nothing to do for karpathy.
+          For the deepmind preset the max-pool over an agent step's last two frames cannot be rebuilt
+          (the frame before the last was never shown): the last frame stands alone (an approximation;
+          Pong's ball looks half as long). No no-op starts: the first screen is the reset screen.
+      frameskip 1 (deepmind-preset recordings from evaluate/watch, and scripts.play): the preset's
+          no-op starts come first (layouts() redraws and checks their count); then every 4 base steps
+          are one agent step. Subsampled for karpathy (the screen at the end of each agent step, which
+          is what ALE's own frameskip=4 returns); pooled for deepmind (max of the last two screens,
+          ALE's grayscale, cv2 INTER_AREA to 84x84, stacks of 4 with zero padding, as the preset does).
+    The label of agent step k is the recorded action of its first base step (deepmind recordings repeat
+    it over all four; info's `mixed_groups` counts the agent steps where they differ). Other
+    frameskips, and recordings made with the training wrappers, are refused (layouts())."""
     rec, frameskip, noops, meanings = layout.rec, layout.frameskip, layout.noops, layout.meanings
     path = rec.path
     mapping = action_map(meanings, target)
@@ -334,7 +285,10 @@ class Demonstrations:
         return obs
 
     def split(self, val_fraction, rng):
-        """(train rows, val rows): whole games held out, or a single game's tail (see the docstring)."""
+        """(train rows, val rows). Whole games are held out (consecutive frames are near duplicates, so
+        a random split by frame would flatter the accuracy): shuffled games go to validation until it
+        holds val_fraction of the samples (at least one game, never all). With one game, its last
+        val_fraction is held out. fit() keeps the weights of the best validation epoch."""
         rows = np.arange(len(self))
         if val_fraction <= 0:
             return rows, rows[:0]

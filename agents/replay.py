@@ -4,41 +4,25 @@ Layout: one circular buffer per env, `slots` long, so each env's steps sit in or
 stack is just the slots before one. A slot holds the newest frame of one observation (obs[-1] of a
 (4, 84, 84) stack: 7 KB, an eighth of storing obs and next_obs as stacks) and, once the env has
 stepped from it, the transition taken there: action, reward, and two flags kept apart (SB3's
-handle_timeout_termination, CleanRL's real_next_obs):
+handle_timeout_termination, CleanRL's real_next_obs): `terminal`, no bootstrap (the game ended, or a
+life was lost when that counts as terminal); `end`, the env's episode ended and the env reset: the
+next slot holds the episode's final frame (info["final_obs"]), then the new episode's first. A
+truncated episode (time limit) is end without terminal: it bootstraps from that final frame.
 
-  terminal  the transition ends with no bootstrap (the game ended, or a life was lost when
-            life loss counts as terminal for the learner);
-  end       the env's episode ended here (terminated or truncated) and the env reset: the next
-            slot holds the episode's final frame (from info["final_obs"]), then the new episode's
-            first frame. A truncated episode (time limit) is end without terminal: it bootstraps
-            from that final frame.
-
-Stacks never reach across an episode start: frames before a slot flagged `first` are zeros, which
-is exactly how the env pads the first observations of an episode, so a rebuilt stack equals what the
-agent saw (tests/test_replay.py checks this against a real AtariVectorEnv). A life lost without a
-reset is terminal but not an episode start: the env's stack runs on, and so does ours.
-
-n-step returns: G = r_t + g r_{t+1} + ... + g^{m-1} r_{t+m-1}, m <= n, stopping after the first
-terminal or end; the bootstrap is from the observation at slot t+m, discounted by g^m, or nothing
-when the stop was terminal. sample() returns that discount directly, so the learner's target is
-returns + discounts * max_a Q(next_obs, a).
-
-Observations that are not frame stacks (CartPole's 4 floats) use the same code with stack=1.
-
-Prioritized replay (Schaul et al. 2016; prioritized=True): each slot has a priority in a sum tree
-(agents/sumtree.py), and sample() draws transition i with probability p_i / sum p, stratified as
-Schaul's paper does (one draw from each of B equal slices of the total). A new transition gets the
-largest priority seen so far, so it is replayed at least once soon; update_priorities() then sets
-p_i = (|TD error| + eps) ** alpha. Slots without a transition (a final frame, a slot being
-written) have priority 0; the few drawn slots whose n-step future or stack frames are not stored
-(the newest and oldest of each env) are drawn again. The batch carries importance weights
-(N p_i) ** -beta divided by the batch's largest, which the learner multiplies into the loss.
+Stacks never reach across an episode start: frames before a slot flagged `first` are zeros, exactly
+as the env pads an episode's first observations, so a rebuilt stack equals what the agent saw
+(tests/test_replay.py checks it against a real AtariVectorEnv). Observations that are not frame
+stacks (CartPole's 4 floats) use the same code with stack=1.
 """
+import json
+import os
 from typing import NamedTuple, Optional
 
 import numpy as np
 
 from agents.sumtree import SumTree
+from envs.atari import frame_stack
+from nets.npzfile import HEADER_KEY, write_npz
 
 FORMAT = "grok-arcade.replay"
 FORMAT_VERSION = 1
@@ -55,21 +39,36 @@ class Batch(NamedTuple):
     index: Optional[np.ndarray] = None  # (B,) int64 slots sampled, env * slots + slot (prioritized only)
 
 
+def slots_per_env(capacity, num_envs, stack, n_step):
+    """The slots of each env's circular buffer; ValueError when they cannot hold a stack and an n-step return."""
+    slots = int(capacity) // int(num_envs)
+    if slots < stack + n_step + 1:
+        raise ValueError(f"capacity {capacity} over {num_envs} envs leaves {slots} slots each; "
+                         f"need more than stack + n_step = {stack + n_step}")
+    return slots
+
+
 class ReplayBuffer:
     """capacity slots split evenly over num_envs circular buffers.
 
     start(obs) once after every venv.reset(); add(...) after every venv.step(...); sample(B);
-    with prioritized=True, update_priorities(batch.index, td_errors) after learning from a batch."""
+    with prioritized=True, update_priorities(batch.index, td_errors) after learning from a batch.
+
+    Prioritized replay (Schaul et al. 2016): each slot has a priority in a sum tree (agents/sumtree.py),
+    and sample() draws transition i with probability p_i / sum p, stratified as Schaul's paper does (one
+    draw from each of B equal slices of the total). A new transition gets the largest priority seen so
+    far, so it is replayed at least once soon; update_priorities() then sets p_i = (|TD error| + eps) **
+    alpha. Slots without a transition (a final frame, a slot being written) have priority 0; the few
+    drawn slots whose n-step future or stack frames are not stored (the newest and oldest of each env)
+    are drawn again. The batch carries importance weights (N p_i) ** -beta divided by the batch's
+    largest, which the learner multiplies into the loss."""
 
     def __init__(self, capacity, obs_shape, obs_dtype=np.uint8, num_envs=1, stack=1, n_step=1,
                  gamma=0.99, rng=None, prioritized=False, alpha=0.5, priority_eps=1e-6):
         obs_shape = tuple(int(d) for d in obs_shape)
         if stack > 1 and obs_shape[0] != stack:
             raise ValueError(f"stack={stack} needs observations of shape ({stack}, ...), got {obs_shape}")
-        self.slots = int(capacity) // int(num_envs)
-        if self.slots < stack + n_step + 1:
-            raise ValueError(f"capacity {capacity} over {num_envs} envs leaves {self.slots} slots each; "
-                             f"need more than stack + n_step = {stack + n_step}")
+        self.slots = slots_per_env(capacity, num_envs, stack, n_step)
         if n_step < 1 or not 0.0 <= gamma <= 1.0:
             raise ValueError(f"n_step must be >= 1 and gamma in [0, 1], got {n_step}, {gamma}")
         self.obs_shape, self.obs_dtype = obs_shape, np.dtype(obs_dtype)
@@ -198,7 +197,12 @@ class ReplayBuffer:
     def sample(self, batch_size, beta=0.4):
         """A batch of transitions as a Batch of arrays: uniform, or by priority with importance
         weights (N p_i) ** -beta when prioritized. Its obs and next_obs arrays are reused by the
-        next sample(): use them (or copy them) before sampling again."""
+        next sample(): use them (or copy them) before sampling again.
+
+        n-step returns: G = r_t + g r_{t+1} + ... + g^{m-1} r_{t+m-1}, m <= n, stopping after the first
+        terminal or end; the bootstrap is from the observation at slot t+m, discounted by g^m, or
+        nothing when the stop was terminal. The batch holds that discount, so the learner's target is
+        returns + discounts * max_a Q(next_obs, a)."""
         low = self.n_step  # age 0 is the newest slot, the one the env is at now
         high = self.count - self.stack  # older slots may lack the frames of their stack
         if np.any(high < low):
@@ -272,16 +276,14 @@ class ReplayBuffer:
 
     def save(self, path, step):
         """Write the buffer to path (.npz, atomically) with the agent step it belongs to."""
-        from nets.npzfile import write_npz
         arrays, header = self.state()
         write_npz(path, arrays, {**header, "step": int(step)})
 
     def load(self, path):
         """Fill this buffer from a file written from state(). One array is read at a time (np.load
         is lazy), so loading needs the buffer's memory plus one chunk. ValueError if it does not fit."""
-        import json
         with np.load(path, allow_pickle=False) as z:
-            header = json.loads(z["__header__"].tobytes().decode("utf-8"))
+            header = json.loads(z[HEADER_KEY].tobytes().decode("utf-8"))
             want = {"format": FORMAT, "version": FORMAT_VERSION, "slots": self.slots, "num_envs": self.num_envs,
                     "obs_shape": list(self.obs_shape), "dtype": self.obs_dtype.str, "stack": self.stack}
             wrong = {k: header.get(k) for k, v in want.items() if header.get(k) != v}
@@ -310,3 +312,93 @@ class ReplayBuffer:
             leaves[:, :used] = self.max_priority
         leaves[~self.has_transition] = 0.0
         self.tree.fill(leaves.reshape(-1))
+
+
+# ----------------------------------------------------------------------------- a DQN run's buffer
+
+class SharedReplay:
+    """The learner's replay: one ReplayBuffer per actor, sampled as one (uniform over transitions)."""
+
+    def __init__(self, buffers, rng):
+        self.buffers, self.rng = buffers, rng
+
+    def __len__(self):
+        return sum(len(b) for b in self.buffers)
+
+    def sampleable(self):
+        return sum(b.sampleable() for b in self.buffers)
+
+    def add_chunk(self, b, chunk):
+        """An actor's chunk (agents.dqn.DQNWorker.collect: arrays over (T, N) of newest frames, the
+        final frames of ended episodes apart) into buffer b, step by step as LocalEnvs adds them."""
+        buf = self.buffers[b]
+        if chunk["start"] is not None:
+            buf.start(chunk["start"])
+        finals = {tuple(at): frame for at, frame in zip(chunk["final_at"].tolist(), chunk["final_frames"])}
+        for t in range(len(chunk["actions"])):
+            final = None
+            if chunk["ended"][t].any():
+                final = chunk["next"][t].copy()
+                for i in np.flatnonzero(chunk["ended"][t]):
+                    final[i] = finals[(t, int(i))]
+            buf.add(chunk["actions"][t], chunk["rewards"][t], chunk["terminal"][t], chunk["ended"][t],
+                    chunk["next"][t], final)
+
+    def sample(self, batch_size, beta=None):  # beta: prioritized replay's, which runs single-process only
+        weights = np.array([b.sampleable() for b in self.buffers], np.float64)
+        counts = self.rng.multinomial(batch_size, weights / weights.sum())
+        parts = [b.sample(int(c)) for b, c in zip(self.buffers, counts) if c > 0]
+        return Batch(**{f: np.concatenate([getattr(p, f) for p in parts]) for f in Batch._fields
+                        if getattr(parts[0], f) is not None})  # uniform parts: no weights or index
+
+
+
+def make_buffer(cfg, obs_shape, obs_dtype, rng):
+    """A DQN run's replay buffer (cfg: agents.dqn.Config): frame stacks rebuilt on the deepmind
+    preset, priorities if asked."""
+    return ReplayBuffer(cfg.buffer_size, obs_shape, obs_dtype, cfg.num_envs, frame_stack(cfg.preset), cfg.n_step,
+                        cfg.gamma, rng, prioritized=cfg.prioritized, alpha=cfg.priority_alpha)
+
+
+def final_observations(info, next_obs, ended):
+    """The last observation of each episode that ended this step (rows of other envs: next_obs): with
+    same-step autoreset, next_obs already holds the new episode's first one, info["final_obs"] the last."""
+    if not ended.any():
+        return next_obs
+    final = info.get("final_obs")
+    if final is None:
+        raise ValueError("the vector env reported no info['final_obs'] for an ended episode")
+    out = np.array(next_obs, copy=True)
+    for i in np.flatnonzero(ended):
+        out[i] = final[i]
+    return out
+
+
+def buffer_path(run):
+    return os.path.join(run.dir, "replay.npz")
+
+
+def restore_buffer(buffer, run):
+    """Fill buffer from the run's replay.npz when there is one that fits; otherwise say that it refills.
+    A file older than the checkpoint is still good experience, so it is used all the same."""
+    path = buffer_path(run)
+    if not os.path.exists(path):
+        run.message("no saved replay buffer: refilling it before learning again")
+        return buffer
+    try:
+        header = buffer.load(path)
+    except Exception as e:  # a damaged file (zip, JSON, shapes) must not stop the run: refill instead
+        run.message(f"could not load {path} ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                    f"refilling the replay buffer")
+        return buffer.empty_like()
+    if header.get("step") != run.step:
+        run.message(f"{path} was saved at step {header.get('step')}, the checkpoint at {run.step}: using it")
+    return buffer
+
+
+def save_buffer(buffer, run):
+    """Write the buffer to the run's replay.npz; a failure is said through run.message."""
+    try:
+        buffer.save(buffer_path(run), run.step)
+    except OSError as e:
+        run.message(f"could not write {buffer_path(run)}: {e.strerror or e}")

@@ -1,8 +1,10 @@
-"""A training run on disk: config.json, progress.csv, metrics.csv, checkpoint.npz, curve.png;
-resume; signals.
+"""What every training loop shares: the run dir (config.json, progress.csv, metrics.csv, eval.csv,
+checkpoint.npz, snapshots, curve.png), checkpoints and how a run starts from one (--resume, --init:
+compatibility, the network an --init file decides), signals, NaN handling and the loop's stopwatch.
 
 Agents call into a Run; they never print. Messages for people (a checkpoint that could not be
-written, NaN updates) go through `run.message`, which the script points at its progress bar.
+written, NaN updates) go through `run.message`, which the script points at its progress bar. Library
+errors are exceptions (CheckpointError, ValueError, NumericalError) that scripts turn into one line.
 """
 import csv
 import dataclasses
@@ -10,7 +12,6 @@ import io
 import json
 import math
 import os
-import platform
 import re
 import signal
 import sys
@@ -19,22 +20,55 @@ from collections import deque
 
 import numpy as np
 
-from nets.model import CheckpointError, check_header, model_from_arrays, package_versions
-from nets.npzfile import atomic_write, read_npz, read_npz_header, write_npz
+from agents.curve import plot_progress
+from nets.data import sha256_of
+from nets.model import CheckpointError, check_header, model_from_arrays
+from nets.npzfile import atomic_write, read_npz, read_npz_header, versions, write_npz
 
 AGENT_FORMAT = "grok-arcade.agent"
 AGENT_FORMAT_VERSION = 1
 PROGRESS_FIELDS = ["step", "episode", "return", "length", "running_mean", "wall_seconds"]
 EVAL_FIELDS = ["step", "mean_return", "std_return", "episodes", "wall_seconds"]
+PACKAGES = ("grok-arcade", "gymnasium", "ale-py")  # whose versions checkpoints and run dirs record
 
 
 class NumericalError(RuntimeError):
     """Training produced NaN/inf too many times in a row; the checkpoint was not overwritten."""
 
 
-def versions():
-    return {"python": platform.python_version(),
-            **package_versions("grok-arcade", "gymnasium", "ale-py")}
+def check_update(learner, metrics, run):
+    """After an update: a NaN/inf one (metrics["skipped"]) is said through run.message, and
+    max_bad_updates of them in a row raise NumericalError (the last checkpoint stays as it was)."""
+    if not metrics["skipped"]:
+        return
+    run.message(f"update at step {run.step} produced NaN/inf: skipped "
+                f"({learner.bad_in_a_row} in a row, {learner.bad_total} in all)")
+    if learner.bad_in_a_row >= learner.cfg.max_bad_updates:
+        raise NumericalError(f"{learner.bad_in_a_row} updates in a row produced NaN/inf; stopped without "
+                             f"overwriting {run.checkpoint_path}")
+
+
+class Stopwatch:
+    """Seconds spent per named part of the loop: mark(name) charges the time since the last mark."""
+
+    def __init__(self):
+        self.totals = {}
+        self.last = time.perf_counter()
+
+    def mark(self, name):
+        now = time.perf_counter()
+        self.totals[name] = self.totals.get(name, 0.0) + now - self.last
+        self.last = now
+
+
+def deadline(hours):
+    """time.monotonic() at which a run of `hours` stops (inf for 0: no limit)."""
+    return time.monotonic() + hours * 3600 if hours > 0 else math.inf
+
+
+def finished(cfg, run, stop_at):
+    """A stop was asked for, or total_steps or the deadline reached."""
+    return run.stop_requested or bool(cfg.total_steps and run.step >= cfg.total_steps) or time.monotonic() >= stop_at
 
 
 def write_text_atomic(path, text):
@@ -51,7 +85,7 @@ def save_checkpoint(path, models, header, extra_arrays=None):
     main = models["model"]
     full = {"format": AGENT_FORMAT, "version": AGENT_FORMAT_VERSION,
             "architecture": main.spec(), "dtype": str(main.dtype),
-            "models": sorted(models), "versions": versions(), **header}
+            "models": sorted(models), "versions": versions(*PACKAGES), **header}
     write_npz(path, arrays, full)
 
 
@@ -81,8 +115,83 @@ def load_checkpoint(path):
     return models, header, rest
 
 
+# ----------------------------------------------------------------------------- starting from a checkpoint
+
+# settings that shape the network: an --init checkpoint decides them unless they are given
+NETWORK_FIELDS = ("hidden", "head", "network", "dueling", "quantiles")
+
+
+def read_run_record(run_dir):
+    """A run dir's config.json (config, env, command, resumes, init); ValueError if there is none."""
+    if not os.path.isdir(run_dir):
+        raise ValueError(f"{run_dir}: no such run dir")
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            record = json.load(f)
+        if not isinstance(record, dict) or not isinstance(record.get("config", {}), dict):
+            raise ValueError("not an object")
+        return record
+    except (OSError, ValueError):
+        raise ValueError(f"{run_dir}: missing or damaged config.json") from None
+
+
+def load_run_config(run_dir):
+    """The settings a run in run_dir was started with; ValueError if it is not a run dir."""
+    record = read_run_record(run_dir)
+    if "config" not in record:
+        raise ValueError(f"{run_dir}: missing or damaged config.json")
+    return record["config"]
+
+
+def check_compatible(header, cfg, env, path):
+    """A checkpoint must be for the same agent, game and preset as the run it starts; CheckpointError."""
+    other = header.get("env", {})
+    if header.get("agent") != cfg.agent:
+        raise CheckpointError(f"{path} is a {header.get('agent')} checkpoint, not {cfg.agent}")
+    if other.get("env_id") != env["env_id"] or other.get("preset") != env["preset"]:
+        raise CheckpointError(f"{path} is for {other.get('env_id')} ({other.get('preset')}), "
+                              f"not {env['env_id']} ({env['preset']})")
+
+
+def network_from_checkpoint(cfg, given, header, path, resolve):
+    """cfg with the network settings of the checkpoint at path (header: its header). given: the
+    settings the person set ({name: value or None}); one that differs from the file's is a
+    ValueError, but for quantiles K on a plain DQN file (agents.dqn.init_weights starts a QR
+    network from it). resolve: the agent's resolved()."""
+    saved = header.get("config", {}) if isinstance(header.get("config"), dict) else {}
+    saved = {"quantiles": 0, **saved}  # a DQN file from before QR-DQN holds one value per action
+    changes = {}
+    for name in NETWORK_FIELDS:
+        if name not in saved or not hasattr(cfg, name):
+            continue
+        value = given.get(name)
+        if name == "quantiles" and value and not saved[name]:
+            changes[name] = value
+            continue
+        if value is not None and value != saved[name] and not (name == "head" and value == "auto"):
+            raise ValueError(f"{name} {value} does not fit {path}, whose network has {name} {saved[name]}")
+        changes[name] = saved[name]
+    try:
+        return resolve(dataclasses.replace(cfg, **changes))
+    except ValueError as e:
+        raise ValueError(f"{path}: {str(e).splitlines()[0]}") from None
+
+
+def init_summary(path, header):
+    """What an --init checkpoint brings to a run's record: which file (and its sha256) and the
+    training it holds, its own plus what it was itself continued from ("trained_before")."""
+    before = header.get("trained_before") if isinstance(header.get("trained_before"), dict) else {}
+
+    def total(key, kind):
+        values = [record.get(key, 0) for record in (header, before)]
+        return kind(sum(v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)))
+
+    return {"path": path, "sha256": sha256_of(path), "step": total("step", int), "episode": total("episode", int),
+            "wall_seconds": total("wall_seconds", float)}
+
+
 class Run:
-    """The run dir of one training run. Create with Run(dir, config) or Run.resume(dir)."""
+    """The run dir of one training run; a resumed run calls restore(header) with its checkpoint's."""
 
     def __init__(self, run_dir, config, env, checkpoint_minutes=5.0, message=None, keep_snapshots=0):
         self.dir = os.path.abspath(run_dir)
@@ -122,15 +231,16 @@ class Run:
     def progress_path(self):
         return os.path.join(self.dir, "progress.csv")
 
-    def write_config(self, step=0, init=None):
+    def write_config(self, step=0, init=None, blas_threads=None):
         """config.json: settings, env, versions and the command; a resume keeps the first command
         and adds itself, with the step it resumed from, to "resumes", so the card of a shipped agent
         shows how it really trained (a flag changed on a resume took effect from that step).
         init: what an --init checkpoint brought (path, sha256, its steps, episodes and wall seconds),
-        kept by every resume, so a shipped agent's card counts the training its weights started from."""
+        kept by every resume, so a shipped agent's card counts the training its weights started from.
+        blas_threads: the BLAS threads the command runs with (else OPENBLAS_NUM_THREADS, as inherited)."""
         now = time.strftime("%Y-%m-%dT%H:%M:%S")
-        threads = os.environ.get("OPENBLAS_NUM_THREADS")  # as scripts.train set it, or as inherited
-        record = {"config": self.config, "env": self.env, "versions": versions(),
+        threads = str(blas_threads) if blas_threads is not None else os.environ.get("OPENBLAS_NUM_THREADS")
+        record = {"config": self.config, "env": self.env, "versions": versions(*PACKAGES),
                   "command": sys.argv, "blas_threads": threads, "started": now, "resumes": []}
         if init is not None:
             record["init"] = init
@@ -165,6 +275,16 @@ class Run:
         except OSError as e:
             self.message(f"could not append to {self.progress_path}: {e.strerror or e}")
         return mean
+
+    def count(self, steps, episodes, callback=None):
+        """steps more agent steps, then each finished episode (return, length) logged, with an
+        "episode" event for callback."""
+        self.step += steps
+        for ret, length in episodes:
+            mean = self.log_episode(ret, length)
+            if callback:
+                callback({"event": "episode", "step": self.step, "episode": self.episode, "return": ret,
+                          "length": length, "running_mean": mean})
 
     @property
     def metrics_path(self):
@@ -283,7 +403,6 @@ class Run:
     def write_curve(self):
         self.last_curve = time.monotonic()
         try:
-            from agents.curve import plot_progress
             plot_progress(self.progress_path, os.path.join(self.dir, "curve.png"),
                           title=f"{self.env.get('env_id', '')} {self.config.get('agent', '')}")
         except Exception as e:  # a plot must never stop training
@@ -342,6 +461,12 @@ class EvalLog:
             self.run.message(f"could not append to {self.path}: {e.strerror or e}")
 
 
+def home_relative(path):
+    """path made absolute, with the home directory written ~: files that travel name no machine's home."""
+    path, home = os.path.abspath(path), os.path.expanduser("~")
+    return "~" + path[len(home):] if home not in ("", "/") and path.startswith(home + os.sep) else path
+
+
 def config_dict(cfg):
     return dataclasses.asdict(cfg)
 
@@ -391,7 +516,7 @@ def export_for_playing(src, dst, before=None, average=()):
     if model.dtype != np.float32:
         raise CheckpointError(f"{src}: weights are {model.dtype}, shipped checkpoints are float32")
     keep = playing_header(header)
-    keep["exported_from"] = {"path": os.path.abspath(src), "step": header.get("step"),
+    keep["exported_from"] = {"path": home_relative(src), "step": header.get("step"),
                              "episode": header.get("episode")}
     if isinstance(before, dict):
         keep["trained_before"] = before

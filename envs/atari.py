@@ -11,15 +11,19 @@ Protocol: sticky=True is ALE v5 (repeat_action_probability 0.25); sticky=False i
 NoFrameskip-v4 protocol (no sticky actions) that CleanRL and SB3 report on.
 """
 import difflib
+import functools
 
 import ale_py
+import cv2
 import gymnasium as gym
 import numpy as np
+from ale_py.vector_env import AtariVectorEnv
 
 gym.register_envs(ale_py)
 
 PRESETS = ("karpathy", "deepmind", "classic")
 STICKY_PROB = 0.25
+FRAME_STACK = 4  # frames in one observation of the deepmind preset
 
 
 class UnknownGameError(ValueError):
@@ -69,6 +73,25 @@ def default_preset(env_id):
     return "karpathy" if env_id == "ALE/Pong-v5" else "deepmind"
 
 
+def frame_stack(preset):
+    """Frames in one observation: DeepMind's stack of 4, else 1 (a vector or Karpathy's frame difference)."""
+    return FRAME_STACK if preset == "deepmind" else 1
+
+
+@functools.lru_cache(maxsize=None)
+def action_names(env_id, preset):
+    """The names of the agent's actions (cached: making an ALE env loads its ROM, which is slow)."""
+    probe = gym.make(env_id)
+    try:
+        meanings = list(probe.unwrapped.get_action_meanings())
+        if preset == "karpathy":
+            up, down = up_down_actions(probe)
+            return meanings[up], meanings[down]
+        return tuple(meanings)
+    finally:
+        probe.close()
+
+
 def env_spec(game, preset, sticky=True, training=False, noop_max=30):
     """Everything that defines what the agent sees: recorded in run configs, checkpoints, recordings."""
     env_id = resolve(game)
@@ -86,7 +109,7 @@ def env_spec(game, preset, sticky=True, training=False, noop_max=30):
             "frameskip": 4,
         })
         if preset == "deepmind":
-            spec.update({"frame_stack": 4, "screen_size": 84, "noop_max": int(noop_max),
+            spec.update({"frame_stack": FRAME_STACK, "screen_size": 84, "noop_max": int(noop_max),
                          "training_wrappers": bool(training)})
     else:
         spec["protocol"] = "gymnasium"
@@ -114,6 +137,11 @@ def karpathy_preprocess_batch(frames):
     """(N, 210, 160, 3) uint8 -> (N, 6400) float32: karpathy_preprocess on a whole batch at once."""
     img = frames[:, 35:195:2, ::2, 0]  # (N, 80, 80)
     return ((img != 144) & (img != 109) & (img != 0)).astype(np.float32).reshape(len(frames), 6400)
+
+
+def karpathy_frame(last, before=None):
+    """Karpathy's preprocessed screen, bit-packed: (800,) uint8 for the 6400 0/1 pixels."""
+    return np.packbits(karpathy_preprocess(last).astype(np.uint8))
 
 
 class KarpathyPong(gym.Wrapper, gym.utils.RecordConstructorArgs):
@@ -150,7 +178,6 @@ class KarpathyVector:
     frames are bit-identical to the single-env path (tests/test_envs.py checks it)."""
 
     def __init__(self, env_id, num_envs, repeat_action_probability):
-        from ale_py.vector_env import AtariVectorEnv
         self.env = AtariVectorEnv(
             game=gym.registry[env_id].kwargs["game"], num_envs=num_envs,
             repeat_action_probability=repeat_action_probability, frameskip=4, stack_num=1,
@@ -189,6 +216,24 @@ class KarpathyVector:
 
 
 # ----------------------------------------------------------------------------- DeepMind's preset
+
+def ale_grayscale(rgb):
+    """(210, 160, 3) uint8 -> (210, 160) uint8: ALE's getScreenGrayscale from the RGB screen
+    (its luminance weights, rounded half up; checked equal on 119 colours of 12 games)."""
+    f = rgb.astype(np.float64)
+    lum = f[..., 0] * 0.2989 + f[..., 1] * 0.5870 + f[..., 2] * 0.1140  # (210, 160)
+    return np.floor(lum + 0.5).astype(np.uint8)
+
+
+def deepmind_frame(last, before=None, size=84):
+    """AtariPreprocessing's observation of one agent step from RGB screens: max of its last two
+    (just the last at reset), grayscale, resized with cv2 INTER_AREA. -> (size, size) uint8."""
+    gray = ale_grayscale(last)
+    if before is not None:
+        np.maximum(gray, ale_grayscale(before), out=gray)
+    return cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA)
+
+
 
 class EpisodicLife(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Life loss ends the episode for the learner; the game itself resets only when it is over."""
@@ -275,7 +320,7 @@ def make(game, preset=None, *, seed=None, render_mode=None, sticky=True, trainin
         if training:
             env = gym.wrappers.ClipReward(env, -1.0, 1.0)
         # zero padding: identical first stacks to ale-py's AtariVectorEnv (see FACTS.md)
-        env = gym.wrappers.FrameStackObservation(env, 4, padding_type="zero")
+        env = gym.wrappers.FrameStackObservation(env, FRAME_STACK, padding_type="zero")
     env.grok_spec = spec
     if seed is not None:
         env.reset(seed=int(seed))
@@ -295,10 +340,9 @@ def make_vector(game, preset=None, num_envs=1, *, seed=None, sticky=True, traini
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     if preset == "deepmind":
-        from ale_py.vector_env import AtariVectorEnv
         venv = AtariVectorEnv(
             game=gym.registry[env_id].kwargs["game"], num_envs=num_envs,
-            repeat_action_probability=spec["repeat_action_probability"], frameskip=4, stack_num=4,
+            repeat_action_probability=spec["repeat_action_probability"], frameskip=4, stack_num=FRAME_STACK,
             img_height=84, img_width=84, grayscale=True, maxpool=True, noop_max=noop_max,
             episodic_life=training, use_fire_reset=training, reward_clipping=False,
             autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)

@@ -1,65 +1,42 @@
 """Recorded games: one .npz per game that replays frame for frame, checked by a CRC32 per screen.
 
-Where the recording sits. A Recorder attaches a small gym.Wrapper right above the base ALE env,
-under every preset wrapper (`envs.make(game, preset, recorder=rec)` puts it there). So it logs what
-the emulator itself was given and showed: the raw action index of each base step (karpathy's action
-0, "up", arrives as ALE action 2, RIGHT), the raw unclipped reward, and the RGB screen after reset
-and after every step. For the deepmind preset the base env runs at frameskip=1 and AtariPreprocessing
-steps it 4 times per agent step; its no-op starts, and with training=True the FIRE presses and
-life-loss no-ops, are base steps too. Every one is in the recording, one entry per emulator frame,
-so replay needs no preset: it makes the base env with the recorded id and kwargs, resets it with the
-recorded seed and steps the recorded actions. Sticky actions (v5) come from the ALE's own RNG, which
-reset(seed=...) reseeds, so the same seed and actions repeat them exactly. Only single envs are
-recorded: make_vector's emulators step inside ale-py's C++ AtariVectorEnv, out of a wrapper's reach.
-
-One game runs from one base reset to the next, and every game is seeded: when a wrapper resets
-without a seed (each game after the first), the recorder passes one drawn from a generator seeded
-by the first seed it saw. So every game replays alone; the first game plays exactly as it would
-unrecorded, later games get different (still reproducible) seeds.
-
-File (FORMAT, VERSION): an .npz read without pickle, written atomically, with
-  header (JSON, stored as uint8 array "__header__"): format, version, env_id, env_kwargs (every kwarg
-      of gym.make but render_mode), preset, spec (envs.env_spec of the wrapped env, or null),
-      protocol, sticky, repeat_action_probability, versions {ale_py, gymnasium, numpy, grok_arcade},
-      seed, player ("human" or a checkpoint name), length (base steps), return, ended_at (first step
-      that terminated or truncated, or null), end ("terminated", "truncated" or null), frames
-      (bool), frame_shape, data_crc32 (of the three arrays below, to catch edits), created (UTC time)
-  actions       (length,)    uint8    raw ALE action index of each base step
-  rewards       (length,)    float64  raw reward of each base step
-  screen_crc32  (length+1,)  uint32   zlib.crc32 of the RGB screen after reset, then after each step
-  frames_zlib   (bytes,)     uint8    only with frames=True: one zlib stream of every screen XOR the
-                                      one before (the first against zeros): about 160 bytes a frame
-Step numbers in messages count base steps: step 0 is the screen after reset, step i the screen after
-the i-th action.
+A Recorder attaches a small gym.Wrapper right above the base ALE env, under every preset wrapper
+(`envs.make(game, preset, recorder=rec)` puts it there), so it logs what the emulator itself was given
+and showed: the raw action index of each base step (karpathy's "up" arrives as ALE action 2, RIGHT;
+the deepmind preset's frames, no-op starts and training FIRE presses are base steps too), the raw
+unclipped reward and the RGB screen after reset and after every step. So replay needs no preset: it
+makes the base env with the recorded id and kwargs, resets it with the recorded seed and steps the
+recorded actions; sticky actions come from the ALE's own RNG, which the seed repeats. Every game is
+seeded (a reset without a seed gets one drawn from the first seed seen), so each game replays alone.
+Only single envs are recorded: make_vector's emulators step inside ale-py's C++ AtariVectorEnv.
+Step numbers in messages count base steps: step i is the screen after the i-th action.
 """
-import datetime
-import io
-import json
 import os
-import tempfile
-import zipfile
 import zlib
-from dataclasses import dataclass
-from importlib import metadata
 
 import ale_py
 import gymnasium as gym
+import imageio.v3 as iio
+import imageio_ffmpeg
 import numpy as np
 
 from envs.atari import is_atari, make
+from envs.recording_format import (SCREEN_SHAPE, Recording, RecordingError, mismatch, read_recording,
+                                   write_recording)
 
+# The file (envs/recording_format.py): a JSON header with format, version, env_id, env_kwargs (every
+# gym.make kwarg but render_mode), preset, spec (envs.env_spec of the wrapped env, or null), protocol,
+# sticky, repeat_action_probability, seed, player ("human" or a checkpoint name), length (base steps),
+# return, ended_at (the first step that terminated or truncated, or null), end ("terminated",
+# "truncated" or null), frames, frame_shape, versions, data_crc32 and created (UTC); the arrays
+# actions (L,) uint8 and rewards (L,) float64 of each base step, screen_crc32 (L+1,) uint32, and with
+# frames=True frames_zlib (bytes,) uint8: one zlib stream of every screen XOR the one before (the
+# first against zeros), about 160 bytes a frame.
 FORMAT = "grok-arcade-recording"
 VERSION = 1
-HEADER_KEY = "__header__"
-MAX_ARRAY_BYTES = 1 << 30  # 1 GiB per array: frames of a 108,000-frame game compress far below it
-SAFE_KINDS = set("biufc")  # never object ('O'), void, or strings
-SCREEN_SHAPE = (210, 160, 3)
 ARRAY_DTYPES = {"actions": np.uint8, "rewards": np.float64, "screen_crc32": np.uint32,
                 "frames_zlib": np.uint8}
-
-
-class RecordingError(ValueError):
-    """A recording that cannot be read, or a replay that does not match what was recorded."""
+PACKAGES = ("ale_py", "gymnasium", "grok_arcade")  # whose versions a recording keeps
 
 
 # ----------------------------------------------------------------------------- recording
@@ -145,19 +122,15 @@ class Recorder:
             "env_id": self.env.spec.id, "env_kwargs": kwargs,
             "preset": self.spec.get("preset") if self.spec else None, "spec": self.spec,
             "protocol": self.spec.get("protocol") if self.spec else ("v5-sticky" if rap > 0 else "v4-nosticky"),
-            "sticky": rap > 0, "repeat_action_probability": rap,
-            "versions": versions(), "seed": self.seed, "player": self.player,
+            "sticky": rap > 0, "repeat_action_probability": rap, "seed": self.seed, "player": self.player,
             "length": self.length, "return": float(np.sum(arrays["rewards"])),
             "ended_at": self.ended_at, "end": self.end,
             "frames": self.frames, "frame_shape": list(SCREEN_SHAPE),
-            "data_crc32": data_crc32(arrays),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
         if self.frames:  # copy() so the game can go on after a save
             blob = b"".join(self._chunks) + self._zip.copy().flush()
             arrays["frames_zlib"] = np.frombuffer(blob, np.uint8)  # (bytes,)
-        write_npz(path, arrays, header)
-        return header
+        return write_recording(path, arrays, header, PACKAGES)
 
 
 class _RecordingWrapper(gym.Wrapper):
@@ -202,90 +175,20 @@ def record(game, act, path, *, preset=None, seed=0, player="human", frames=False
         env.close()
 
 
-def versions():
-    found = {"ale_py": ale_py.__version__, "gymnasium": gym.__version__, "numpy": np.__version__}
-    try:
-        found["grok_arcade"] = metadata.version("grok-arcade")
-    except metadata.PackageNotFoundError:
-        found["grok_arcade"] = None
-    return found
-
-
-def data_crc32(arrays):
-    crc = 0
-    for name in ("actions", "rewards", "screen_crc32"):
-        crc = zlib.crc32(np.ascontiguousarray(arrays[name]).tobytes(), crc)
-    return crc
-
-
-# ----------------------------------------------------------------------------- reading
-
-@dataclass
-class Recording:
-    """A loaded recording: the header and its arrays, checked for consistency."""
-    path: str
-    header: dict
-    actions: np.ndarray        # (L,) uint8
-    rewards: np.ndarray        # (L,) float64
-    screen_crc32: np.ndarray   # (L+1,) uint32
-    frames_zlib: np.ndarray = None  # (bytes,) uint8, or None
-
-    def frames(self):
-        """Yield the stored (210, 160, 3) uint8 screens, decompressed one at a time."""
-        if self.frames_zlib is None:
-            raise RecordingError(f"{self.path}: recorded without frames; replay(path) re-simulates it instead")
-        size = int(np.prod(SCREEN_SHAPE))
-        unzip, data = zlib.decompressobj(), self.frames_zlib.tobytes()
-        screen = np.zeros(size, np.uint8)
-        for i in range(len(self.screen_crc32)):
-            try:
-                chunk = unzip.decompress(data, size)  # max_length: never more than one frame at a time
-            except zlib.error as e:
-                raise RecordingError(f"{self.path}: stored frame {i} is damaged ({e})") from None
-            data = unzip.unconsumed_tail
-            if len(chunk) != size:
-                raise RecordingError(f"{self.path}: stored frames end at frame {i} of {len(self.screen_crc32)}")
-            screen = np.bitwise_xor(screen, np.frombuffer(chunk, np.uint8))  # undo the XOR with the last one
-            yield screen.reshape(SCREEN_SHAPE)
-
-    def summary(self):
-        """The header without the bulky spec, for `--info`."""
-        h = self.header
-        keys = ("env_id", "preset", "protocol", "seed", "player", "length", "return", "end", "frames",
-                "created", "versions")
-        return {k: h.get(k) for k in keys}
-
-
 def load(path):
     """Read and check a recording; RecordingError with a one-line message if anything is off."""
-    path = os.fspath(path)
-    arrays, h = read_npz(path)
-    if h.get("format") != FORMAT:
-        raise RecordingError(f"{path}: not a grok-arcade recording (format {h.get('format')!r})")
-    if h.get("version") != VERSION:
-        raise RecordingError(f"{path}: recording format version {h.get('version')!r} is not supported "
-                             f"(this grok-arcade reads version {VERSION}); replay it with the version that wrote it")
-    for key, kind in (("env_id", str), ("env_kwargs", dict), ("seed", int), ("length", int),
-                      ("player", str), ("frames", bool), ("return", (int, float)), ("data_crc32", int)):
-        if not isinstance(h.get(key), kind) or (kind is int and isinstance(h.get(key), bool)):
-            raise RecordingError(f"{path}: header field {key!r} is missing or has the wrong type")
-    n = h["length"]
-    wanted = {"actions": (n,), "rewards": (n,), "screen_crc32": (n + 1,)}
-    if h["frames"]:
-        wanted["frames_zlib"] = None
-    if set(arrays) != set(wanted):
-        raise RecordingError(f"{path}: holds arrays {sorted(arrays)}, expected {sorted(wanted)}")
-    for name, shape in wanted.items():
-        a = arrays[name]
-        if a.dtype != ARRAY_DTYPES[name] or (shape is not None and a.shape != shape) or a.ndim != 1:
-            raise RecordingError(f"{path}: array {name!r} is {a.dtype}{a.shape}, expected "
-                                 f"{np.dtype(ARRAY_DTYPES[name])}{shape or '(bytes,)'} for length {n}")
-    if data_crc32(arrays) != h["data_crc32"]:
-        raise RecordingError(f"{path}: actions, rewards or screen checksums do not match the header's "
-                             f"data_crc32: the file was edited or damaged")
+    fields = {"env_id": str, "env_kwargs": dict, "seed": int, "length": int, "player": str, "frames": bool,
+              "return": (int, float), "data_crc32": int}
+
+    def shapes(h):
+        n = h["length"]
+        frames = {"frames_zlib": None} if h["frames"] else {}  # None: any length
+        return {"actions": (n,), "rewards": (n,), "screen_crc32": (n + 1,), **frames}
+
+    arrays, h = read_recording(path, FORMAT, VERSION, "grok-arcade", fields, shapes, ARRAY_DTYPES)
     if not np.isclose(float(np.sum(arrays["rewards"])), h["return"]):
         raise RecordingError(f"{path}: header return {h['return']} is not the sum of the rewards")
-    return Recording(path, h, arrays["actions"], arrays["rewards"], arrays["screen_crc32"],
+    return Recording(os.fspath(path), h, arrays["actions"], arrays["rewards"], arrays["screen_crc32"],
                      arrays.get("frames_zlib"))
 
 
@@ -321,12 +224,7 @@ def _base_env(rec):
 
 
 def _mismatch(rec, step, got, want):
-    where = "the screen after reset" if step == 0 else f"the screen after action {step}"
-    recorded, here = rec.header.get("versions", {}).get("ale_py"), ale_py.__version__
-    why = (f"recorded with ale-py {recorded}, replaying with {here}" if recorded != here
-           else "the recording was edited, or is of another game")
-    return RecordingError(f"{rec.path}: replay diverged at step {step} of {len(rec.actions)}: CRC32 of "
-                          f"{where} is {got:08x}, recorded {want:08x} ({why})")
+    return mismatch(rec, step, got, want, "ale_py", ale_py.__version__)
 
 
 def _replay_emulator(rec, env):
@@ -397,10 +295,6 @@ def export(path, out_path, fps=None, every=1, scale=1):
 
 
 def _write_mp4(frames, out_path, fps, scale):
-    try:
-        import imageio_ffmpeg
-    except ImportError:
-        raise ImportError("mp4 export needs imageio-ffmpeg: pip install imageio-ffmpeg") from None
     height, width = SCREEN_SHAPE[0] * scale, SCREEN_SHAPE[1] * scale
     writer = imageio_ffmpeg.write_frames(out_path, (width, height), fps=fps, macro_block_size=1,
                                          ffmpeg_log_level="error")
@@ -416,115 +310,9 @@ def _write_mp4(frames, out_path, fps, scale):
 
 
 def _write_gif(frames, out_path, fps, scale):
-    try:
-        import imageio.v3 as iio
-    except ImportError:
-        raise ImportError("gif export needs imageio and Pillow: pip install imageio pillow") from None
     count = 0
     with iio.imopen(out_path, "w", plugin="pillow") as gif:  # Pillow keeps the frames until close
         for frame in frames:
             gif.write(frame, duration=1000.0 / fps, loop=0)
             count += 1
     return count
-
-
-# ----------------------------------------------------------------------------- safe .npz IO
-# The rules of nets/npzfile.py (envs/ may not import nets/): atomic write, JSON header as a uint8
-# array, no pickle, object dtypes refused before reading, declared sizes checked against the zip
-# directory and a cap, every failure one RecordingError line.
-
-def write_npz(path, arrays, header):
-    """Write arrays + JSON header atomically; the frames blob is already zlib data, so it is stored."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    payload = dict(arrays)
-    payload[HEADER_KEY] = np.frombuffer(json.dumps(header).encode("utf-8"), np.uint8)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", allowZip64=True) as zf:
-                for name, a in payload.items():
-                    a = np.asarray(a)
-                    if a.dtype.hasobject:
-                        raise ValueError(f"array {name!r} has object dtype and cannot be stored")
-                    info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-                    info.compress_type = zipfile.ZIP_STORED if name == "frames_zlib" else zipfile.ZIP_DEFLATED
-                    with zf.open(info, "w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, a, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; a saved recording is a normal file
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _read_member(zf, info, path):
-    name = info.filename[:-4]
-    if info.file_size > MAX_ARRAY_BYTES + 4096:
-        raise RecordingError(f"{path}: array {name!r} declares {info.file_size} bytes, more than allowed")
-    with zf.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise RecordingError(f"{path}: array {name!r} has unsupported npy version {version}")
-        if dtype.hasobject or dtype.kind not in SAFE_KINDS:
-            raise RecordingError(f"{path}: array {name!r} has dtype {dtype}, which is not allowed")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if nbytes > MAX_ARRAY_BYTES or nbytes > info.file_size:
-            raise RecordingError(f"{path}: array {name!r} declares shape {shape} ({nbytes} bytes) "
-                                 f"but holds {info.file_size}")
-        data = f.read(nbytes)
-        if len(data) != nbytes:
-            raise RecordingError(f"{path}: array {name!r} is truncated")
-    array = np.frombuffer(data, dtype=dtype)
-    return array.reshape(shape[::-1]).T.copy() if fortran else array.reshape(shape).copy()
-
-
-def read_npz(path):
-    """Return (arrays, header) of an .npz written by write_npz; RecordingError if anything is off."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise RecordingError(f"{path} is a directory, not a recording")
-    try:
-        with open(path, "rb") as raw:
-            blob = raw.read()
-    except FileNotFoundError:
-        raise RecordingError(f"{path}: no such file") from None
-    except OSError as e:
-        raise RecordingError(f"{path}: cannot read ({e.strerror or e})") from None
-    try:
-        with zipfile.ZipFile(io.BytesIO(blob)) as zf:
-            arrays = {}
-            for info in zf.infolist():
-                if not info.filename.endswith(".npy"):
-                    raise RecordingError(f"{path}: unexpected member {info.filename!r}")
-                arrays[info.filename[:-4]] = _read_member(zf, info, path)
-    except RecordingError:
-        raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile):
-        raise RecordingError(f"{path}: not a valid .npz archive (corrupt or truncated)") from None
-    except MemoryError:
-        raise RecordingError(f"{path}: declares more data than fits in memory") from None
-    except Exception as e:  # zlib.error, EOFError, ValueError from a damaged member, ...
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise RecordingError(f"{path}: damaged archive ({type(e).__name__}: {first})") from None
-    raw_header = arrays.pop(HEADER_KEY, None)
-    if raw_header is None or raw_header.dtype != np.uint8 or raw_header.ndim != 1:
-        raise RecordingError(f"{path}: not a grok-arcade file (no header)")
-    try:
-        header = json.loads(raw_header.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise RecordingError(f"{path}: header is not valid JSON") from None
-    if not isinstance(header, dict):
-        raise RecordingError(f"{path}: header is not a JSON object")
-    return arrays, header

@@ -6,36 +6,18 @@ ROM search is pointed at ale-py's own roms folder: nothing is downloaded, AutoRO
 
 Sides. "right" is PettingZoo's first_0, the green paddle: the one single-player Pong gives the agent.
 "left" is second_0, the orange paddle the built-in AI plays there. On both sides action 2 (RIGHT)
-moves the paddle up and 3 (LEFT) down, as in single-player Pong's minimal set (measured).
+moves the paddle up and 3 (LEFT) down, as in single-player Pong's minimal set (measured). A left-side
+agent sees the screen mirrored (see the mirroring section), so it plays as if it were on the right.
 
 Steps. One step is `frameskip` (4) emulator frames with both players' actions held, rewards summed
 per side: single-player Pong-v5's pace, 15 steps a second. After each step the env keeps the last
-RGB screen (`rgb`) and AtariPreprocessing's max-pool pair (`gray_pool`: grayscale of the last two
-frames, captured exactly as gymnasium's wrapper does), from which each side's view builds its input.
-
-Serving. In two-player mode the player due to serve must press FIRE within 2 seconds or get -1
-(the score does not change, only that reward); single-player Pong serves by itself, so agents never
-learned to. With auto_serve, FIRE is added to a side's action on every frame where no ball is in
-play (RAM byte 54, ball y, is 0 exactly then: checked against the screen over a whole game). The
-serve then comes 62 frames after a point, as in single-player Pong. FIRE is not added while the
-ball is in play: there it speeds up the return (measured), which would change the game.
-
-Mirroring. An agent learned on the right (green) paddle. Playing the left side it sees the screen
-flipped left-right with the two paddles' colours swapped (the score digits too, which are in the
-same colours), so its own paddle is again the green one on the right (the paddles sit at columns
-16-19 and 140-143: the flip maps one onto the other). RGB green (92, 186, 92) and orange
-(213, 130, 74), grayscale 147 and 148 (ALE's luminance). Karpathy's preprocessing binarizes (both
-paddles become 1), so only the flip matters there; DeepMind's keeps the gray shade, so the swap does.
-The score band (rows 0-20, above the top wall) is not flipped: its two fields, each two digits
-right-aligned at columns 20-47 and 100-127 (measured over whole games), trade places, so the digits
-read as they always did and the agent's own score stands where it always stood. (Flipped, they
-came out as mirror-image glyphs 12 columns off: a DeepMind-preset agent sees the band.) The
-mirrored screen is then exactly the right player's screen with the scores exchanged.
-Actions need no mirroring: up is up on both sides.
+RGB screen (`rgb`) and AtariPreprocessing's max-pool pair (`gray_pool`), from which each side's view
+builds its input.
 """
 import os
 
 import ale_py
+import cv2
 import numpy as np
 
 from envs.atari import karpathy_preprocess
@@ -46,6 +28,12 @@ ACTION_MEANINGS = ("NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE")  # 
 WITH_FIRE = np.array([1, 1, 4, 5, 4, 5])  # each action with FIRE pressed too
 PADDLE_RGB = {"right": (92, 186, 92), "left": (213, 130, 74)}
 PADDLE_GRAY = {"right": 147, "left": 148}
+# Serving: in two-player mode the side due to serve must press FIRE within 2 seconds or get -1 (the
+# score does not change, only that reward); single-player Pong serves by itself, so agents never
+# learned to. With auto_serve, FIRE is added to a side's action on every frame where no ball is in
+# play (RAM byte 54, ball y, is 0 exactly then: checked against the screen over a whole game); the
+# serve then comes 62 frames after a point, as in single-player Pong. Not while the ball is in play:
+# there FIRE speeds up the return (measured), which would change the game.
 BALL_Y_RAM = 54  # 0 while no ball is in play
 SCREEN_SHAPE = (210, 160, 3)
 INSTALL_HINT = 'two-player Pong needs the versus extra: pip install -e ".[versus]"'
@@ -87,18 +75,18 @@ def available():
     return True
 
 
-def versions():
-    from importlib import metadata
-    found = {"ale_py": ale_py.__version__, "numpy": np.__version__}
-    for name in ("pettingzoo", "multi-agent-ale-py", "gymnasium"):
-        try:
-            found[name.replace("-", "_")] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name.replace("-", "_")] = None
-    return found
-
-
 # ----------------------------------------------------------------------------- mirroring
+# An agent learned on the right (green) paddle. Playing the left side it sees the screen flipped
+# left-right with the two paddles' colours swapped (the score digits too, which are in the same
+# colours), so its own paddle is again the green one on the right (the paddles sit at columns 16-19
+# and 140-143: the flip maps one onto the other). RGB green (92, 186, 92) and orange (213, 130, 74),
+# grayscale 147 and 148 (ALE's luminance). Karpathy's preprocessing binarizes (both paddles become 1),
+# so only the flip matters there; DeepMind's keeps the gray shade, so the swap does. The score band
+# (rows 0-20, above the top wall) is not flipped: its two fields, each two digits right-aligned at
+# columns 20-47 and 100-127 (measured over whole games), trade places, so the digits read as they
+# always did and the agent's own score stands where it always stood. (Flipped, they came out as
+# mirror-image glyphs 12 columns off: a DeepMind-preset agent sees the band.) The mirrored screen is
+# then exactly the right player's screen with the scores exchanged. Actions need no mirroring.
 
 _GRAY_SWAP = np.arange(256, dtype=np.uint8)
 _GRAY_SWAP[[PADDLE_GRAY["right"], PADDLE_GRAY["left"]]] = PADDLE_GRAY["left"], PADDLE_GRAY["right"]
@@ -301,7 +289,6 @@ class DeepMindView:
         return np.maximum(a, b)  # (210, 160)
 
     def _push(self, env):
-        import cv2
         frame = cv2.resize(self._pooled(env), (self.size, self.size), interpolation=cv2.INTER_AREA)  # (84, 84)
         self.stack = np.concatenate([self.stack[1:], frame[None]])  # (4, 84, 84)
         return self.stack

@@ -1,39 +1,31 @@
 """Recorded two-player games: one .npz per game of envs.versus.VersusPong, replayed and checked by a
-CRC32 per screen, in the safe file format of envs.recording (atomic write, JSON header, no pickle).
+CRC32 per screen, in the file format of envs/recording_format.py.
 
 A VersusRecorder given to VersusPong(recorder=...) logs both players' actions as they chose them (auto
 serve adds FIRE inside the env, so replay repeats it), both rewards, and the screen after reset and
 after every step. Replay rebuilds VersusPong with the recorded settings, resets it with the recorded
 seed and no-op frames, and steps the recorded actions. scripts.replay tells the two formats apart by
 the header's format field (is_versus).
-
-File (FORMAT, VERSION):
-  header: format, version, game ("pong"), env_kwargs (VersusPong's frameskip, auto_serve), sides
-      {left: "second_0", right: "first_0"}, players {left, right} ("human" or a checkpoint name),
-      player (both, for listings), seed, noop_frames, length (steps), points {left, right} (points
-      scored), ended_at, end ("terminated", "truncated" or null), frames (false: screens are not
-      stored), versions {ale_py, numpy, pettingzoo, multi_agent_ale_py, gymnasium, grok_arcade},
-      data_crc32, created
-  actions       (length, 2)  uint8    [left, right] action index (envs.versus.ACTION_MEANINGS) per step
-  rewards       (length, 2)  float64  [left, right] reward per step
-  screen_crc32  (length+1,)  uint32   zlib.crc32 of the RGB screen after reset, then after each step
 """
-import datetime
-import json
 import os
-import zipfile
 import zlib
-from dataclasses import dataclass
-from importlib import metadata
 
 import numpy as np
 
 from envs import versus
-from envs.recording import HEADER_KEY, RecordingError, _read_member, read_npz, write_npz
+from envs.recording_format import Recording, RecordingError, mismatch, read_header, read_recording, write_recording
+from nets.npzfile import versions
 
+# The file: a JSON header with format, version, game ("pong"), env_kwargs (VersusPong's frameskip,
+# auto_serve), sides {left: "second_0", right: "first_0"}, players {left, right} ("human" or a
+# checkpoint name), player (both, for listings), seed, noop_frames, length (steps), points {left,
+# right}, ended_at, end ("terminated", "truncated" or null), frames (false: no screens are stored),
+# versions, data_crc32, created; the arrays actions (L, 2) uint8 [left, right] (envs.versus.
+# ACTION_MEANINGS), rewards (L, 2) float64 and screen_crc32 (L+1,) uint32.
 FORMAT = "grok-arcade-versus-recording"
 VERSION = 1
 ARRAYS = {"actions": np.uint8, "rewards": np.float64, "screen_crc32": np.uint32}
+PACKAGES = ("ale_py", "pettingzoo", "multi_agent_ale_py", "gymnasium", "grok_arcade")  # versions kept
 
 
 class VersusRecorder:
@@ -71,22 +63,14 @@ class VersusRecorder:
         arrays = {"actions": np.asarray(self.actions, np.uint8).reshape(-1, 2),      # (L, 2)
                   "rewards": np.asarray(self.rewards, np.float64).reshape(-1, 2),    # (L, 2)
                   "screen_crc32": np.asarray(self.crcs, np.uint32)}                  # (L+1,)
-        found = versus.versions()
-        try:
-            found["grok_arcade"] = metadata.version("grok-arcade")
-        except metadata.PackageNotFoundError:
-            found["grok_arcade"] = None
         header = {
             "format": FORMAT, "version": VERSION, "game": "pong", "env_kwargs": self.env.kwargs,
             "sides": dict(versus.AGENT_IDS), "players": dict(self.players),
             "player": f"{self.players['left']} (left) vs {self.players['right']} (right)",
             "seed": self.env.seed, "noop_frames": self.env.noop_frames, "length": self.length,
-            "points": points(arrays["rewards"]), "ended_at": self.ended_at, "end": self.end,
-            "frames": False, "versions": found, "data_crc32": data_crc32(arrays),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "points": points(arrays["rewards"]), "ended_at": self.ended_at, "end": self.end, "frames": False,
         }
-        write_npz(path, arrays, header)
-        return header
+        return write_recording(path, arrays, header, PACKAGES)
 
 
 def points(rewards):
@@ -95,28 +79,15 @@ def points(rewards):
     return {"left": int((r[:, 0] > 0).sum()), "right": int((r[:, 1] > 0).sum())}
 
 
-def data_crc32(arrays):
-    crc = 0
-    for name in ARRAYS:
-        crc = zlib.crc32(np.ascontiguousarray(arrays[name]).tobytes(), crc)
-    return crc
-
-
 # ----------------------------------------------------------------------------- reading
 
-@dataclass
-class VersusRecording:
-    """A loaded two-player recording (the fields scripts.replay reads from single-player ones too)."""
-    path: str
-    header: dict
-    actions: np.ndarray        # (L, 2) uint8
-    rewards: np.ndarray        # (L, 2) float64
-    screen_crc32: np.ndarray   # (L+1,) uint32
-    frames_zlib: None = None   # screens are never stored: replay re-simulates
+class VersusRecording(Recording):
+    """A loaded two-player recording: actions and rewards (L, 2), no stored screens."""
+
+    SUMMARY = ("game", "players", "seed", "noop_frames", "length", "points", "end", "created", "versions")
 
     def summary(self):
-        keys = ("game", "players", "seed", "noop_frames", "length", "points", "end", "created", "versions")
-        return {"format": FORMAT, **{k: self.header.get(k) for k in keys}}
+        return {"format": FORMAT, **super().summary()}
 
 
 def is_versus(path):
@@ -124,46 +95,28 @@ def is_versus(path):
     single-player recording with frames can be large); anything unreadable is False, and the
     single-player reader then says what is wrong with it."""
     try:
-        with zipfile.ZipFile(path) as zf:
-            raw = _read_member(zf, zf.getinfo(HEADER_KEY + ".npy"), os.fspath(path))  # (bytes,) uint8
-        header = json.loads(raw.tobytes().decode("utf-8"))
-    except Exception:  # not a zip, no header, damaged, not JSON: not ours
+        return read_header(path).get("format") == FORMAT
+    except RecordingError:  # not a zip, no header, damaged, not JSON: not ours
         return False
-    return isinstance(header, dict) and header.get("format") == FORMAT
 
 
 def load(path):
     """Read and check a two-player recording; RecordingError with one line if anything is off."""
-    path = os.fspath(path)
-    arrays, h = read_npz(path)
-    if h.get("format") != FORMAT:
-        raise RecordingError(f"{path}: not a two-player recording (format {h.get('format')!r})")
-    if h.get("version") != VERSION:
-        raise RecordingError(f"{path}: two-player recording version {h.get('version')!r} is not supported "
-                             f"(this grok-arcade reads version {VERSION})")
-    for key, kind in (("env_kwargs", dict), ("players", dict), ("seed", int), ("noop_frames", int),
-                      ("length", int), ("points", dict), ("data_crc32", int)):
-        if not isinstance(h.get(key), kind) or (kind is int and isinstance(h.get(key), bool)):
-            raise RecordingError(f"{path}: header field {key!r} is missing or has the wrong type")
+    fields = {"env_kwargs": dict, "players": dict, "seed": int, "noop_frames": int, "length": int, "points": dict,
+              "data_crc32": int}
+
+    def shapes(h):
+        n = h["length"]
+        return {"actions": (n, 2), "rewards": (n, 2), "screen_crc32": (n + 1,)}
+
+    arrays, h = read_recording(path, FORMAT, VERSION, "two-player", fields, shapes, ARRAYS)
     if set(h["env_kwargs"]) != {"frameskip", "auto_serve"}:
         raise RecordingError(f"{path}: env_kwargs {sorted(h['env_kwargs'])} are not VersusPong's")
-    n = h["length"]
-    wanted = {"actions": (n, 2), "rewards": (n, 2), "screen_crc32": (n + 1,)}
-    if set(arrays) != set(wanted):
-        raise RecordingError(f"{path}: holds arrays {sorted(arrays)}, expected {sorted(wanted)}")
-    for name, shape in wanted.items():
-        a = arrays[name]
-        if a.dtype != ARRAYS[name] or a.shape != shape:
-            raise RecordingError(f"{path}: array {name!r} is {a.dtype}{a.shape}, expected "
-                                 f"{np.dtype(ARRAYS[name])}{shape} for length {n}")
-    if data_crc32(arrays) != h["data_crc32"]:
-        raise RecordingError(f"{path}: actions, rewards or screen checksums do not match the header's "
-                             f"data_crc32: the file was edited or damaged")
     if int(arrays["actions"].max(initial=0)) >= len(versus.ACTION_MEANINGS):
         raise RecordingError(f"{path}: an action is not one of Pong's {len(versus.ACTION_MEANINGS)}")
     if points(arrays["rewards"]) != h["points"]:
         raise RecordingError(f"{path}: header points {h['points']} do not match the rewards")
-    return VersusRecording(path, h, arrays["actions"], arrays["rewards"], arrays["screen_crc32"])
+    return VersusRecording(os.fspath(path), h, arrays["actions"], arrays["rewards"], arrays["screen_crc32"])
 
 
 # ----------------------------------------------------------------------------- replaying
@@ -186,13 +139,8 @@ def replay(path, frames=False):
 
 
 def _mismatch(rec, step, got, want):
-    where = "the screen after reset" if step == 0 else f"the screen after step {step}"
-    recorded = rec.header.get("versions", {}).get("multi_agent_ale_py")
-    here = versus.versions().get("multi_agent_ale_py")
-    why = (f"recorded with multi-agent-ale-py {recorded}, replaying with {here}" if recorded != here
-           else "the recording was edited")
-    return RecordingError(f"{rec.path}: replay diverged at step {step} of {len(rec.actions)}: CRC32 of "
-                          f"{where} is {got:08x}, recorded {want:08x} ({why})")
+    here = versions("multi_agent_ale_py")["multi_agent_ale_py"]
+    return mismatch(rec, step, got, want, "multi_agent_ale_py", here, after="step")
 
 
 def _replay(rec, env):

@@ -5,7 +5,7 @@ import math
 import numpy as np
 
 from nets.layers import Layer
-from nets.npzfile import read_npz, write_npz
+from nets.npzfile import read_npz, versions, write_npz
 
 FORMAT = "grok-arcade.nets"
 FORMAT_VERSION = 1
@@ -165,25 +165,13 @@ def build(spec, dtype=np.float32, _budget=None):
     return cls(**config, dtype=dtype)
 
 
-def package_versions(*names):
-    """Versions of numpy and any importable named packages (for provenance in files)."""
-    from importlib import metadata
-    out = {"numpy": np.__version__}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
 def model_header(model, meta=None):
     return {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "architecture": model.spec(),
         "dtype": str(model.dtype),
-        "versions": package_versions("grok-arcade"),
+        "versions": versions("grok-arcade"),
         "meta": meta or {},
     }
 

@@ -1,16 +1,19 @@
 """Safe .npz files: arrays plus one JSON header, written atomically, read without pickle.
 
-Every file this project writes (models, agent checkpoints, recordings) goes through here, so the
-defences live in one place: object arrays are refused before anything is read, every declared
-array size is checked against the archive's own directory and a cap (no memory blow-up from a
-forged header), and any failure becomes the caller's own one-line error.
+Every file this project writes (models, agent checkpoints, replay buffers, recorded games) goes
+through here, so the defences live in one place: object arrays are refused before anything is read,
+every declared array size is checked against the archive's own directory and a cap (no memory
+blow-up from a forged header), and any failure becomes the caller's own one-line error. envs/ may
+import this module (and only this one of nets/) for the recordings' file format.
 """
 import contextlib
 import io
 import json
 import os
+import platform
 import tempfile
 import zipfile
+from importlib import metadata
 
 import numpy as np
 
@@ -25,8 +28,22 @@ def current_umask():
     return mask
 
 
-def write_npz(path, arrays, header, compress=False):
-    """Write arrays and a JSON header to path atomically (temp file in the same dir, then replace)."""
+def versions(*packages):
+    """Python's and numpy's versions and each named package's (None when it is not installed): the
+    provenance every file header records."""
+    found = {"python": platform.python_version(), "numpy": np.__version__}
+    for name in packages:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def write_npz(path, arrays, header, compress=False, stored=()):
+    """Write arrays and a JSON header to path atomically (temp file in the same dir, then replace).
+    compress: deflate the members, except those named in `stored` (data that is already compressed).
+    Members carry a fixed date, so the same arrays and header give the same bytes."""
     path = os.fspath(path)
     for name, a in arrays.items():
         if name == HEADER_KEY or np.asarray(a).dtype.hasobject:
@@ -34,7 +51,13 @@ def write_npz(path, arrays, header, compress=False):
     payload = dict(arrays)
     payload[HEADER_KEY] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
     with atomic_write(path, "wb") as f:
-        (np.savez_compressed if compress else np.savez)(f, **payload)
+        with zipfile.ZipFile(f, "w", allowZip64=True) as zf:
+            for name, a in payload.items():
+                info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+                deflate = compress and name not in stored
+                info.compress_type = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
+                with zf.open(info, "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(a), allow_pickle=False)
 
 
 @contextlib.contextmanager
@@ -58,10 +81,10 @@ def atomic_write(path, mode="wb"):
         raise
 
 
-def _read_member(zf, info, error):
+def _read_member(zf, info, path, error):
     name = info.filename[:-4]
     if info.file_size > MAX_ARRAY_BYTES + 4096:
-        raise error(f"array {name!r} declares {info.file_size} bytes, more than allowed")
+        raise error(f"{path}: array {name!r} declares {info.file_size} bytes, more than allowed")
     with zf.open(info) as f:
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
@@ -69,18 +92,19 @@ def _read_member(zf, info, error):
         elif version in ((2, 0), (3, 0)):
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         else:
-            raise error(f"array {name!r} has unsupported npy version {version}")
+            raise error(f"{path}: array {name!r} has unsupported npy version {version}")
         if dtype.hasobject or dtype.kind not in SAFE_KINDS:
-            raise error(f"array {name!r} has dtype {dtype}, which is not allowed")
+            raise error(f"{path}: array {name!r} has dtype {dtype}, which is not allowed")
         count = 1
         for d in shape:
             count *= int(d)
         nbytes = count * dtype.itemsize
         if nbytes > MAX_ARRAY_BYTES or nbytes > info.file_size:
-            raise error(f"array {name!r} declares shape {shape} ({nbytes} bytes) but holds {info.file_size}")
+            raise error(f"{path}: array {name!r} declares shape {shape} ({nbytes} bytes) but holds "
+                        f"{info.file_size}")
         data = f.read(nbytes)
         if len(data) != nbytes:
-            raise error(f"array {name!r} is truncated")
+            raise error(f"{path}: array {name!r} is truncated")
     array = np.frombuffer(data, dtype=dtype)
     if fortran:
         return array.reshape(shape[::-1]).T.copy()
@@ -107,7 +131,7 @@ def read_npz_header(path, error=ValueError):
                 info = zf.getinfo(HEADER_KEY + ".npy")
             except KeyError:
                 raise error(f"{path}: not a grok-arcade file (no header)") from None
-            raw = _read_member(zf, info, error)
+            raw = _read_member(zf, info, path, error)
     except error:
         raise
     except OSError as e:
@@ -144,7 +168,7 @@ def read_npz(path, error=ValueError):
             for info in zf.infolist():
                 if not info.filename.endswith(".npy"):
                     raise error(f"{path}: unexpected member {info.filename!r}")
-                arrays[info.filename[:-4]] = _read_member(zf, info, error)
+                arrays[info.filename[:-4]] = _read_member(zf, info, path, error)
     except error:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile):

@@ -12,7 +12,10 @@ import os
 import tempfile
 import warnings
 
-from scripts.common import fail
+import envs
+from agents import dqn
+from agents.run import Run, Stopwatch, config_dict
+from scripts.common import UsageError, blas_threads, fail
 
 PARTS = ("act", "env", "replay_add", "replay_sample", "update", "eval", "other")
 
@@ -33,7 +36,6 @@ def add_arguments(parser):
 def make_config(game="pong", warmup=2000, steps=1000, num_envs=1, dueling=False, seed=0, prioritized=False,
                 quantiles=0, target_epsilon=0.0):
     """The timed run's dqn Config; ValueError naming a bad value."""
-    from agents import dqn
     if warmup < 1 or steps < 1:
         raise ValueError(f"--warmup and --steps must be >= 1, got {warmup} and {steps}")
     return dqn.resolved(dqn.Config(game=game, seed=seed, num_envs=num_envs, dueling=dueling, prioritized=prioritized,
@@ -45,10 +47,7 @@ def make_config(game="pong", warmup=2000, steps=1000, num_envs=1, dueling=False,
 
 def run(cfg):
     """Train a make_config() Config for its warm-up and timed steps; return the rows."""
-    import envs
-    from agents import dqn
-    from agents.run import Run, config_dict
-    clock = dqn.Stopwatch()
+    clock = Stopwatch()
     marks = {}
 
     def on_event(m):
@@ -87,9 +86,13 @@ def main(args):
                           args.prioritized, args.quantiles, args.target_epsilon)
     except ValueError as e:  # a bad flag value or an unknown game: one line, exit 2
         fail(str(e).splitlines()[0])
-    print(f"DQN on {args.game}: {args.warmup} warm-up steps, then {args.steps} with learning on "
-          f"(OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}; shared machine: trust the split)")
-    rows = run(cfg)
+    try:
+        with blas_threads(default=2) as threads:  # as scripts.train runs dqn
+            print(f"DQN on {args.game}: {args.warmup} warm-up steps, then {args.steps} with learning on "
+                  f"({threads} BLAS threads; shared machine: trust the split)")
+            rows = run(cfg)
+    except UsageError as e:
+        fail(str(e))
     for row in rows:
         if "value" in row:
             print(f"  {row['name']:<32} {row['value']:>10,}")

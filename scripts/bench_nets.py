@@ -12,10 +12,11 @@ import os
 import time
 
 import numpy as np
+from threadpoolctl import threadpool_info
 
 import nets
 
-# issue 8's targets for numpy/PyTorch, by row name
+# the speed targets for numpy/PyTorch (time ratios), by row name
 TARGETS = {"mlp fwd+bwd b4096": 1.0, "dqn fwd b1": 1.0, "dqn fwd b32": 1.5, "dqn fwd+bwd b32": 1.0,
            "dqn adam step": 1.0}
 
@@ -171,10 +172,6 @@ def torch_cases(numpy_nets, threads=2):
 
 
 def blas_description():
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return "BLAS: (install threadpoolctl to see the kernel)"
     parts = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} x{i.get('num_threads')}"
              for i in threadpool_info() if i.get("user_api") == "blas"]
     return "BLAS: " + "; ".join(parts)

@@ -13,7 +13,10 @@ import time
 
 import numpy as np
 
-from scripts.common import fail
+import envs
+from agents import policy_gradient as pg
+from agents.run import Run, config_dict
+from scripts.common import UsageError, blas_threads, fail
 
 
 def add_arguments(parser):
@@ -25,7 +28,6 @@ def add_arguments(parser):
 
 
 def raw_env_speed(cfg, steps):
-    import envs
     venv = envs.make_vector(cfg.game, cfg.preset, cfg.num_envs, seed=cfg.seed, sticky=cfg.sticky)
     rng = np.random.default_rng(cfg.seed)
     n = cfg.num_envs
@@ -40,8 +42,6 @@ def raw_env_speed(cfg, steps):
 
 
 def training_speed(cfg, steps):
-    from agents import policy_gradient as pg
-    from agents.run import Run, config_dict
     with tempfile.TemporaryDirectory() as tmp:
         warm = pg.dataclasses.replace(cfg, total_steps=cfg.batch_steps // 2)
         run = Run(os.path.join(tmp, "warm"), config_dict(warm), {}, checkpoint_minutes=1e9,
@@ -66,7 +66,6 @@ def training_speed(cfg, steps):
 
 
 def main(args):
-    from agents import policy_gradient as pg
     extra = {} if args.batch_steps is None else {"batch_steps": args.batch_steps}
     try:
         cfg = pg.resolved(pg.Config(game=args.game, num_envs=args.num_envs, seed=args.seed, **extra))
@@ -74,8 +73,12 @@ def main(args):
         fail(str(e).splitlines()[0])
     if args.steps < cfg.batch_steps:
         fail(f"--steps {args.steps} is less than one update's batch ({cfg.batch_steps} steps)")
-    raw = raw_env_speed(cfg, args.steps)
-    train = training_speed(cfg, args.steps)
+    try:
+        with blas_threads(default=1):  # as scripts.train runs pg
+            raw = raw_env_speed(cfg, args.steps)
+            train = training_speed(cfg, args.steps)
+    except UsageError as e:
+        fail(str(e))
     if train is None:
         fail(f"--steps {args.steps} gave fewer than two updates to time between: use more")
     rows = [{"name": f"env only ({cfg.num_envs} envs, random actions)", "steps_per_s": round(raw, 1)},

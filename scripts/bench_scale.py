@@ -10,15 +10,14 @@ them, and anything else running on the machine counts. On a cluster, pass --ray-
 """
 import dataclasses
 import json
-import os
 import time
 
-# one BLAS thread, set before numpy loads, as scripts.train does for pg and as each actor has: spare
-# OpenBLAS threads spinning against the emulators' made the in-process row 15x slower here
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+import numpy as np
 
-import numpy as np  # noqa: E402
+from agents import policy_gradient as pg
+from agents.distributed import Fleet, start_ray
+from agents.policy_gradient import PGWorker
+from scripts.common import UsageError, blas_threads, fail
 
 
 def add_arguments(parser):
@@ -32,7 +31,6 @@ def add_arguments(parser):
 
 
 def in_process_speed(cfg, steps, per_call):
-    from agents.distributed import PGWorker
     worker = PGWorker(dataclasses.asdict(cfg), 0, cfg.seed)
     worker.collect(per_call)  # warm: first forward passes, the envs' first frames
     done, start = 0, time.perf_counter()
@@ -45,7 +43,6 @@ def in_process_speed(cfg, steps, per_call):
 
 def fleet_speed(ray, cfg, state, workers, steps, per_call, broadcasts):
     """(steps/s delivered by `workers` actors, median ms per broadcast)."""
-    from agents.distributed import Fleet, PGWorker
     config = dataclasses.asdict(cfg)
     fleet = Fleet(ray, PGWorker, lambda i, g: (config, i, cfg.seed + 1000 * i + g), workers)
     try:
@@ -73,12 +70,14 @@ def fleet_speed(ray, cfg, state, workers, steps, per_call, broadcasts):
 
 
 def main(args):
-    from agents import policy_gradient as pg
-    from agents.distributed import start_ray
     counts = [int(w) for w in args.workers.split(",") if w.strip()]
     cfg = pg.resolved(pg.Config(game=args.game, num_envs=args.num_envs, seed=args.seed))
     per_call = 4 * args.num_envs * 25  # about 100 vector steps per call
-    speed, state = in_process_speed(cfg, args.steps, per_call)
+    try:
+        with blas_threads(default=1):  # as scripts.train runs pg, and as each actor has (agents/distributed.py)
+            speed, state = in_process_speed(cfg, args.steps, per_call)
+    except UsageError as e:
+        fail(str(e))
     rows = [{"name": f"in process ({args.num_envs} envs)", "workers": 0, "steps_per_s": round(speed, 1)}]
     ray, started = start_ray(args.ray_address, max(counts))
     try:

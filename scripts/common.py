@@ -1,7 +1,18 @@
-"""What every script shares: one-line errors with exit code 2, dataclass configs as flags."""
+"""What every script shares: one-line errors with exit code 2, dataclass configs as flags, the BLAS
+thread count, and the flag checks that several commands make alike."""
 import argparse
+import contextlib
 import dataclasses
+import importlib.util
+import os
 import sys
+
+from threadpoolctl import threadpool_limits
+
+import agents
+from agents import distributed
+from agents.evaluation import evaluate, play_rule
+from scripts.viewer import NoDisplayError, check_display
 
 
 class UsageError(Exception):
@@ -13,27 +24,40 @@ def fail(message, code=2):
     sys.exit(code)
 
 
+@contextlib.contextmanager
+def blas_threads(flag=None, default=1):
+    """`with blas_threads(args.blas_threads) as threads:` runs the command's numpy on that many BLAS
+    threads: --blas-threads, else an inherited OPENBLAS_NUM_THREADS, else `default`. Every command
+    that runs a network goes through here. With more busy threads than cores (the emulators', another
+    run's), OpenBLAS's spinning workers made a batch-8 matrix product 20x slower, and a batch-1 one on
+    a busy 2-core machine took 9 ms instead of 0.3 ms: so the default is 1."""
+    if flag is not None and flag < 1:
+        raise UsageError(f"--blas-threads must be >= 1, got {flag}")
+    inherited = os.environ.get("OPENBLAS_NUM_THREADS", "")
+    threads = flag or (int(inherited) if inherited.isdigit() and int(inherited) > 0 else default)
+    with threadpool_limits(threads, user_api="blas"):
+        yield threads
+
+
 def load_agent(path, seed):
     """agents.load, with a bad checkpoint as a UsageError (one line, exit 2)."""
-    import agents
     try:
         return agents.load(path, seed=seed)
     except agents.CheckpointError as e:
         raise UsageError(str(e)) from None
 
 
-def check_record_dir(agent, record):
-    """--record DIR: only Atari games are recorded, and DIR must be (or become) a folder."""
-    import os
-    if not agent.env["env_id"].startswith("ALE/"):
-        raise UsageError(f"--record: recordings are for Atari games, not {agent.env['env_id']}")
-    if os.path.exists(record) and not os.path.isdir(record):
-        raise UsageError(f"--record {record}: exists and is not a directory")
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and exit code 2."""
 
+    def error(self, message):
+        fail(f"{message} (see {self.prog} --help)")
+
+
+# ----------------------------------------------------------------------------- flags several commands share
 
 def check_workers(workers, ray_address):
     """--workers N [--ray-address A]: Ray is an optional extra, so say so before anything starts."""
-    import importlib.util
     if workers < 0:
         raise UsageError(f"--workers must be >= 0, got {workers}")
     if ray_address and not workers:
@@ -42,11 +66,62 @@ def check_workers(workers, ray_address):
         raise UsageError('--workers needs Ray: pip install -e ".[distributed]"')
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage dump) and exit code 2."""
+def add_worker_flags(parser, what):
+    """--workers and --ray-address of the commands that score a checkpoint (evaluate, ship)."""
+    parser.add_argument("--workers", type=int, default=0,
+                        help=f"spread the {what} over N Ray actors (needs the distributed extra)")
+    parser.add_argument("--ray-address", default="",
+                        help="with --workers: join this Ray cluster (default: a local Ray)")
 
-    def error(self, message):
-        fail(f"{message} (see {self.prog} --help)")
+
+def check_scoring_flags(args):
+    """What evaluate and ship check alike: --episodes >= 1 and the worker flags."""
+    if args.episodes < 1:
+        raise UsageError(f"--episodes must be >= 1, got {args.episodes}")
+    check_workers(args.workers, args.ray_address)
+
+
+def play_games(path, agent, args, sticky, greedy, epsilon, explore, on_game, record=None, message=None):
+    """agents.evaluation.evaluate on this process, or with --workers agents.distributed.evaluate on
+    Ray actors; a cluster that cannot be reached, or actors that keep dying, are a UsageError."""
+    if not args.workers:
+        return evaluate(agent, args.episodes, seed=args.seed, sticky=sticky, explore=explore, on_game=on_game,
+                        record_dir=record, message=message)
+    try:
+        return distributed.evaluate(path, agents.load, args.episodes, seed=args.seed, sticky=sticky, greedy=greedy,
+                                    epsilon=epsilon, workers=args.workers, ray_address=args.ray_address,
+                                    on_game=on_game)
+    except distributed.WorkerError as e:
+        raise UsageError(str(e)) from None
+
+
+def check_window_flags(args):
+    """--fps and --scale of the commands that open a window (watch, play, versus)."""
+    if args.fps is not None and args.fps < 0:
+        raise UsageError(f"--fps must be >= 0, got {args.fps:g}")
+    if args.scale is not None and not 1 <= args.scale <= 8:
+        raise UsageError(f"--scale must be 1 to 8, got {args.scale}")
+
+
+def check_folder(flag, path):
+    """A folder flag (--record, --out): the path must be a folder, or not exist yet."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: exists and is not a directory")
+
+
+def check_record_dir(agent, record):
+    """--record DIR: only Atari games are recorded, and DIR must be (or become) a folder."""
+    if not agent.env["env_id"].startswith("ALE/"):
+        raise UsageError(f"--record: recordings are for Atari games, not {agent.env['env_id']}")
+    check_folder("--record", record)
+
+
+def check_window(hint=""):
+    """A window can open, or a UsageError says what to do instead."""
+    try:
+        check_display(hint)
+    except NoDisplayError as e:
+        raise UsageError(str(e)) from None
 
 
 def add_greedy_flag(parser):
@@ -67,12 +142,13 @@ def add_epsilon_flag(parser):
 
 def play_rule_from_flags(agent, args):
     """agents.evaluation.play_rule with --greedy and --epsilon; a bad combination is a UsageError."""
-    from agents.evaluation import play_rule
     try:
         return play_rule(agent, args.greedy, args.epsilon)
     except ValueError as e:
         raise UsageError(f"--epsilon: {e}") from None
 
+
+# ----------------------------------------------------------------------------- dataclass configs as flags
 
 def add_config_flags(parser, cls, skip=()):
     """One --flag per dataclass field (underscores become dashes), defaulting to None = unchanged."""

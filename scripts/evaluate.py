@@ -6,8 +6,11 @@ import json
 import os
 import sys
 
-from scripts.common import (Parser, UsageError, add_epsilon_flag, add_greedy_flag, check_record_dir,
-                            check_workers, fail, load_agent, play_rule_from_flags)
+from agents.evaluation import action_rule
+from envs import env_spec
+from scripts.common import (Parser, UsageError, add_epsilon_flag, add_greedy_flag, add_worker_flags, blas_threads,
+                            check_record_dir, check_scoring_flags, fail, load_agent, play_games,
+                            play_rule_from_flags)
 
 
 def build_parser():
@@ -20,18 +23,14 @@ def build_parser():
     p.add_argument("--record", metavar="DIR", help="save every game as a recording in DIR")
     add_greedy_flag(p)
     add_epsilon_flag(p)
-    p.add_argument("--workers", type=int, default=0,
-                   help="spread the games over N Ray actors (needs the distributed extra)")
-    p.add_argument("--ray-address", default="", help="with --workers: join this Ray cluster (default: a local Ray)")
+    add_worker_flags(p, "games")
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        if args.episodes < 1:
-            raise UsageError(f"--episodes must be >= 1, got {args.episodes}")
-        check_workers(args.workers, args.ray_address)
+        check_scoring_flags(args)
         if args.workers and args.record:
             raise UsageError("--record writes the games where they are played: drop --workers to record")
         agent = load_agent(args.checkpoint, args.seed)
@@ -41,24 +40,16 @@ def main(argv=None):
             os.makedirs(args.record, exist_ok=True)
     except UsageError as e:
         fail(str(e))
-    from agents.evaluation import action_rule, evaluate
 
     def row(k, ret, length):
         print(f"game {k + 1:3d}  seed {args.seed + k:6d}  return {ret:7.1f}  length {length:6d}", flush=True)
 
-    if args.workers:
-        from agents import distributed
-        try:
-            summary = distributed.evaluate(args.checkpoint, args.episodes, seed=args.seed, sticky=not args.no_sticky,
-                                           greedy=args.greedy, epsilon=args.epsilon, workers=args.workers,
-                                           ray_address=args.ray_address, on_game=row)
-        except distributed.WorkerError as e:
-            fail(str(e))
-    else:
-        summary = evaluate(agent, args.episodes, seed=args.seed, sticky=not args.no_sticky,
-                           explore=explore, on_game=row, record_dir=args.record,
-                           message=lambda text: print(text, file=sys.stderr))
-    from envs import env_spec
+    try:
+        with blas_threads():
+            summary = play_games(args.checkpoint, agent, args, not args.no_sticky, args.greedy, args.epsilon,
+                                 explore, row, record=args.record, message=lambda text: print(text, file=sys.stderr))
+    except UsageError as e:
+        fail(str(e))
     protocol = env_spec(agent.env["env_id"], agent.env["preset"], not args.no_sticky)["protocol"]
     result = {"checkpoint": args.checkpoint, "game": agent.env["env_id"], "protocol": protocol,
               "actions": action_rule(agent, explore),

@@ -12,6 +12,9 @@ import sys
 
 import numpy as np
 
+from agents.curve import read_progress
+from agents.run import CheckpointError, load_checkpoint
+from nets.npzfile import atomic_write
 from scripts.common import Parser, UsageError, fail
 
 GAP = 1  # pixels of NaN (drawn as the background) between tiles
@@ -71,7 +74,6 @@ def mosaic(tiles, columns=None):
 
 
 def learning_curve(ax, run_dir):
-    from agents.curve import read_progress
     cols = read_progress(os.path.join(run_dir, "progress.csv"))
     if cols.get("step") and cols.get("return"):
         ax.plot(cols["step"], cols["return"], alpha=0.25, linewidth=0.7, label="game return")
@@ -114,7 +116,6 @@ def draw(models, header, checkpoint, out_path, units=0):
     fig.suptitle(f"{os.path.basename(checkpoint)}: {env.get('env_id')} {header.get('agent')} "
                  f"({env.get('preset')}), step {header.get('step', '?')}")
     fig.tight_layout()
-    from nets.npzfile import atomic_write
     with atomic_write(out_path) as f:  # a picture half written by a crash never replaces a good one
         fig.savefig(f, format=os.path.splitext(out_path)[1][1:].lower())
     plt.close(fig)
@@ -131,7 +132,6 @@ def main(argv=None):
         folder = os.path.dirname(os.path.abspath(args.out))
         if not os.path.isdir(folder):
             raise UsageError(f"--out {args.out}: no such directory {folder}")
-        from agents.run import CheckpointError, load_checkpoint
         try:
             models, header, _ = load_checkpoint(args.checkpoint)
         except CheckpointError as e:

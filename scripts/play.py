@@ -13,7 +13,10 @@ import time
 
 import numpy as np
 
-from scripts.common import Parser, UsageError, fail, parse_bool
+import envs
+from envs.recording import Recorder
+from scripts.common import Parser, UsageError, check_folder, check_window, check_window_flags, fail, parse_bool
+from scripts.viewer import NoDisplayError, Viewer, run
 
 UP_IS_RIGHT = {"ALE/Pong-v5"}  # Pong: RIGHT moves the paddle up, LEFT down (FACTS.md)
 
@@ -53,8 +56,6 @@ class PlaySession:
     hold_at_end = False
 
     def __init__(self, game, out_dir, seed, sticky, episodes=0, on_game=None):
-        import envs
-        from envs.recording import Recorder
         self.recorder = Recorder(player="human")
         self.env = envs.make(game, "deepmind", sticky=sticky, noop_max=0, recorder=self.recorder)
         self.env_id = self.env.grok_spec["env_id"]
@@ -127,24 +128,15 @@ def main(argv=None, *, max_frames=None, keys=None, on_frame=None):
     try:
         if args.episodes < 0:
             raise UsageError(f"--episodes must be >= 0, got {args.episodes}")
-        if args.fps is not None and args.fps < 0:
-            raise UsageError(f"--fps must be >= 0, got {args.fps:g}")
-        if not 1 <= args.scale <= 8:
-            raise UsageError(f"--scale must be 1 to 8, got {args.scale}")
-        import envs
+        check_window_flags(args)
         try:
             env_id = envs.resolve(args.game)
         except envs.UnknownGameError as e:
             raise UsageError(str(e)) from None
         if not env_id.startswith("ALE/"):
             raise UsageError(f"--game {args.game}: play is for Atari games, not {env_id}")
-        if os.path.exists(args.out) and not os.path.isdir(args.out):
-            raise UsageError(f"--out {args.out}: exists and is not a directory")
-        from scripts.viewer import NoDisplayError, Viewer, check_display, run
-        try:
-            check_display("")
-        except NoDisplayError as e:
-            raise UsageError(str(e)) from None
+        check_folder("--out", args.out)
+        check_window()
     except UsageError as e:
         fail(str(e))
 

@@ -9,7 +9,9 @@ on whole games, some held out. RECORDINGS are files or folders of them, from scr
 import os
 import sys
 
-from scripts.common import Parser, UsageError, add_config_flags, config_from_args, fail
+from agents import pretrain
+from envs.recording import RecordingError
+from scripts.common import Parser, UsageError, add_config_flags, blas_threads, config_from_args, fail
 
 
 def build_parser(config_cls):
@@ -18,23 +20,11 @@ def build_parser(config_cls):
                    help="recordings (.npz) or folders holding them")
     p.add_argument("--out", required=True, metavar="CHECKPOINT", help="where to write the checkpoint (.npz)")
     p.add_argument("--agent", choices=["pg", "dqn"], default="pg", help="which agent to pretrain (default pg)")
-    p.add_argument("--blas-threads", type=int, default=1,
+    p.add_argument("--blas-threads", type=int, default=None,
                    help="OpenBLAS threads (default 1: more threads than free cores spin and slow down)")
     p.add_argument("--quiet", action="store_true", help="only the last line")
     add_config_flags(p, config_cls, skip=("agent",))
     return p
-
-
-def set_blas_threads(argv):
-    """OpenBLAS reads its thread count once, when numpy loads: settle it before any import of it."""
-    pre = Parser(add_help=False)
-    pre.add_argument("--blas-threads", type=int, default=1)
-    known, _ = pre.parse_known_args(argv)
-    if known.blas_threads < 1:
-        raise UsageError(f"--blas-threads must be >= 1, got {known.blas_threads}")
-    if "numpy" not in sys.modules:
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-            os.environ.setdefault(var, str(known.blas_threads))
 
 
 def check_out(path):
@@ -60,11 +50,8 @@ def percent(x):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(pretrain.Config).parse_args(argv)
     try:
-        set_blas_threads(argv)
-        from agents import pretrain
-        args = build_parser(pretrain.Config).parse_args(argv)
         cfg = config_from_args(pretrain.Config, args, pretrain.Config(agent=args.agent))
         try:
             target = pretrain.resolved(cfg)
@@ -86,9 +73,11 @@ def main(argv=None):
         said(f"epoch {row['epoch']:3d}/{cfg.epochs}  loss {row['loss']:.4f}  train {percent(row['train_accuracy'])}"
              f"  val {percent(row['val_accuracy'])}  {row['seconds']:.1f} s")
 
-    from envs.recording import RecordingError
     try:  # every recording's header is read before the first (slow) replay: bad input fails at once
-        summary = pretrain.pretrain(cfg, args.sources, args.out, on_recording, on_epoch)
+        with blas_threads(args.blas_threads):
+            summary = pretrain.pretrain(cfg, args.sources, args.out, on_recording, on_epoch)
+    except UsageError as e:
+        fail(str(e))
     except (RecordingError, pretrain.DemonstrationError, FloatingPointError) as e:
         fail(str(e))
     except OSError as e:

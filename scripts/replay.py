@@ -6,16 +6,23 @@ CRC32 is checked as it plays; a mismatch stops the replay with a one-line error.
 Keys: Space pause, Left/Right seek 10 s of game time (one step while paused), N/P next and previous
 game, + and - speed, Esc or Q quit. At the end of the last game the window waits for a key.
 --export writes one recording as a video without opening a window; --info prints each recording's
-metadata as one JSON line. Two-player recordings (scripts.versus) play back the same way.
+metadata as one JSON line. Two-player recordings (scripts.versus) play back the same way, with both
+players' actions on the panel.
 """
 import json
 import os
 import sys
 import zlib
 
+import gymnasium as gym
 import numpy as np
 
-from scripts.common import Parser, UsageError, fail
+from envs import karpathy_preprocess, versus_recording
+from envs import recording as single
+from envs.recording import RecordingError
+from envs.versus import ACTION_MEANINGS
+from scripts.common import Parser, UsageError, check_window, check_window_flags, fail
+from scripts.viewer import NoDisplayError, Viewer, run
 
 SEEK_SECONDS = 10.0
 
@@ -48,16 +55,13 @@ _MEANINGS = {}
 
 def is_versus(header):
     """Two-player recordings (envs/versus_recording.py) are replayed and shown by their own code."""
-    from envs.versus_recording import FORMAT
-    return header.get("format") == FORMAT
+    return header.get("format") == versus_recording.FORMAT
 
 
 def action_meanings(header):
     """Names of the recorded env's actions (the raw ALE indices the recording holds)."""
     if is_versus(header):
-        from scripts.versus import replay_labels
-        return replay_labels()
-    import gymnasium as gym
+        return versus_labels()
     kwargs = {k: v for k, v in header["env_kwargs"].items() if k in ("full_action_space", "game", "mode")}
     key = (header["env_id"], json.dumps(kwargs, sort_keys=True))
     if key not in _MEANINGS:
@@ -72,7 +76,6 @@ class Tape:
     the screens seen are kept zlib-compressed (about 1 KB each for Pong) so seeking back is instant."""
 
     def __init__(self, recording):
-        from envs import recording as single, versus_recording
         self.rec = recording
         replay = versus_recording.replay if is_versus(recording.header) else single.replay
         self.stream = replay(recording.path, frames=recording.frames_zlib is not None)
@@ -151,8 +154,7 @@ class ReplaySession:
 
     def panel(self):
         if is_versus(self.tape.rec.header):
-            from scripts.versus import replay_panel
-            return replay_panel(self.tape, self.pos, self.index, len(self.recordings))
+            return versus_panel(self.tape, self.pos, self.index, len(self.recordings))
         rec, h, pos = self.tape.rec, self.tape.rec.header, self.pos
         view = self._view()  # first: it may replay the screen on show, which `checked` counts
         lines = [("file", os.path.basename(rec.path)),
@@ -173,7 +175,6 @@ class ReplaySession:
         """Karpathy's frame difference when the game was recorded on his preset (it is the agent's input)."""
         if self.tape.rec.header.get("preset") != "karpathy":
             return None
-        from envs import karpathy_preprocess
         now = karpathy_preprocess(self.tape.frame(self.pos))
         before = karpathy_preprocess(self.tape.frame(self.pos - 1)) if self.pos > 0 else now
         return {"title": "network's eye: frame difference", "kind": "diff", "tiles": [(now - before).reshape(80, 80)]}
@@ -183,10 +184,8 @@ class ReplaySession:
 
 
 def load_all(paths):
-    from envs import versus_recording
-    from envs.recording import RecordingError, load
     try:
-        return [versus_recording.load(p) if versus_recording.is_versus(p) else load(p) for p in paths]
+        return [versus_recording.load(p) if versus_recording.is_versus(p) else single.load(p) for p in paths]
     except RecordingError as e:
         raise UsageError(str(e)) from None
 
@@ -194,12 +193,8 @@ def load_all(paths):
 def main(argv=None, *, max_frames=None, keys=None, on_frame=None):
     """keys, max_frames, on_frame: see scripts.viewer.run (tests drive the window with them)."""
     args = build_parser().parse_args(argv)
-    from envs.recording import RecordingError
     try:
-        if args.fps is not None and args.fps < 0:
-            raise UsageError(f"--fps must be >= 0, got {args.fps:g}")
-        if args.scale is not None and not 1 <= args.scale <= 8:
-            raise UsageError(f"--scale must be 1 to 8, got {args.scale}")
+        check_window_flags(args)
         paths = recording_paths(args.path)
         recordings = load_all(paths)
         if args.info:
@@ -208,11 +203,10 @@ def main(argv=None, *, max_frames=None, keys=None, on_frame=None):
             return 0
         if args.export:
             return export(recordings, args)
-        from scripts.viewer import NoDisplayError, Viewer, check_display, run
+        check_window(f", or write a video with `python -m scripts.replay {args.path} --export game.mp4`")
+        session = ReplaySession(recordings)
+        view = session._view()
         try:
-            check_display(f", or write a video with `python -m scripts.replay {args.path} --export game.mp4`")
-            session = ReplaySession(recordings)
-            view = session._view()
             viewer = Viewer(f"grok-arcade replay: {args.path}", (210, 160, 3), args.scale or 3, "replay",
                             n_bars=max(len(action_meanings(r.header)) for r in recordings),
                             view_shapes=[(80, 80)] if view else ())
@@ -226,7 +220,6 @@ def main(argv=None, *, max_frames=None, keys=None, on_frame=None):
 
 
 def export(recordings, args):
-    from envs.recording import export as write_video
     if len(recordings) != 1:
         raise UsageError(f"--export writes one recording; {args.path} holds {len(recordings)}")
     if is_versus(recordings[0].header):
@@ -237,11 +230,34 @@ def export(recordings, args):
     if not os.path.isdir(folder):
         raise UsageError(f"--export {args.export}: no such directory {folder}")
     try:
-        count = write_video(recordings[0].path, args.export, fps=args.fps or None, scale=args.scale or 1)
+        count = single.export(recordings[0].path, args.export, fps=args.fps or None, scale=args.scale or 1)
     except ImportError as e:
         raise UsageError(str(e)) from None
     print(f"wrote {args.export}: {count} frames")
     return 0
+
+
+def versus_panel(tape, pos, index, count):
+    """The panel of a two-player recording at step pos: both players' actions as bars."""
+    rec, h = tape.rec, tape.rec.header
+    points = (rec.rewards[:pos] > 0).sum(axis=0) if pos else np.zeros(2, int)  # (2,)
+    values = np.zeros(2 * len(ACTION_MEANINGS))
+    if pos > 0:
+        left, right = rec.actions[pos - 1]
+        values[[left, len(ACTION_MEANINGS) + right]] = 1.0
+    lines = [("file", os.path.basename(rec.path)),
+             ("game", f"{index + 1} of {count}   seed {h['seed']}"),
+             ("players", f"{h['players']['left']} vs {h['players']['right']}"),
+             ("step", f"{pos} of {len(tape) - 1}"),
+             ("score", f"{points[0]} : {points[1]}   final {h['points']['left']} : {h['points']['right']}"),
+             ("checked", f"CRC32 of {tape.checked} screens ok")]
+    return {"title": "Pong versus  replay", "lines": lines, "view": None, "status": "",
+            "bars": {"title": "actions taken: left, right", "labels": versus_labels(), "values": values,
+                     "chosen": None, "kind": "action"}}
+
+
+def versus_labels():
+    return [f"L {m}" for m in ACTION_MEANINGS] + [f"R {m}" for m in ACTION_MEANINGS]
 
 
 if __name__ == "__main__":

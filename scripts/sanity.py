@@ -9,10 +9,11 @@ Prints a table (task, metric, target, reached, epochs, seconds) and exits 1 when
 --quick runs the small versions the tests use (a data subset, an epoch or two, a lower bar).
 """
 import argparse
-import os
 import sys
 
-from scripts.common import Parser, UsageError, fail
+from nets.data import DataError
+from nets.tasks import TaskError, digits, sentiment, shakespeare
+from scripts.common import Parser, UsageError, blas_threads, fail
 
 QUERY_WORDS = 3000  # --similar and --analogy answer from the most frequent words only
 
@@ -49,7 +50,7 @@ def shared_flags(defaults):
                         help="small fast versions with a lower bar (what the tests run)")
     shared.add_argument("--epochs", type=count, default=default(None), help="override each task's epochs")
     shared.add_argument("--seed", type=int, default=default(None), help="training seed (default 0)")
-    shared.add_argument("--blas-threads", type=count, default=default(1),
+    shared.add_argument("--blas-threads", type=count, default=default(None),
                         help="OpenBLAS threads (default 1: more threads than free cores spin and slow down)")
     shared.add_argument("--quiet", action="store_true", default=default(False), help="no per-epoch lines")
     return shared
@@ -74,18 +75,8 @@ def build_parser():
     return p
 
 
-def set_blas_threads(threads):
-    """Must run before numpy loads: OpenBLAS reads its thread count once."""
-    if threads < 1:
-        raise UsageError(f"--blas-threads must be >= 1, got {threads}")
-    if "numpy" not in sys.modules:
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-            os.environ.setdefault(var, str(threads))
-
-
 def task_configs(args):
     """[(task module, config)] for what the command line asks."""
-    from nets.tasks import digits, sentiment, shakespeare
     common = {"data_dir": args.data_dir}
     if args.epochs is not None:
         common["epochs"] = args.epochs
@@ -125,7 +116,6 @@ def print_epoch(m):
 
 
 def print_extras(args, result):
-    from nets.tasks import sentiment, shakespeare
     similar, analogy = getattr(args, "similar", None), getattr(args, "analogy", None)
     if result["task"] == "sentiment":
         vectors, vocab = result["vectors"], result["vocab"]
@@ -153,8 +143,6 @@ def print_table(results):
 
 
 def run(args):
-    from nets.data import DataError
-    from nets.tasks import TaskError
     try:
         configs = task_configs(args)
         for module, cfg in configs:  # every data set and word checked before an hour of training
@@ -177,8 +165,8 @@ def run(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        set_blas_threads(args.blas_threads)
-        return run(args)
+        with blas_threads(args.blas_threads):
+            return run(args)
     except UsageError as e:
         fail(str(e))
 

@@ -1,35 +1,31 @@
 """Two-player Pong: python -m scripts.versus [CHECKPOINT] --human | A.npz B.npz --games N [--no-window].
 
-  python -m scripts.versus [CHECKPOINT] --human            you (left paddle, arrow keys) against an agent
+  python -m scripts.versus [CHECKPOINT] --human            you (left paddle) against an agent
   python -m scripts.versus A.npz B.npz --games N [--seed S] [--record DIR] [--no-window]
   python -m scripts.versus A.npz B.npz ... --round-robin --games N    every agent on the left against
                                                                        every one on the right
-
-Needs the versus extra (pip install -e ".[versus]"). The game is PettingZoo's two-player Pong on
-the ROM ale-py ships (envs/versus.py): 4 frames a step, 15 steps a second, no sticky actions; the
-serve is pressed automatically for both sides (the agents never learned to). With --human you play
-the left paddle (Up and Down, Space is FIRE, which speeds up a return; P pause, +/- speed, Esc or Q
-quit) against CHECKPOINT (default: the best shipped Pong agent) on the right; the panel shows the
-score, the agent's action probabilities or Q-values and the running tally, and every game is
-recorded into --record DIR (default recordings/; `python -m scripts.replay` plays them back).
-Agent against agent: A plays the left side, seeing the screen mirrored, B the right; game k is
-seeded seed+k and starts after 0 to --noop-max idle frames; agents act as in scripts.evaluate. The
-window (keys as in scripts.watch) shows the left agent's decisions; --no-window only prints. The
-last line printed is one JSON object: left, right, games, left_wins, right_wins, draws,
-mean_point_diff (left minus right points per game); with --round-robin, {"matches": [...]}.
+Needs the versus extra (pip install -e ".[versus]"); the game, the views and the matches are
+envs/versus.py and envs/versus_match.py. With --human you play the left paddle (Up and Down, Space is
+FIRE; P pause, +/- speed, Esc or Q quit) against CHECKPOINT (default: the best shipped Pong agent);
+every game is recorded into --record DIR (default recordings/; `python -m scripts.replay` plays them
+back). Agent against agent: A plays the left side, seeing the screen mirrored, B the right; game k is
+seeded seed+k after 0 to --noop-max idle frames; agents act as in scripts.evaluate. The window shows
+the left agent's decisions. The last line printed is one JSON object: left, right, games, left_wins,
+right_wins, draws, mean_point_diff (left minus right points per game); with --round-robin, {"matches"}.
 """
 import json
 import os
 import sys
 import time
 
-# One agent acting on one frame is a batch-1 matrix product (see scripts/watch.py). Before numpy.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-import numpy as np  # noqa: E402
-
-from scripts.common import Parser, UsageError, add_greedy_flag, fail, load_agent  # noqa: E402
+from agents.evaluation import play_rule
+from envs.versus import ACTION_MEANINGS, VersusUnavailable, require
+from envs.versus_match import AgentPlayer, Match, match_stem, round_robin, side_seed, summary
+from scripts.common import (Parser, UsageError, add_greedy_flag, blas_threads, check_folder, check_window,
+                            check_window_flags, fail, load_agent)
+from scripts.play import action_for
+from scripts.viewer import NoDisplayError, Viewer, run
+from scripts.watch import network_view, shipped_checkpoint
 
 DEFAULT_RECORD_DIR = "recordings"
 STEPS_PER_SECOND = 15.0  # 60 frames a second, 4 a step
@@ -61,32 +57,6 @@ def build_parser():
 
 # ----------------------------------------------------------------------------- players
 
-class AgentPlayer:
-    """A checkpoint on one side: its view of the shared screen, its decision about to be taken."""
-
-    def __init__(self, agent, side, explore):
-        from envs.versus import make_view
-        self.agent, self.side, self.explore = agent, side, explore
-        self.view = make_view(agent.env, side)
-        self.name = os.path.basename(agent.path)
-        self.obs, self.action, self.info = None, None, None
-
-    def start(self, env):
-        self.obs = self.view.reset(env)
-        self._decide()
-
-    def _decide(self):
-        actions, info = self.agent.act(self.obs[None], explore=self.explore)  # (1,), (1, A)
-        self.action, self.info = int(actions[0]), np.asarray(info[0], np.float64)
-
-    def ale_action(self, held=()):
-        return self.view.to_ale(self.action)
-
-    def observe(self, env):
-        self.obs = self.view.step(env)
-        self._decide()
-
-
 class HumanPlayer:
     """The person at the keyboard: Up/Down move (RIGHT/LEFT in Pong's action names), Space is FIRE."""
 
@@ -99,8 +69,6 @@ class HumanPlayer:
         self.action = None
 
     def ale_action(self, held=()):
-        from envs.versus import ACTION_MEANINGS
-        from scripts.play import action_for
         self.action = action_for(held, list(ACTION_MEANINGS), up_is_right=True)
         return self.action
 
@@ -108,97 +76,12 @@ class HumanPlayer:
         pass
 
 
-def side_seed(seed, side):
-    """Independent random streams for the two agents (the same checkpoint may play both sides)."""
-    return int(np.random.SeedSequence([int(seed) % 2**32, ("left", "right").index(side)]).generate_state(1)[0])
-
-
 def load_player(path, side, seed, greedy):
-    from agents.evaluation import play_rule
     agent = load_agent(path, side_seed(seed, side))
     try:
         return AgentPlayer(agent, side, explore=play_rule(agent, greedy))
     except ValueError as e:  # not a Pong agent
         raise UsageError(f"{path}: {e}") from None
-
-
-# ----------------------------------------------------------------------------- games
-
-class Match:
-    """Games between two players on one two-player Pong; game k is seeded seed+k. Every game is
-    recorded (kept in memory) and saved into record_dir when there is one."""
-
-    def __init__(self, left, right, seed=0, noop_max=30, max_steps=None, record_dir=None, stem=None,
-                 on_game=None):
-        from envs.versus import VersusPong
-        from envs.versus_recording import VersusRecorder
-        self.left, self.right, self.seed, self.noop_max = left, right, int(seed), int(noop_max)
-        self.record_dir, self.on_game = record_dir, on_game
-        self.stem = stem or "versus"
-        self.recorder = VersusRecorder(left.name, right.name)
-        self.env = VersusPong(max_steps=max_steps, recorder=self.recorder)
-        self.results, self.saved = [], []
-        self.game, self.over = -1, True
-
-    def start_game(self):
-        self.game += 1
-        seed = self.seed + self.game
-        noops = int(np.random.default_rng(seed).integers(0, self.noop_max + 1)) if self.noop_max else 0
-        self.env.reset(seed, noops)
-        self.left.start(self.env)
-        self.right.start(self.env)
-        self.points, self.steps, self.over = np.zeros(2, int), 0, False
-
-    def step(self, held=()):
-        """One step of both players; returns True when it ended the game."""
-        rewards, terminated, truncated = self.env.step(self.left.ale_action(held), self.right.ale_action(held))
-        self.points += rewards > 0  # a missed serve's -1 is no point for the other side
-        self.steps += 1
-        if terminated or truncated:
-            self._finish("terminated" if terminated else "truncated")
-            return True
-        self.left.observe(self.env)
-        self.right.observe(self.env)
-        return False
-
-    def _finish(self, end):
-        self.over = True
-        path = self.save() if self.record_dir else None
-        result = {"game": self.game, "seed": self.seed + self.game, "left": int(self.points[0]),
-                  "right": int(self.points[1]), "steps": self.steps, "end": end, "path": path}
-        self.results.append(result)
-        if self.on_game:
-            self.on_game(result)
-
-    def save(self):
-        os.makedirs(self.record_dir, exist_ok=True)
-        path = os.path.join(self.record_dir, f"{self.stem}-{self.seed + self.game:06d}.npz")
-        self.recorder.save(path)
-        self.saved.append(path)
-        return path
-
-    def cut_short(self):
-        """The game in progress ends here (the person quit): recorded and counted as it stands."""
-        if not self.over and self.steps > 0:
-            self._finish("quit")
-
-    def play(self, games):
-        for _ in range(games):
-            self.start_game()
-            while not self.step():
-                pass
-        return self.results
-
-    def close(self):
-        self.env.close()
-
-
-def summary(left, right, results):
-    """The head-to-head of finished games (a game cut short by quitting counts as it stands)."""
-    diff = np.array([r["left"] - r["right"] for r in results], np.float64)
-    return {"left": left, "right": right, "games": len(results),
-            "left_wins": int((diff > 0).sum()), "right_wins": int((diff < 0).sum()), "draws": int((diff == 0).sum()),
-            "mean_point_diff": float(diff.mean()) if len(diff) else 0.0}
 
 
 def table(s):
@@ -227,7 +110,6 @@ def round_robin_table(matches, names):
 # ----------------------------------------------------------------------------- the window
 
 def versus_view(player, mirrored):
-    from scripts.watch import network_view
     view = network_view(player.agent.env["preset"], player.obs)
     if mirrored:
         view = {**view, "title": view["title"] + " (mirrored)"}
@@ -290,33 +172,6 @@ class VersusSession:
         self.match.close()
 
 
-def replay_panel(tape, pos, index, count):
-    """scripts.replay's panel for a two-player recording at step pos: both players' actions as bars."""
-    from envs.versus import ACTION_MEANINGS
-    rec, h = tape.rec, tape.rec.header
-    points = (rec.rewards[:pos] > 0).sum(axis=0) if pos else np.zeros(2, int)  # (2,)
-    values = np.zeros(2 * len(ACTION_MEANINGS))
-    if pos > 0:
-        left, right = rec.actions[pos - 1]
-        values[[left, len(ACTION_MEANINGS) + right]] = 1.0
-    lines = [("file", os.path.basename(rec.path)),
-             ("game", f"{index + 1} of {count}   seed {h['seed']}"),
-             ("players", f"{h['players']['left']} vs {h['players']['right']}"),
-             ("step", f"{pos} of {len(tape) - 1}"),
-             ("score", f"{points[0]} : {points[1]}   final {h['points']['left']} : {h['points']['right']}"),
-             ("checked", f"CRC32 of {tape.checked} screens ok")]
-    return {"title": "Pong versus  replay", "lines": lines, "view": None, "status": "",
-            "bars": {"title": "actions taken: left, right", "labels": replay_labels(), "values": values,
-                     "chosen": None, "kind": "action"}}
-
-
-def replay_labels():
-    from envs.versus import ACTION_MEANINGS
-    return [f"L {m}" for m in ACTION_MEANINGS] + [f"R {m}" for m in ACTION_MEANINGS]
-
-
-# ----------------------------------------------------------------------------- main
-
 def check_args(args):
     n = len(args.checkpoints)
     if args.human and (n > 1 or args.round_robin or args.no_window):
@@ -332,13 +187,10 @@ def check_args(args):
         raise UsageError(f"--max-steps must be >= 1, got {args.max_steps}")
     if args.noop_max is not None and not 0 <= args.noop_max <= 10_000:
         raise UsageError(f"--noop-max must be 0 to 10000, got {args.noop_max}")
-    if args.fps is not None and args.fps < 0:
-        raise UsageError(f"--fps must be >= 0, got {args.fps:g}")
-    if not 1 <= args.scale <= 8:
-        raise UsageError(f"--scale must be 1 to 8, got {args.scale}")
+    check_window_flags(args)
     record = args.record or (DEFAULT_RECORD_DIR if args.human else None)
-    if record and os.path.exists(record) and not os.path.isdir(record):
-        raise UsageError(f"--record {record}: exists and is not a directory")
+    if record:
+        check_folder("--record", record)
     for path in args.checkpoints:
         if not os.path.isfile(path):
             raise UsageError(f"{path}: no such checkpoint file")
@@ -353,16 +205,43 @@ def print_game(result):
 
 
 def open_window(title, mode, session, scale):
-    from scripts.viewer import NoDisplayError, Viewer, check_display
     hint = "" if session.human else ", or play without a window: add --no-window"
     try:
-        check_display(hint)
+        check_window(hint)
         tiles = session.panel()["view"]["tiles"]
         return Viewer(title, (210, 160, 3), scale, mode, n_bars=len(session.shown.view.labels),
                       view_shapes=[t.shape for t in tiles])
-    except NoDisplayError as e:
+    except (UsageError, NoDisplayError) as e:
         session.close()
         raise UsageError(str(e)) from None
+
+
+def play_match(args, noop_max, record, **window):
+    """One match, in a window or (agent against agent, --no-window) without; returns its summary()."""
+    if args.human:
+        path = args.checkpoints[0] if args.checkpoints else shipped_checkpoint()
+        left, right = HumanPlayer(), load_player(path, "right", args.seed, args.greedy)
+        stem = f"versus-{time.strftime('%Y%m%d-%H%M%S')}"
+        games, names = args.games or 0, ("human", path)
+    else:
+        left = load_player(args.checkpoints[0], "left", args.seed, args.greedy)
+        right = load_player(args.checkpoints[1], "right", args.seed, args.greedy)
+        stem, games = match_stem(left.name, right.name), args.games or 5
+        names = tuple(args.checkpoints)
+    match = Match(left, right, args.seed, noop_max, args.max_steps, record, stem, on_game=print_game)
+    if not args.human and args.no_window:
+        try:
+            match.play(games)
+        finally:
+            match.close()
+    else:
+        session = VersusSession(match, games, args.human)
+        viewer = open_window(f"grok-arcade versus: {left.name} - {right.name}", "play" if args.human else "watch",
+                             session, args.scale)
+        run(viewer, session, session.fps if args.fps is None else args.fps, **window)
+    result = summary(*names, match.results)
+    result["points"] = {side: sum(r[side] for r in match.results) for side in ("left", "right")}
+    return result
 
 
 def main(argv=None, *, max_frames=None, keys=None, on_frame=None):
@@ -370,69 +249,26 @@ def main(argv=None, *, max_frames=None, keys=None, on_frame=None):
     args = build_parser().parse_args(argv)
     try:
         record = check_args(args)
-        from envs.versus import VersusUnavailable, require
         try:
             require()
         except VersusUnavailable as e:
             raise UsageError(str(e)) from None
         noop_max = args.noop_max if args.noop_max is not None else (0 if args.human else 30)
-        if args.round_robin:
-            return round_robin(args, noop_max, record)
-        if args.human:
-            from scripts.watch import shipped_checkpoint
-            path = args.checkpoints[0] if args.checkpoints else shipped_checkpoint()
-            left, right = HumanPlayer(), load_player(path, "right", args.seed, args.greedy)
-            stem = f"versus-{time.strftime('%Y%m%d-%H%M%S')}"
-            games, names = args.games or 0, ("human", path)
-        else:
-            left = load_player(args.checkpoints[0], "left", args.seed, args.greedy)
-            right = load_player(args.checkpoints[1], "right", args.seed, args.greedy)
-            stem, games = match_stem(left.name, right.name), args.games or 5
-            names = tuple(args.checkpoints)
-        match = Match(left, right, args.seed, noop_max, args.max_steps, record, stem, on_game=print_game)
-        if not args.human and args.no_window:
-            try:
-                match.play(games)
-            finally:
-                match.close()
-        else:
-            from scripts.viewer import run
-            session = VersusSession(match, games, args.human)
-            viewer = open_window(f"grok-arcade versus: {left.name} - {right.name}", "play" if args.human else "watch",
-                                 session, args.scale)
-            run(viewer, session, session.fps if args.fps is None else args.fps, max_frames=max_frames, keys=keys,
-                on_frame=on_frame)
+        with blas_threads():
+            if args.round_robin:
+                player = lambda path, side: load_player(path, side, args.seed, args.greedy)  # noqa: E731
+                matches = round_robin(args.checkpoints, player, args.games or 5, args.seed, noop_max, args.max_steps,
+                                      record, on_match=lambda a, b: print(f"{a} (left) against {b} (right)", flush=True),
+                                      on_game=print_game)
+                print(round_robin_table(matches, list(dict.fromkeys(args.checkpoints))))
+                print(json.dumps({"matches": matches}))
+                return 0
+            result = play_match(args, noop_max, record, max_frames=max_frames, keys=keys, on_frame=on_frame)
     except UsageError as e:
         fail(str(e))
-    result = summary(*names, match.results)
-    result["points"] = {side: sum(r[side] for r in match.results) for side in ("left", "right")}
     print(table(result))
     result.pop("points")
     print(json.dumps(result))
-    return 0
-
-
-def match_stem(left, right):
-    strip = lambda name: os.path.splitext(name)[0]  # noqa: E731
-    return f"{strip(left)}-vs-{strip(right)}"
-
-
-def round_robin(args, noop_max, record):
-    names = list(dict.fromkeys(args.checkpoints))
-    matches = []
-    for a in names:
-        for b in names:
-            left = load_player(a, "left", args.seed, args.greedy)
-            right = load_player(b, "right", args.seed, args.greedy)
-            print(f"{a} (left) against {b} (right)", flush=True)
-            match = Match(left, right, args.seed, noop_max, args.max_steps, record,
-                          match_stem(left.name, right.name), on_game=print_game)
-            try:
-                matches.append(summary(a, b, match.play(args.games or 5)))
-            finally:
-                match.close()
-    print(round_robin_table(matches, names))
-    print(json.dumps({"matches": matches}))
     return 0
 
 

@@ -1,21 +1,17 @@
-"""The one pygame viewer that watch, replay and play share: the game frame scaled, a side panel, keys.
+"""The one pygame viewer that watch, replay, play and versus share: the game frame scaled, a side panel, keys.
 
     viewer = Viewer("Pong", frame_shape=(210, 160, 3), scale=3, mode="watch", n_bars=2, view_shapes=[(80, 80)])
     reason = run(viewer, session, fps=15)         # the loop: keys, session.advance(), draw, pace
 
-A session (scripts/watch.py, replay.py, play.py) owns the game; the viewer owns the window and the
-loop. A session has `fps` (real-time speed), `frame()` -> (H, W, 3) uint8, `panel()` -> dict (below),
-`advance(held)` -> False when it has nothing more to show, `command(name, paused)` -> a status line
-or None for the keys only it understands, `hold_at_end` and `close()`.
-
-Panel dict: title (str); lines [(label, text)]; bars {title, labels, values (A,), kind "prob" | "q" |
-"action", chosen} or None; view {title, tiles [2-D arrays], kind "diff" (values -1/0/1) | "gray"
-(uint8)} or None; status (str).
-
-Headless: run(max_frames=, keys=) stops after so many drawn frames and injects key presses as real
-pygame events ({frame: ["space", "+up", "-up"]}: a bare name taps, +name holds, -name releases);
-tests read the window's pixels through `viewer.surface` and the rectangles in `viewer.rects`.
-pygame is imported here and by the scripts that use this module; agents/ and nets/ never import it.
+A session (scripts/watch.py, replay.py, play.py, versus.py) owns the game; the viewer owns the window
+and the loop. A session has `fps` (real-time speed), `frame()` -> (H, W, 3) uint8, `panel()` -> dict,
+`advance(held)` -> False when it has nothing more to show, `command(name, paused)` -> a status line or
+None for the keys only it understands, `hold_at_end` and `close()`. Panel dict: title (str); lines
+[(label, text)]; bars {title, labels, values (A,), kind "prob" | "q" | "action", chosen} or None; view
+{title, tiles [2-D arrays], kind "diff" (values -1/0/1) | "gray" (uint8)} or None; status (str).
+Headless: run(max_frames=, keys=) stops after so many frames and injects key presses as pygame events
+({frame: ["space", "+up", "-up"]}: a bare name taps, +name holds, -name releases); tests read the
+window's pixels through `viewer.surface` and `viewer.rects`. Only scripts/ import pygame.
 """
 import os
 import sys

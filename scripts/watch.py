@@ -17,15 +17,16 @@ import pathlib
 import re
 import sys
 
-# One agent acting on one frame is a batch-1 matrix product: with OpenBLAS's worker threads on a
-# busy 2-core machine it took 9 ms instead of 0.3 ms. Must be set before numpy loads.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from scripts.common import (Parser, UsageError, add_epsilon_flag, add_greedy_flag, check_record_dir,  # noqa: E402
-                            fail, load_agent, parse_bool, play_rule_from_flags)
+from agents.evaluation import make_eval_env
+from agents.run import checkpoint_header
+from agents.ship import scores_in
+from envs.recording import Recorder
+from nets import CheckpointError
+from scripts.common import (Parser, UsageError, add_epsilon_flag, add_greedy_flag, blas_threads, check_record_dir,
+                            check_window, check_window_flags, fail, load_agent, parse_bool, play_rule_from_flags)
+from scripts.viewer import NoDisplayError, Viewer, run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHIPPED = ("pong-pg", "pong-dqn")  # preference order when the model cards do not decide
@@ -53,7 +54,6 @@ def build_parser():
 def model_card_mean(card, protocol=None):
     """The mean return a model card reports on `protocol` (scripts.ship's evaluation JSON; its first
     row if none is on that protocol), else a looser 'mean return: 18.3', else None."""
-    from scripts.ship import scores_in
     try:
         text = pathlib.Path(card).read_text(errors="replace")
     except OSError:
@@ -67,8 +67,6 @@ def model_card_mean(card, protocol=None):
 
 def trained_protocol(path):
     """The protocol a checkpoint was trained on ('v4-nosticky', ...), None if it cannot be read."""
-    from agents.run import checkpoint_header
-    from nets import CheckpointError
     try:
         env = checkpoint_header(path).get("env")
     except (CheckpointError, OSError):
@@ -110,8 +108,6 @@ class WatchSession:
     hold_at_end = False
 
     def __init__(self, agent, episodes, seed, sticky, explore, record_dir=None, recording=False, on_game=None):
-        from agents.evaluation import make_eval_env
-        from envs.recording import Recorder
         self.agent, self.episodes, self.seed, self.explore = agent, episodes, seed, explore
         self.atari = agent.env["env_id"].startswith("ALE/")
         self.recorder = Recorder(player=os.path.basename(agent.path)) if self.atari else None
@@ -207,21 +203,14 @@ def main(argv=None, *, max_frames=None, keys=None, on_frame=None):
     try:
         if args.episodes < 1:
             raise UsageError(f"--episodes must be >= 1, got {args.episodes}")
-        if args.fps is not None and args.fps < 0:
-            raise UsageError(f"--fps must be >= 0, got {args.fps:g}")
-        if args.scale is not None and not 1 <= args.scale <= 8:
-            raise UsageError(f"--scale must be 1 to 8, got {args.scale}")
+        check_window_flags(args)
         path = args.checkpoint or shipped_checkpoint()
         agent = load_agent(path, args.seed)
         explore = play_rule_from_flags(agent, args)
         if args.record:
             check_record_dir(agent, args.record)
-        from scripts.viewer import NoDisplayError, Viewer, check_display, run
-        try:
-            check_display(", or record games without a window (`python -m scripts.evaluate CHECKPOINT --record DIR`) "
-                          "and export them (`python -m scripts.replay FILE --export game.mp4`)")
-        except NoDisplayError as e:
-            raise UsageError(str(e)) from None
+        check_window(", or record games without a window (`python -m scripts.evaluate CHECKPOINT --record DIR`) "
+                     "and export them (`python -m scripts.replay FILE --export game.mp4`)")
     except UsageError as e:
         fail(str(e))
 
@@ -229,18 +218,19 @@ def main(argv=None, *, max_frames=None, keys=None, on_frame=None):
         print(f"game {k + 1:3d}  seed {seed:6d}  return {ret:7.1f}  length {length:6d}", flush=True)
 
     sticky = args.sticky if args.sticky is not None else agent.env.get("repeat_action_probability", 0.0) > 0
-    session = WatchSession(agent, args.episodes, args.seed, sticky, explore, args.record,
-                           recording=bool(args.record), on_game=row)
-    scale = args.scale or (3 if session.atari else 1)
-    view = network_view(agent.env["preset"], session.obs)
-    try:
-        viewer = Viewer(f"grok-arcade watch: {os.path.basename(path)}", session.frame().shape, scale, "watch",
-                        n_bars=len(session.labels), view_shapes=[t.shape for t in view["tiles"]] if view else ())
-    except NoDisplayError as e:
-        session.close()
-        fail(str(e))
-    fps = session.fps if args.fps is None else args.fps
-    run(viewer, session, fps, max_frames=max_frames, keys=keys, on_frame=on_frame)
+    with blas_threads():
+        session = WatchSession(agent, args.episodes, args.seed, sticky, explore, args.record,
+                               recording=bool(args.record), on_game=row)
+        scale = args.scale or (3 if session.atari else 1)
+        view = network_view(agent.env["preset"], session.obs)
+        try:
+            viewer = Viewer(f"grok-arcade watch: {os.path.basename(path)}", session.frame().shape, scale, "watch",
+                            n_bars=len(session.labels), view_shapes=[t.shape for t in view["tiles"]] if view else ())
+        except NoDisplayError as e:
+            session.close()
+            fail(str(e))
+        fps = session.fps if args.fps is None else args.fps
+        run(viewer, session, fps, max_frames=max_frames, keys=keys, on_frame=on_frame)
     for saved in session.saved:
         print(f"saved {saved}")
     return 0

@@ -13,8 +13,8 @@ os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 
 @pytest.fixture(scope="module")
 def one_blas_thread():
-    """Small matmuls with OpenBLAS's threads on a busy machine ran 5-30x slower (the scripts set
-    OPENBLAS_NUM_THREADS before numpy loads; in tests numpy is already loaded, so limit it here)."""
+    """Small matmuls with OpenBLAS's threads on a busy machine ran 5-30x slower (each command sets its
+    threads with scripts.common.blas_threads; code the tests call directly is limited here)."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:

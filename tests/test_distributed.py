@@ -1,4 +1,5 @@
-"""agents.distributed and agents.apex: rollouts, transitions and evaluations on Ray actors.
+"""Ray actors (agents/distributed.py, and the actors of agents/dqn.py and agents/policy_gradient.py):
+rollouts, transitions and evaluations.
 
 One local Ray (2 CPUs) serves the whole module; the trainings run in this process and find it
 already started. Without Ray installed, only the checks that need no Ray run.
@@ -20,9 +21,9 @@ import pytest
 
 import agents
 import envs
-from agents import apex, dqn
+from agents import dqn
 from agents import policy_gradient as pg
-from agents.replay import ReplayBuffer
+from agents.replay import ReplayBuffer, SharedReplay
 from agents.run import Run, config_dict, load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -176,11 +177,11 @@ def test_chunks_of_newest_frames_rebuild_the_same_replay(monkeypatch):
     config = dataclasses.asdict(cfg)
 
     def fill(newest):
-        monkeypatch.setattr(apex, "newest_frames", newest)
-        worker = apex.DQNWorker(config, 0, 7, [1.0, 1.0])
+        monkeypatch.setattr(dqn, "newest_frames", newest)
+        worker = dqn.DQNWorker(config, 0, 7, [1.0, 1.0])
         rng = np.random.default_rng(0)
         buf = ReplayBuffer(4000, (4, 84, 84), np.uint8, 2, 4, 3, 0.99, rng)
-        replay = apex.SharedReplay([buf], rng)
+        replay = SharedReplay([buf], rng)
         ended = 0
         for _ in range(3):
             chunk = worker.collect(300, 0)
@@ -189,7 +190,7 @@ def test_chunks_of_newest_frames_rebuild_the_same_replay(monkeypatch):
         worker.venv.close()
         return buf, ended
 
-    newest = apex.newest_frames
+    newest = dqn.newest_frames
     whole, ended = fill(lambda obs, stack: obs)
     sent, _ = fill(newest)
     assert ended >= 1  # a game ended, so final frames were sent and put back
@@ -198,9 +199,9 @@ def test_chunks_of_newest_frames_rebuild_the_same_replay(monkeypatch):
 
 
 def test_apex_epsilons():
-    eps = apex.apex_epsilons(8)
+    eps = dqn.apex_epsilons(8)
     np.testing.assert_allclose([eps[0], eps[-1]], [0.4, 0.4 ** 8])
-    assert np.all(np.diff(eps) < 0) and apex.apex_epsilons(1).tolist() == [0.4]
+    assert np.all(np.diff(eps) < 0) and dqn.apex_epsilons(1).tolist() == [0.4]
 
 
 # ----------------------------------------------------------------------------- scripts
@@ -308,7 +309,7 @@ def test_bad_worker_flags_are_one_line(argv, says, tmp_path, monkeypatch, capsys
 
 
 def test_ray_is_imported_only_with_workers():
-    code = ("import sys, agents.policy_gradient, agents.dqn, agents.distributed, agents.apex, scripts.train, "
+    code = ("import sys, agents.policy_gradient, agents.dqn, agents.distributed, scripts.train, "
             "scripts.evaluate; print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr

@@ -436,7 +436,7 @@ def test_quantile_run_from_the_command_line_and_its_init_rules(tmp_path):
 @pytest.mark.parametrize("setting, trained, evaluated", [("auto", True, True), ("auto", False, False),
                                                           ("false", True, False), ("true", False, True)])
 def test_eval_sticky_picks_the_protocol_of_the_evaluation_games(monkeypatch, setting, trained, evaluated):
-    """--eval-sticky false scores a run that trains with sticky actions on NoFrameskip-v4 (issue 5's
+    """--eval-sticky false scores a run that trains with sticky actions on NoFrameskip-v4 (the DQN
     protocol) in eval.csv; auto keeps the training protocol."""
     import agents.evaluation
     played, logged = [], []

@@ -9,7 +9,7 @@ import pytest
 
 import agents
 from agents import policy_gradient as pg
-from agents.run import Run, config_dict, load_checkpoint
+from agents.run import NumericalError, Run, config_dict, load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CARTPOLE = dict(game="CartPole-v1", num_envs=8, batch_steps=2000, optimizer="adam", lr=0.01, hidden=64)
@@ -89,7 +89,7 @@ def test_nan_update_is_skipped_and_stops_after_a_few(tmp_path):
 
     pg.Learner.update = poisoned
     try:
-        with pytest.raises(pg.NumericalError):
+        with pytest.raises(NumericalError):
             pg.train(cfg, run)
     finally:
         pg.Learner.update = original

@@ -14,7 +14,9 @@ import pytest
 import agents
 import envs
 from agents import pretrain
-from envs.recording import Recorder, data_crc32, read_npz, write_npz
+from envs.recording import Recorder
+from envs.recording_format import data_crc32
+from nets.npzfile import read_npz, write_npz
 
 PG_FLAGS = ["--hidden", "64", "--epochs", "6", "--lr", "3e-3", "--val-fraction", "0.25"]
 DQN_FLAGS = ["--hidden", "32", "--epochs", "3", "--val-fraction", "0.25"]

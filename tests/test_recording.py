@@ -8,6 +8,8 @@ import pytest
 import envs
 from envs import recording
 from envs.recording import Recorder, RecordingError, load, record, replay
+from envs.recording_format import data_crc32
+from nets.npzfile import read_npz, write_npz
 
 
 def random_policy(n_actions, seed):
@@ -43,10 +45,10 @@ def breakout(tmp_path_factory):
 
 
 def tampered(src, dst, edit):
-    """Copy a recording with edit(arrays, header) applied, written by the module's own writer."""
-    arrays, header = recording.read_npz(src)
+    """Copy a recording with edit(arrays, header) applied, written by the shared npz writer."""
+    arrays, header = read_npz(src)
     edit(arrays, header)
-    recording.write_npz(dst, arrays, header)
+    write_npz(dst, arrays, header)
     return dst
 
 
@@ -155,7 +157,7 @@ def test_changed_action_is_caught_by_the_data_checksum(pong, tmp_path):
 def test_changed_action_with_a_fixed_checksum_diverges_at_that_step(pong, tmp_path):
     def edit(arrays, header):
         arrays["actions"][150] = 5 - arrays["actions"][150]
-        header["data_crc32"] = recording.data_crc32(arrays)
+        header["data_crc32"] = data_crc32(arrays)
     path = tampered(pong[0], tmp_path / "forged.npz", edit)
     with pytest.raises(RecordingError) as e:
         list(replay(path))
@@ -200,7 +202,7 @@ def test_arrays_that_disagree_with_the_header(pong, tmp_path):
         load(tampered(pong[0], tmp_path / "short.npz", shorten))
     with pytest.raises(ValueError, match="object dtype"):  # never written ...
         tampered(pong[0], tmp_path / "obj.npz", lambda a, h: a.update(actions=np.array([None])))
-    arrays, header = recording.read_npz(pong[0])
+    arrays, header = read_npz(pong[0])
     arrays["actions"] = np.array([None] * 300, dtype=object)
     np.savez(tmp_path / "pickled.npz", __header__=np.frombuffer(json.dumps(header).encode(), np.uint8),
              **arrays)  # ... and refused before a pickle is read

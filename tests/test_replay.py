@@ -222,7 +222,7 @@ def test_stacks_match_atari_vector_env_with_lives():
     """Breakout on ale-py's AtariVectorEnv as dqn.train runs it: full games, a lost life terminal
     for the learner only; every rebuilt stack equals the env's observation."""
     import envs
-    from agents.dqn import final_observations
+    from agents.replay import final_observations
     venv = envs.make_vector("breakout", "deepmind", 2, sticky=False, training=False)
     rng = np.random.default_rng(0)
     buffer = ReplayBuffer(4000, (4, 84, 84), np.uint8, num_envs=2, stack=4)

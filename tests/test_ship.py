@@ -60,7 +60,7 @@ def results_for(means):
 
 
 def test_a_ship_is_judged_on_the_protocol_the_agent_trained_on():
-    from scripts.ship import comparison
+    from agents.ship import comparison
     new = results_for([("v5-sticky", -1.0), ("v4-nosticky", 12.0)])
     # a no-sticky DQN: better without sticky actions ships, even though its sticky score fell
     assert comparison(new, {"v5-sticky": 2.0, "v4-nosticky": 8.9}, "v4-nosticky") == ("v4-nosticky", 12.0, 8.9)
@@ -71,7 +71,7 @@ def test_a_ship_is_judged_on_the_protocol_the_agent_trained_on():
 
 
 def test_shipped_scores_read_the_first_result_of_each_protocol(tmp_path):
-    from scripts.ship import shipped_scores
+    from agents.ship import shipped_scores
     card = tmp_path / "x.md"
     card.write_text("\n".join(['{"protocol": "v5-sticky", "actions": "sampled", "mean_return": 0.67}',
                                 '{"protocol": "v5-sticky", "actions": "greedy", "mean_return": 3.5}',
@@ -82,7 +82,7 @@ def test_shipped_scores_read_the_first_result_of_each_protocol(tmp_path):
 
 def test_a_breakout_card_sets_its_score_beside_random_human_and_nature_dqn():
     from agents.evaluation import human_normalized
-    from scripts.ship import references
+    from agents.ship import references
     assert human_normalized("ALE/Breakout-v5", 1.7) == 0.0
     assert abs(human_normalized("ALE/Breakout-v5", 30.5) - 100.0) < 1e-9
     assert human_normalized("CartPole-v1", 100.0) is None
@@ -140,7 +140,7 @@ def test_a_run_continued_with_init_ships_a_card_that_counts_all_its_training(tmp
 
 
 def test_a_card_without_the_init_file_still_names_it():
-    from scripts.ship import card, earlier_commands, init_record
+    from agents.ship import card, earlier_commands, init_record
     init = {"path": "/nowhere/x.npz", "sha256": "ab" * 32, "step": 100, "episode": 3, "wall_seconds": 7200.0}
     config = {"command": ["train.py", "--init", "/nowhere/x.npz"], "init": init, "config": {}}
     assert init_record(config) == init and init_record({"init": {"path": 1}}) is None

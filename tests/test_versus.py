@@ -20,7 +20,8 @@ from agents.policy_gradient import Config as PGConfig, build_policy, resolved as
 from agents.run import config_dict, save_checkpoint  # noqa: E402
 from envs import versus  # noqa: E402
 from envs import versus_recording  # noqa: E402
-from envs.recording import RecordingError, read_npz, write_npz  # noqa: E402
+from envs.recording_format import RecordingError, data_crc32  # noqa: E402
+from nets.npzfile import read_npz, write_npz  # noqa: E402
 
 needs_extra = pytest.mark.skipif(not versus.available(), reason='two-player Pong needs the versus extra '
                                  '(pettingzoo, multi-agent-ale-py): pip install -e ".[versus]"')
@@ -263,7 +264,7 @@ def test_edited_recording_is_caught(pg_checkpoint, tmp_path, capsys):
     write_npz(forged, arrays, header)
     with pytest.raises(RecordingError, match="data_crc32"):
         versus_recording.load(forged)
-    header["data_crc32"] = versus_recording.data_crc32(arrays)
+    header["data_crc32"] = data_crc32(arrays)
     write_npz(forged, arrays, header)
     with pytest.raises(RecordingError, match="diverged at step (2[1-9]|3[0-9]|40) "):
         list(versus_recording.replay(forged))

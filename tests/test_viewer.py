@@ -20,6 +20,7 @@ import envs  # noqa: E402
 from agents.policy_gradient import Config as PGConfig, build_policy, resolved as pg_resolved  # noqa: E402
 from agents.run import config_dict, load_checkpoint, save_checkpoint  # noqa: E402
 from envs import recording  # noqa: E402
+from nets.npzfile import read_npz, write_npz  # noqa: E402
 from scripts import inspect as inspect_script, play, replay, viewer, watch  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -312,8 +313,8 @@ def test_bad_files_one_line_exit_2(pg_checkpoint, recordings, tmp_path, capsys):
     corrupt.write_bytes(open(pg_checkpoint, "rb").read()[:5000])
     assert "corrupt.npz" in one_line_exit_2(capsys, watch.main, [str(corrupt)])
     assert "corrupt.npz" in one_line_exit_2(capsys, inspect_script.main, [str(corrupt), "--out", str(tmp_path / "m.png")])
-    arrays, header = recording.read_npz(recordings / "game-0.npz")
-    recording.write_npz(tmp_path / "v2.npz", arrays, {**header, "version": 2})
+    arrays, header = read_npz(recordings / "game-0.npz")
+    write_npz(tmp_path / "v2.npz", arrays, {**header, "version": 2})
     assert "version 2 is not supported" in one_line_exit_2(capsys, replay.main, [str(tmp_path / "v2.npz")])
     assert "no such file" in one_line_exit_2(capsys, replay.main, [str(tmp_path / "nothing.npz")])
     assert "one recording" in one_line_exit_2(capsys, replay.main, [str(recordings), "--export", "x.gif"])
