@@ -24,14 +24,14 @@ import gymnasium as gym
 import numpy as np
 
 import envs
-from agents import dqn
+from agents import dqn, ppo
 from agents import policy_gradient as pg
 from agents.run import config_dict, save_checkpoint
 from envs.atari import action_names, deepmind_frame, karpathy_frame
 from envs.recording import RecordingError, load, replay
 from nets import Adam, BCEWithLogits, SoftmaxCrossEntropy
 
-AGENTS = ("pg", "dqn")
+AGENTS = ("pg", "dqn", "ppo")
 STEP_FRAMES = 4  # emulator frames per agent step in both Atari presets
 DROP = -1  # label of a step whose action the agent cannot take
 
@@ -42,14 +42,15 @@ class DemonstrationError(ValueError):
 
 @dataclasses.dataclass
 class Config:
-    agent: str = "pg"  # which agent to pretrain: pg or dqn
+    agent: str = "pg"  # which agent to pretrain: pg, dqn or ppo (its policy head)
     game: str = "pong"  # the game the recordings must be of
-    preset: str = ""  # the agent's preset; empty: pg the game's default (Pong: karpathy), dqn deepmind
+    preset: str = ""  # the agent's preset; empty: pg the game's default (Pong: karpathy), dqn and ppo deepmind
     epochs: int = 10  # passes over the training samples
-    hidden: int = 0  # hidden units; 0: the agent's default (pg 200, dqn 512)
+    hidden: int = 0  # hidden units; 0: the agent's default (pg 200, dqn 512, ppo 256 small / 512 nature)
+    network: str = "auto"  # ppo only: small or nature torso (auto: small, as ppo trains)
     dueling: bool = False  # dqn only: a dueling head, to --init a `--dueling true` DQN run
     lr: float = 1e-3  # Adam's learning rate
-    batch_size: int = 0  # samples per update; 0: the agent's default (pg 128, dqn 32 as Nature's updates)
+    batch_size: int = 0  # samples per update; 0: the agent's default (pg 128, dqn and ppo 32)
     val_fraction: float = 0.1  # share of the samples held out, as whole games (0: none)
     seed: int = 0  # seeds the network, the split and the shuffling
 
@@ -89,9 +90,14 @@ def resolved(cfg):
         raise ValueError(f"recordings are of Atari games, not {env_id}")
     if cfg.dueling and cfg.agent != "dqn":
         raise ValueError("dueling is a dqn option: the policy network has no Q head")
+    if cfg.network != "auto" and cfg.agent != "ppo":
+        raise ValueError("network is a ppo option (its torso): pg and dqn have one network each")
     if cfg.agent == "pg":
         agent_cfg = pg.resolved(pg.Config(game=env_id, preset=cfg.preset, seed=cfg.seed,
                                           hidden=cfg.hidden or pg.Config.hidden))
+    elif cfg.agent == "ppo":
+        agent_cfg = ppo.resolved(ppo.Config(game=env_id, preset=cfg.preset or "deepmind", seed=cfg.seed,
+                                            hidden=cfg.hidden, network=cfg.network))
     else:
         agent_cfg = dqn.resolved(dqn.Config(game=env_id, preset=cfg.preset or "deepmind", seed=cfg.seed,
                                             hidden=cfg.hidden, dueling=cfg.dueling))
@@ -103,8 +109,9 @@ def resolved(cfg):
         obs_shape = (80 * 80,)
     else:
         obs_shape = (spec["frame_stack"], spec["screen_size"], spec["screen_size"])
-    head = agent_cfg.head if cfg.agent == "pg" else "softmax"
-    scale = 1.0 / 255.0 if cfg.agent == "dqn" else 1.0  # DQN scales uint8 frames; PG takes them as they are
+    # ppo: the policy's logits are the network's first outputs, its value (left untouched) the last
+    head = agent_cfg.head if cfg.agent == "pg" else {"dqn": "softmax", "ppo": "policy"}[cfg.agent]
+    scale = 1.0 if cfg.agent == "pg" else 1.0 / 255.0  # DQN and PPO scale uint8 frames; PG takes them as they are
     batch_size = cfg.batch_size or (128 if cfg.agent == "pg" else 32)
     return Target(cfg.agent, agent_cfg, spec, obs_shape, meanings, scale, head, batch_size)
 
@@ -338,6 +345,9 @@ def build_network(target, rng):
     if target.agent == "pg":
         return pg.build_policy(int(np.prod(target.obs_shape)), target.n_actions, target.cfg.hidden,
                                target.head, rng, sparse_input=target.spec["preset"] == "karpathy"), None
+    if target.agent == "ppo":
+        learner = ppo.Learner(target.cfg, target.obs_shape, target.n_actions, target.obs_scale, rng)
+        return learner.model, learner
     learner = dqn.Learner(target.cfg, target.obs_shape, target.n_actions, target.obs_scale, rng)
     return learner.online, learner
 
@@ -347,7 +357,7 @@ def network_input(data, rows):
     obs = data.observations(rows)
     if data.target.agent == "pg":
         return np.asarray(obs.reshape(len(rows), -1), np.float32)  # (B, D), unscaled
-    return dqn.network_input(obs, data.target.obs_scale)  # (B, 4, 84, 84) in [0, 1]
+    return dqn.network_input(obs, data.target.obs_scale)  # (B, 4, 84, 84) in [0, 1], as ppo scales them too
 
 
 def predict(model, data, rows, batch_size=256):
@@ -357,6 +367,8 @@ def predict(model, data, rows, batch_size=256):
     out = np.concatenate(out) if out else np.zeros((0, 1), np.float32)
     if data.target.head == "sigmoid":
         return (out[:, 0] > 0).astype(np.int64)
+    if data.target.head == "policy":
+        return out[:, :-1].argmax(axis=1)
     return out.argmax(axis=1)
 
 
@@ -367,6 +379,11 @@ def train_step(model, opt, loss, x, y, head):
         value = loss.forward(out[:, 0], y.astype(np.float32))
         dout = loss.backward()[:, None]
         guess = (out[:, 0] > 0).astype(np.int64)
+    elif head == "policy":  # cross-entropy on the logits; the value output gets no gradient
+        value = loss.forward(out[:, :-1], y)
+        dout = np.zeros_like(out)
+        dout[:, :-1] = loss.backward()
+        guess = out[:, :-1].argmax(axis=1)
     else:
         value = loss.forward(out, y)
         dout = loss.backward()
@@ -427,7 +444,8 @@ def pretrain(cfg, sources, out_path, on_recording=None, on_epoch=None):
     best = max(history, key=lambda r: -1.0 if r["val_accuracy"] is None else r["val_accuracy"]) \
         if len(val_rows) else history[-1]
     val_labels = data.labels[val_rows]
-    loss = {"sigmoid": "binary cross-entropy on P(action 1)", "softmax": "softmax cross-entropy"}[target.head]
+    loss = {"sigmoid": "binary cross-entropy on P(action 1)", "softmax": "softmax cross-entropy",
+            "policy": "softmax cross-entropy on the policy's logits"}[target.head]
     summary = {
         "recordings": data.infos, "samples": len(data), "train_samples": int(len(train_rows)),
         "val_samples": int(len(val_rows)), "val_games": int(len(np.unique(data.game[val_rows]))),
@@ -451,6 +469,12 @@ def write_checkpoint(path, target, model, learner, rng, summary):
     if target.agent == "pg":
         header.update(pg.checkpoint_header(target.cfg, target.obs_shape, target.n_actions, rng))
         save_checkpoint(path, {"model": model}, header)
+        return
+    if target.agent == "ppo":
+        models, fields, extra = learner.checkpoint()
+        header.update({"agent": "ppo", "obs_shape": list(target.obs_shape), "n_actions": target.n_actions,
+                       "obs_scale": target.obs_scale, "rng": rng.bit_generator.state, **fields})
+        save_checkpoint(path, models, header, extra)
         return
     learner.target.load_state_dict(model.state_dict())
     models, fields, extra = learner.checkpoint()

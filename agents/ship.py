@@ -24,7 +24,7 @@ SB3_EPSILON = 0.01
 
 def play_rules(agent):
     """(greedy, epsilon) of each row a card reports, the first the one that decides a ship."""
-    if agent.kind == "pg":
+    if agent.kind in ("pg", "ppo"):
         return [(False, None), (True, None)]
     return [(False, None)] + ([(False, SB3_EPSILON)] if agent.eval_epsilon != SB3_EPSILON else [])
 

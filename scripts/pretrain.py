@@ -1,4 +1,4 @@
-"""Pretrain an agent on recorded games: python -m scripts.pretrain --from RECORDINGS --agent pg|dqn --out CHECKPOINT.
+"""Pretrain an agent on recorded games: python -m scripts.pretrain --from RECORDINGS --agent pg|dqn|ppo --out CHECKPOINT.
 
 Behaviour cloning (agents/pretrain.py): every recording is re-simulated, the agent's observations
 are rebuilt as its preset makes them, and its network learns the recorded actions by cross-entropy
@@ -19,7 +19,8 @@ def build_parser(config_cls):
     p.add_argument("--from", dest="sources", nargs="+", required=True, metavar="RECORDINGS",
                    help="recordings (.npz) or folders holding them")
     p.add_argument("--out", required=True, metavar="CHECKPOINT", help="where to write the checkpoint (.npz)")
-    p.add_argument("--agent", choices=["pg", "dqn"], default="pg", help="which agent to pretrain (default pg)")
+    p.add_argument("--agent", choices=list(pretrain.AGENTS), default="pg",
+                   help="which agent to pretrain (default pg; ppo: its policy head, the value is left to RL)")
     p.add_argument("--blas-threads", type=int, default=None,
                    help="OpenBLAS threads (default 1: more threads than free cores spin and slow down)")
     p.add_argument("--quiet", action="store_true", help="only the last line")
@@ -38,9 +39,12 @@ def check_out(path):
 def train_flags(cfg, target):
     """The scripts.train flags that make the same network and env as the checkpoint."""
     flags = f"--agent {cfg.agent} --game {cfg.game}"
-    if cfg.preset and target.cfg.preset != ("deepmind" if cfg.agent == "dqn" else "karpathy"):
+    if cfg.preset and target.cfg.preset != ("karpathy" if cfg.agent == "pg" else "deepmind"):
         flags += f" --preset {target.cfg.preset}"
-    if target.cfg.hidden != (200 if cfg.agent == "pg" else 512):
+    if cfg.agent == "ppo" and target.cfg.network != "small":
+        flags += f" --network {target.cfg.network}"
+    default_hidden = {"pg": 200, "dqn": 512, "ppo": {"small": 256, "nature": 512}.get(getattr(target.cfg, "network", ""))}
+    if target.cfg.hidden != default_hidden[cfg.agent]:
         flags += f" --hidden {target.cfg.hidden}"
     return flags
 

@@ -25,7 +25,7 @@ from scripts.common import (Parser, UsageError, add_greedy_flag, blas_threads, c
                             check_window_flags, fail, load_agent)
 from scripts.play import action_for
 from scripts.viewer import NoDisplayError, Viewer, run
-from scripts.watch import network_view, shipped_checkpoint
+from scripts.watch import action_bars, network_view, shipped_checkpoint
 
 DEFAULT_RECORD_DIR = "recordings"
 STEPS_PER_SECOND = 15.0  # 60 frames a second, 4 a step
@@ -117,10 +117,8 @@ def versus_view(player, mirrored):
 
 
 def agent_bars(player):
-    kind = player.agent.kind
-    title = ("action probabilities" if kind == "pg" else f"Q-values  (epsilon {player.agent.eval_epsilon:g})")
-    return {"title": f"{player.side}: {title}", "labels": list(player.view.labels), "values": player.info,
-            "chosen": player.action, "kind": "prob" if kind == "pg" else "q"}
+    bars = action_bars(player.agent, list(player.view.labels), player.info, player.action)
+    return {**bars, "title": f"{player.side}: {bars['title']}"}
 
 
 class VersusSession:

@@ -184,9 +184,9 @@ class WatchSession:
         view = network_view(spec["preset"], self.obs)
         if view is None:
             lines.append(("input", np.array2string(np.asarray(self.obs), precision=2, suppress_small=True)))
-        title = "action probabilities" if kind == "pg" else f"Q-values  (epsilon {self.agent.eval_epsilon:g})"
-        bars = {"title": title, "labels": self.labels, "values": self.info, "chosen": self.action,
-                "kind": "prob" if kind == "pg" else "q"}
+        if kind == "ppo" and self.agent.values is not None:  # the critic's estimate of the return to come
+            lines.append(("value", f"{float(self.agent.values[0]):+.3f}"))
+        bars = action_bars(self.agent, self.labels, self.info, self.action)
         status = f"REC -> {self.record_dir}/" if self.recording else ""
         return {"title": f"{spec['env_id']}  {kind}  {os.path.basename(self.agent.path)}", "lines": lines,
                 "bars": bars, "view": view, "status": status}
@@ -195,6 +195,14 @@ class WatchSession:
         if self.recording and not self.over and self.steps > 0:
             self.save()  # a game cut short by quitting is kept too
         self.env.close()
+
+
+def action_bars(agent, labels, values, chosen):
+    """The panel's bars: a policy's action probabilities, or a Q-network's values."""
+    if agent.kind in ("pg", "ppo"):
+        return {"title": "action probabilities", "labels": labels, "values": values, "chosen": chosen, "kind": "prob"}
+    return {"title": f"Q-values  (epsilon {agent.eval_epsilon:g})", "labels": labels, "values": values,
+            "chosen": chosen, "kind": "q"}
 
 
 def main(argv=None, *, max_frames=None, keys=None, on_frame=None):

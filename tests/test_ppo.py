@@ -203,3 +203,40 @@ def test_train_and_evaluate_scripts(tmp_path):
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["episodes"] == 2 and result["actions"] == "sampled"
+
+
+def test_behaviour_cloning_trains_the_policy_head_and_starts_rl(tmp_path):
+    """scripts.pretrain --agent ppo: the logits learn the recorded actions by cross-entropy, the
+    value output is left alone (its weights do not move), and the file starts a PPO run (--init)."""
+    import envs
+    from envs.recording import Recorder
+    games = tmp_path / "games"
+    games.mkdir()
+    for seed in (1, 2):
+        recorder = Recorder(player="teacher")
+        env = envs.make("pong", "deepmind", sticky=True, recorder=recorder)
+        env.reset(seed=seed)
+        for _ in range(150):  # follow the ball: RIGHT (up) or LEFT (down), NOOP when level with it
+            ram = env.unwrapped.ale.getRAM()
+            gap = int(ram[54]) - (int(ram[51]) + 12)
+            env.step(0 if abs(gap) < 3 else (2 if gap < 0 else 3))
+        recorder.save(str(games / f"game-{seed}.npz"))
+        env.close()
+    out = tmp_path / "clone.npz"
+    proc = script("scripts.pretrain", "--from", str(games), "--agent", "ppo", "--out", str(out), "--epochs", "3",
+                  "--val-fraction", "0.5", "--seed", "0")
+    assert proc.returncode == 0, proc.stderr
+    agent = agents.load(str(out))
+    info = agent.header["pretrained"]
+    assert agent.kind == "ppo" and info["loss"].startswith("softmax cross-entropy on the policy")
+    assert info["history"][-1]["loss"] < info["history"][0]["loss"]
+    cfg = ppo.resolved(ppo.Config(seed=0))  # the network the clone started as: same seed, same draws
+    fresh = ppo.Learner(cfg, (4, 84, 84), 6, 1 / 255, np.random.default_rng(0)).model.state_dict()
+    last = max(int(k.split(".")[0]) for k in fresh)
+    W, b = agent.model.state_dict()[f"{last}.W"], agent.model.state_dict()[f"{last}.b"]
+    np.testing.assert_array_equal(W[:, -1], fresh[f"{last}.W"][:, -1])  # the value column never moved
+    assert b[-1] == fresh[f"{last}.b"][-1] and not np.array_equal(W[:, :-1], fresh[f"{last}.W"][:, :-1])
+    proc = script("scripts.train", "--agent", "ppo", "--init", str(out), "--num-envs", "2", "--num-steps", "16",
+                  "--total-steps", "64", "--run-dir", str(tmp_path / "rl"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert agents.load(str(tmp_path / "rl" / "checkpoint.npz")).header["step"] == 64

@@ -258,7 +258,7 @@ BAD = [
     (["--from", "{karpathy}", "--lr", "-1"], "lr"),
     (["--from", "{karpathy}", "--out", "{empty}"], "is a directory"),
     (["--from", "{karpathy}", "--out", "/nonexistent/dir/x.npz"], "does not exist"),
-    (["--from", "{karpathy}", "--agent", "ppo"], "invalid choice"),
+    (["--from", "{karpathy}", "--agent", "a2c"], "invalid choice"),
     (["--from", "{karpathy}", "--blas-threads", "0"], "--blas-threads"),
 ]
 
