@@ -15,6 +15,11 @@ def load(path, seed=0):
     env = header.get("env")
     if not isinstance(env, dict) or "env_id" not in env or "preset" not in env:
         raise CheckpointError(f"{path}: checkpoint has no env spec")
+    n_actions = header.get("n_actions")
+    if not isinstance(n_actions, int) or isinstance(n_actions, bool) or n_actions < 1:
+        raise CheckpointError(f"{path}: checkpoint has a bad 'n_actions' ({n_actions!r})")
+    if kind == "pg" and header.get("head") not in ("sigmoid", "softmax"):
+        raise CheckpointError(f"{path}: checkpoint has a bad 'head' ({header.get('head')!r}), not sigmoid or softmax")
     try:
         if kind == "pg":
             agent = PolicyAgent(models["model"], header["head"], env, int(header["n_actions"]), seed)

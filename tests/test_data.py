@@ -1,8 +1,6 @@
 """nets.data: the loaders on the real files, checksums, the offline error, downloads from file:// URLs."""
 import dataclasses
 import gzip
-import os
-import pathlib
 import tarfile
 import urllib.error
 
@@ -12,9 +10,7 @@ import pytest
 from nets import data
 from nets.data import DataError
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-DATA = pathlib.Path(os.environ.get("GROK_ARCADE_DATA") or ROOT.parent / "shared" / "data")
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"data folder {DATA} is absent (set GROK_ARCADE_DATA)")
+from real_data import data_folder
 
 
 @pytest.fixture
@@ -29,9 +25,9 @@ def use_url(monkeypatch, key, url):
     monkeypatch.setitem(data.DATASETS, key, dataclasses.replace(data.DATASETS[key], url=url))
 
 
-@needs_data
 @pytest.mark.parametrize("dataset", ["mnist", "fashion"])
 def test_image_sets_have_their_shapes_and_dtypes(dataset, tmp_path, offline):
+    DATA = data_folder(dataset)
     (xtr, ytr), (xte, yte) = data.load_mnist(dataset, data_dir=DATA, cache_dir=tmp_path)
     assert xtr.shape == (60000, 28, 28) and xte.shape == (10000, 28, 28)
     assert xtr.dtype == np.uint8 and ytr.dtype == np.int64
@@ -43,8 +39,8 @@ def test_image_sets_have_their_shapes_and_dtypes(dataset, tmp_path, offline):
     assert not any(tmp_path.iterdir()), "a local copy must not touch the cache"
 
 
-@needs_data
 def test_text_and_polarity_decode(tmp_path, offline):
+    DATA = data_folder("shakespeare", "polarity")
     text = data.load_text(data_dir=DATA, cache_dir=tmp_path)
     assert len(text) == 1_115_394 and len(set(text)) == 65 and text.startswith("First Citizen:")
     texts, labels = data.load_polarity(data_dir=DATA, cache_dir=tmp_path)
@@ -54,8 +50,8 @@ def test_text_and_polarity_decode(tmp_path, offline):
     assert all(t == t.strip() and t for t in texts)
 
 
-@needs_data
 def test_environment_variable_and_flat_folder(tmp_path, monkeypatch, offline):
+    DATA = data_folder("shakespeare", "mnist")
     monkeypatch.setenv(data.DATA_ENV, str(DATA))
     assert len(data.load_text(cache_dir=tmp_path)) == 1_115_394
     flat = tmp_path / "flat"  # the files themselves in the folder, no sub-folder
@@ -111,8 +107,8 @@ def test_local_file_with_wrong_checksum_is_refused(tmp_path, offline):
     assert str(tmp_path / "shakespeare" / "input.txt") in str(e.value)
 
 
-@needs_data
 def test_download_from_file_url_into_cache(tmp_path, monkeypatch):
+    DATA = data_folder("shakespeare")
     use_url(monkeypatch, "shakespeare", (DATA / "shakespeare").as_uri() + "/")
     cache = tmp_path / "cache"
     text = data.load_text(data_dir=tmp_path / "empty", cache_dir=cache)
@@ -124,8 +120,8 @@ def test_download_from_file_url_into_cache(tmp_path, monkeypatch):
     assert data.load_text(data_dir=tmp_path / "empty", cache_dir=cache) == text
 
 
-@needs_data
 def test_download_of_mnist_files_via_real_fetch(tmp_path, monkeypatch):
+    DATA = data_folder("mnist")
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     for p in (DATA / "mnist").iterdir():
@@ -148,8 +144,8 @@ def test_download_with_wrong_checksum_saves_nothing(tmp_path, monkeypatch):
     assert not cache.exists() or not any(cache.iterdir())
 
 
-@needs_data
 def test_polarity_download_from_archive(tmp_path, monkeypatch):
+    DATA = data_folder("polarity")
     archive = tmp_path / "rt-polaritydata.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:  # the layout of Cornell's tarball
         for name in ("rt-polarity.pos", "rt-polarity.neg"):
@@ -195,3 +191,23 @@ def test_unknown_names_are_data_errors(tmp_path):
         data.load_mnist("kmnist", cache_dir=tmp_path)
     with pytest.raises(DataError, match="unknown data set"):
         data.ensure_files("imagenet", cache_dir=tmp_path)
+
+
+# ----------------------------------------------------------------------------- tests/real_data.py itself
+
+def test_missing_data_fails_where_it_was_promised_and_skips_with_directions_elsewhere(tmp_path, monkeypatch):
+    (tmp_path / "shakespeare").mkdir()
+    (tmp_path / "shakespeare" / "input.txt").write_text("a stand-in\n")  # presence is all data_folder checks
+    assert data_folder("shakespeare", environ={"GROK_ARCADE_DATA": str(tmp_path)}) == tmp_path
+    with pytest.raises(pytest.fail.Exception, match="GROK_ARCADE_DATA=.* lacks mnist/train-images-idx3-ubyte.gz"):
+        data_folder("shakespeare", "mnist", environ={"GROK_ARCADE_DATA": str(tmp_path)})
+    import real_data
+    monkeypatch.setattr(real_data, "CANDIDATES", (tmp_path / "nowhere", tmp_path / "cache"))
+    with pytest.raises(pytest.fail.Exception, match="CI is set"):
+        data_folder("mnist", environ={"CI": "true"})
+    with pytest.raises(pytest.skip.Exception) as e:
+        data_folder("polarity", environ={})
+    assert "GROK_ARCADE_DATA" in str(e.value) and "scripts.sanity --quick" in str(e.value)
+    assert "sentiment/rt-polaritydata/rt-polarity.pos" in str(e.value)
+    monkeypatch.setattr(real_data, "CANDIDATES", (tmp_path / "nowhere", tmp_path))
+    assert data_folder("shakespeare", environ={"CI": "1"}) == tmp_path  # the download cache serves too

@@ -333,32 +333,34 @@ def read_csv(path):
 
 
 def test_train_resume_and_evaluate_scripts(tmp_path):
+    """CARTPOLE's recipe through the command lines, stopped halfway and resumed: it must still learn."""
     run_dir = str(tmp_path / "run")
-    common = ["--hidden", "32", "--learning-starts", "500", "--buffer-size", "20000", "--eval-every", "1500",
-              "--eval-episodes", "2", "--epsilon-steps", "2000", "--quiet"]
-    script("scripts.train", "--agent", "dqn", "--game", "CartPole-v1", "--total-steps", "3000",
-           "--save-buffer", "true", "--run-dir", run_dir, *common)
+    recipe = [f"--{k.replace('_', '-')}={v}" for k, v in CARTPOLE.items() if k not in ("total_steps", "eval_every")]
+    script("scripts.train", "--agent", "dqn", *recipe, "--total-steps", "20000", "--eval-every", "20000",
+           "--eval-episodes", "2", "--save-buffer", "true", "--quiet", "--run-dir", run_dir)
     assert os.path.exists(os.path.join(run_dir, "replay.npz"))
     first = load_checkpoint(os.path.join(run_dir, "checkpoint.npz"))[1]
-    assert first["step"] == 3000
+    assert first["step"] == 20000
     # Resumed as a user would, without --agent: the run's own agent picks the BLAS threads (2 for
     # DQN), not --agent's default (pg: 1), which once halved a resumed Atari DQN run's speed.
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
-    proc = script("scripts.train", "--resume", run_dir, "--total-steps", "4500", "--quiet", env=env)
+    proc = script("scripts.train", "--resume", run_dir, "--total-steps", "40000", "--quiet", env=env)
     assert "refilling" not in proc.stderr  # the saved buffer was used
     with open(os.path.join(run_dir, "config.json")) as f:
         record = json.load(f)
     assert record["resumes"][-1]["blas_threads"] == "2" and record["config"]["agent"] == "dqn"
     header = load_checkpoint(os.path.join(run_dir, "checkpoint.npz"))[1]
-    assert header["step"] == 4500 and header["updates"] > first["updates"]
+    assert header["step"] == 40000 and header["updates"] > first["updates"]
     steps = [int(r["step"]) for r in read_csv(os.path.join(run_dir, "progress.csv"))]
-    assert steps and steps == sorted(steps) and steps[-1] <= 4500
+    assert steps and steps == sorted(steps) and steps[-1] <= 40000
     evals = read_csv(os.path.join(run_dir, "eval.csv"))
-    assert [int(r["step"]) for r in evals] == [1500, 3000, 4500]
+    assert [int(r["step"]) for r in evals] == [20000, 40000]
     assert set(evals[0]) == {"step", "mean_return", "std_return", "episodes", "wall_seconds"}
-    proc = script("scripts.evaluate", os.path.join(run_dir, "checkpoint.npz"), "--episodes", "2")
+    proc = script("scripts.evaluate", os.path.join(run_dir, "checkpoint.npz"), "--episodes", "10")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["episodes"] == 2 and result["game"] == "CartPole-v1" and result["mean_return"] > 0
+    assert result["episodes"] == 10 and result["game"] == "CartPole-v1"
+    # CartPole-v1's solved bar; random play scores about 22 (measured here: 310 from this seed)
+    assert result["mean_return"] >= 195, result
     assert result["actions"].startswith("epsilon-greedy ")
     # --greedy: the Q-network's argmax every step, none of the evaluation epsilon's random moves
     proc = script("scripts.evaluate", os.path.join(run_dir, "checkpoint.npz"), "--episodes", "2", "--seed", "7",
@@ -416,8 +418,13 @@ def test_quantile_run_from_the_command_line_and_its_init_rules(tmp_path):
            "--run-dir", str(tmp_path / "qr"))
     agent = agents.load(ckpt)
     assert agent.quantiles == 4 and agent.model.forward(np.zeros((1, 4), np.float32)).shape == (1, 2 * 4)
-    result = json.loads(script("scripts.evaluate", ckpt, "--episodes", "1").stdout.strip().splitlines()[-1])
-    assert result["episodes"] == 1 and result["mean_return"] > 0
+    result = json.loads(script("scripts.evaluate", ckpt, "--episodes", "2").stdout.strip().splitlines()[-1])
+    # 1,200 steps teach nothing (test_learns_cartpole holds QR-DQN's learning bar): the command must print
+    # the games that agent plays, the same as agents.evaluation plays them with the same seeds
+    played = evaluate(agent, 2, seed=0)
+    assert result["episodes"] == 2 and result["actions"] == "epsilon-greedy 0.05"
+    assert [result[k] for k in ("mean_return", "min_return", "max_return")] == \
+        [played[k] for k in ("mean_return", "min_return", "max_return")]
     script("scripts.train", *small, "--total-steps", "600", "--init", ckpt, "--run-dir", str(tmp_path / "again"))
     with open(tmp_path / "again" / "config.json") as f:
         config = json.load(f)["config"]

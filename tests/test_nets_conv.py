@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 
 import nets
-from nets.conv import (conv2d_reference, conv2d_reference_backward, maxpool2d_reference,
-                       maxpool2d_reference_backward)
+from reference import conv2d_reference, conv2d_reference_backward, maxpool2d_reference, maxpool2d_reference_backward
 
 CASES = [  # n, c, h, w, out, kernel, stride, padding
     (2, 3, 7, 6, 4, 3, 1, 0),

@@ -1,5 +1,4 @@
 """PPO: GAE and the clipped objective by hand, learning CartPole, exact resume, the agent on Atari."""
-import dataclasses
 import json
 import os
 import subprocess

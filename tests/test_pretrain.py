@@ -2,8 +2,9 @@
 
 A scripted teacher plays short Pong games from RAM (player y at byte 51, ball y at 54) and they are
 recorded. The observations pretraining rebuilds must be the ones the real preset envs produced,
-bit for bit; a policy cloned from the teacher must agree with it on a game it never saw; the
-checkpoints must start RL through scripts.train --init; and bad input must fail in one line.
+bit for bit; a policy cloned from the teacher must agree with it on a game it never saw, by a margin
+over always taking the teacher's commonest action there; the checkpoints must start RL through
+scripts.train --init; and bad input must fail in one line.
 """
 import json
 import os
@@ -13,13 +14,14 @@ import pytest
 
 import agents
 import envs
-from agents import pretrain
+from agents import dqn, pretrain
 from envs.recording import Recorder
 from envs.recording_format import data_crc32
 from nets.npzfile import read_npz, write_npz
 
 PG_FLAGS = ["--hidden", "64", "--epochs", "6", "--lr", "3e-3", "--val-fraction", "0.25"]
-DQN_FLAGS = ["--hidden", "32", "--epochs", "3", "--val-fraction", "0.25"]
+DQN_FLAGS = ["--game", "breakout", "--hidden", "32", "--epochs", "5", "--val-fraction", "0.25"]
+MARGIN = 0.3  # a clone's agreement with its teacher on a game it never saw, above the commonest action's share
 
 
 def teacher(env, preset):
@@ -30,6 +32,26 @@ def teacher(env, preset):
     if preset == "karpathy":
         return 0 if gap < 0 else 1
     return 0 if abs(gap) < 3 else (2 if gap < 0 else 3)
+
+
+def sweeper():
+    """A Breakout teacher for the Nature network: sweep the paddle (x at RAM byte 72) from wall to wall,
+    RIGHT until it nears the right wall, then LEFT until it nears the left one. The action is read off
+    the screen (where the paddle is, and which way it moved across the stack of four frames), so a clone
+    can learn it from a few games. Pong's ball-following teacher cannot serve here: on Pong's grey
+    background the network learned only the action frequencies in 1,200 updates (measured), where it
+    learns this sweep in about 150 on Breakout's black one."""
+    going = {"right": True}
+
+    def policy(env, preset):
+        x = int(env.unwrapped.ale.getRAM()[72])  # 55 at the left wall, 191 at the right
+        if x <= 60:
+            going["right"] = True
+        elif x >= 185:
+            going["right"] = False
+        return 2 if going["right"] else 3  # Breakout's RIGHT, LEFT
+
+    return policy
 
 
 def play(path, preset, seed, steps, noop_max=30, policy=teacher, game="pong"):
@@ -63,7 +85,28 @@ def demos(tmp_path_factory):
     for seed in (7, 8):
         seen = play(root / "deepmind" / f"game-{seed}.npz", "deepmind", seed, 120)
         made.setdefault("deepmind_seen", seen)
+    (root / "sweeps").mkdir()
+    made["sweeps"] = str(root / "sweeps")
+    for seed in range(1, 5):
+        play(root / "sweeps" / f"game-{seed}.npz", "deepmind", seed, 300, policy=sweeper(), game="breakout")
     return made
+
+
+def agreement_on_a_new_game(act, game, preset, policy, seed=99, steps=400):
+    """The teacher plays a game no recording holds; returns (share of its steps where act(obs) chose its
+    action, share of its commonest action: what always answering that action would score)."""
+    env = envs.make(game, preset, sticky=True)
+    obs, _ = env.reset(seed=seed)
+    agree, wanted = [], []
+    for _ in range(steps):
+        want = policy(env, preset)
+        agree.append(act(obs) == want)
+        wanted.append(want)
+        obs, _, terminated, truncated, _ = env.step(want)
+        if terminated or truncated:
+            break
+    env.close()
+    return float(np.mean(agree)), float(np.bincount(wanted).max() / len(wanted))
 
 
 def first_file(folder):
@@ -157,20 +200,12 @@ def test_pg_clone_imitates_the_teacher_and_starts_rl(demos, tmp_path, capsys):
     agent = agents.load(out)
     info = agent.header["pretrained"]
     assert len(info["recordings"]) == 4 and info["val_games"] == 1
-    assert info["val_accuracy"] >= 0.65 and info["val_accuracy"] >= info["val_majority"] + 0.1, info["history"]
+    assert info["val_accuracy"] >= info["val_majority"] + 0.1, info["history"]
     assert agent.header["step"] == 0 and agent.header["config"]["hidden"] == 64
     # a game it never saw, in the real env: the teacher plays, the clone says what it would do
-    env = envs.make("pong", "karpathy", sticky=True)
-    obs, _ = env.reset(seed=99)
-    agree = []
-    for _ in range(400):
-        want = teacher(env, "karpathy")
-        agree.append(int(agent.act(obs[None], explore=False)[0][0]) == want)
-        obs, _, terminated, truncated, _ = env.step(want)
-        if terminated or truncated:
-            break
-    env.close()
-    assert np.mean(agree) >= 0.65, np.mean(agree)
+    agree, majority = agreement_on_a_new_game(lambda obs: int(agent.act(obs[None], explore=False)[0][0]),
+                                              "pong", "karpathy", teacher)
+    assert agree >= majority + 0.15, (agree, majority)
     run_dir = str(tmp_path / "rl")
     code, _, err = run_script("scripts.train", ["--init", out, "--hidden", "64", "--num-envs", "2",
                                                 "--batch-steps", "200", "--total-steps", "400", "--quiet",
@@ -182,22 +217,24 @@ def test_pg_clone_imitates_the_teacher_and_starts_rl(demos, tmp_path, capsys):
 @pytest.mark.parametrize("dueling", ["false", "true"])
 def test_dqn_clone_and_init(dueling, demos, tmp_path, capsys):
     out = str(tmp_path / "dqn.npz")
-    code, stdout, err = run_script("scripts.pretrain", ["--from", demos["deepmind"], "--agent", "dqn",
+    code, stdout, err = run_script("scripts.pretrain", ["--from", demos["sweeps"], "--agent", "dqn",
                                                         "--dueling", dueling, "--out", out, *DQN_FLAGS], capsys)
     assert code == 0, err
     agent = agents.load(out)
     info = agent.header["pretrained"]
     history = info["history"]
     assert history[-1]["loss"] < history[0]["loss"]
-    # a small bar: in a dozen updates the Nature network learns how often each action comes, little more
-    # (agents/pretrain.py's docstring); this checks the pipeline and the checkpoint, not the cloning
-    assert info["val_accuracy"] > 1 / 6 and info["batch_size"] == 32
-    assert agent.kind == "dqn" and agent.header["n_actions"] == 6 and "target" in agent.header["models"]
+    # measured: 0.99 to 1.0 on the held-out recording and 0.99 on the new game, where the commonest
+    # action scores 0.53 to 0.54 (pretrain seeds 0-2, either head)
+    assert info["val_accuracy"] >= info["val_majority"] + MARGIN, history
+    assert info["batch_size"] == 32
+    assert agent.kind == "dqn" and agent.header["n_actions"] == 4 and "target" in agent.header["models"]
     assert agent.header["config"]["dueling"] == (dueling == "true")
-    seen, actions = demos["deepmind_seen"]
-    greedy = agent.model.forward(seen[:40].astype(np.float32) / 255.0).argmax(axis=1)
-    assert np.mean(greedy == actions[:40]) > 1 / 3  # it has learnt something of what it was shown
-    code, _, err = run_script("scripts.train", ["--agent", "dqn", "--init", out, "--hidden", "32",
+    agree, majority = agreement_on_a_new_game(
+        lambda obs: int(dqn.q_values(agent.model, obs[None], agent.obs_scale).argmax()),  # greedy: no epsilon
+        "breakout", "deepmind", sweeper())
+    assert agree >= majority + MARGIN, (agree, majority)
+    code, _, err = run_script("scripts.train", ["--agent", "dqn", "--game", "breakout", "--init", out, "--hidden", "32",
                                                 "--total-steps", "200", "--learning-starts", "100",
                                                 "--buffer-size", "1000", "--batch-size", "8",
                                                 "--eval-every", "0", "--quiet",

@@ -23,7 +23,11 @@ DATASETS = ("mnist", "fashion")
 # issue sets none for Fashion-MNIST, so its bars sit about a point below what this schedule measured
 # (MLP 89.17%, CNN 90.27%) and only catch a broken stack.
 TARGETS = {("mlp", "mnist"): 0.98, ("cnn", "mnist"): 0.99, ("mlp", "fashion"): 0.88, ("cnn", "fashion"): 0.89}
-QUICK_TARGETS = {("mlp", "mnist"): 0.90, ("cnn", "mnist"): 0.75, ("mlp", "fashion"): 0.75, ("cnn", "fashion"): 0.65}
+# The quick bars sit above what a linear (softmax) model reaches on the same 2,000 test images even when
+# trained on all 60,000 (91.45% measured), and below what the quick schedules measured (MLP 95.75%,
+# CNN 96.40%). Fashion-MNIST's quick bars sit a few points below its quick measurements (MLP 85.0%,
+# CNN 82.65%) and only catch a broken stack. tests/test_sanity.py states its own bars.
+QUICK_TARGETS = {("mlp", "mnist"): 0.935, ("cnn", "mnist"): 0.94, ("mlp", "fashion"): 0.82, ("cnn", "fashion"): 0.80}
 
 
 @dataclass
@@ -59,13 +63,14 @@ def full_config(model="mlp", dataset="mnist", **overrides):
 
 
 def quick_config(model="mlp", dataset="mnist", **overrides):
-    """A small, fast version (a few thousand images, one to three epochs) with a lower bar."""
+    """A small, fast version (part of the training set, one to three epochs, 2,000 test images) with a
+    lower bar, still one a linear model cannot reach."""
     cfg = full_config(model, dataset)
-    cfg = replace(cfg, batch_size=32, lr=2e-3, target=QUICK_TARGETS[model, dataset])
+    cfg = replace(cfg, batch_size=32, lr=2e-3, test_size=2000, target=QUICK_TARGETS[model, dataset])
     if model == "mlp":
-        cfg = replace(cfg, epochs=3, train_size=6000, test_size=2000, hidden=128)
+        cfg = replace(cfg, epochs=3, train_size=30000, hidden=128)
     else:
-        cfg = replace(cfg, epochs=1, train_size=3000, test_size=1000, channels=(8, 16), hidden=64)
+        cfg = replace(cfg, epochs=1, train_size=20000, channels=(8, 16), hidden=64)
     return replace(cfg, **overrides)
 
 

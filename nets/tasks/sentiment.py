@@ -46,8 +46,9 @@ def full_config(**overrides):
 
 
 def quick_config(**overrides):
-    """A small, fast version: small vectors, a third of the training snippets, a lower bar."""
-    return replace(SentimentConfig(dim=16, epochs=3, lr=5e-3, train_size=3000, target=0.65), **overrides)
+    """A small, fast version: small vectors, three epochs, a lower bar. Its bar is 22 points above always
+    answering the commoner label (50.5% of the held-out snippets); the run measured 75.8%."""
+    return replace(SentimentConfig(dim=16, epochs=3, lr=5e-3, target=0.72), **overrides)
 
 
 def split(texts, labels, held_out, seed):

@@ -44,9 +44,11 @@ def full_config(**overrides):
 
 
 def quick_config(**overrides):
-    """A small, fast version: 100k characters, a small LSTM, one epoch, a lower bar."""
+    """A small, fast version: 300k characters, a small LSTM, one epoch, a lower bar. The bar is below what
+    a bigram table reaches (2.58 nats on the same 300k characters, 2.49 on the whole training text);
+    the run measured 2.17."""
     return replace(ShakespeareConfig(hidden=64, embed=16, seq_len=50, batch_size=32, epochs=1, lr=1e-2,
-                                     train_chars=100_000, val_chars=20_000, target=2.6), **overrides)
+                                     train_chars=300_000, val_chars=20_000, target=2.3), **overrides)
 
 
 def check_data(cfg):
