@@ -99,7 +99,6 @@ class Config:
 def resolved(cfg):
     """Config with derived values filled in (preset, network, hidden); ValueError on bad values."""
     env_id = envs.resolve(cfg.game)
-    envs.atari.check_protocol(cfg.game, cfg.sticky)
     preset = cfg.preset or ("deepmind" if envs.atari.is_atari(env_id) else "classic")
     if preset not in CHOICES["preset"]:
         raise ValueError(f"dqn needs the deepmind preset on Atari or classic on control tasks, got {preset!r}")

@@ -65,7 +65,6 @@ class Config:
 def resolved(cfg):
     """Config with derived values filled in (preset, head, reset_on_reward)."""
     env_id = envs.resolve(cfg.game)
-    envs.atari.check_protocol(cfg.game, cfg.sticky)
     preset = cfg.preset or envs.default_preset(env_id)
     spec = envs.env_spec(env_id, preset, cfg.sticky)
     head = cfg.head if cfg.head != "auto" else ("sigmoid" if preset == "karpathy" else "softmax")

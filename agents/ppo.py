@@ -60,7 +60,7 @@ class Config:
     norm_adv: bool = True  # normalize advantages in each minibatch (CleanRL)
     target_kl: float = 0.0  # stop a round's epochs early once the approximate KL passes this (0: never; CleanRL: off)
     life_loss_terminal: bool = True  # a lost life ends the learner's episode; the game goes on (CleanRL's EpisodicLife)
-    eval_every: int = 0  # agent steps between evaluations on whole games into eval.csv (0: never)
+    eval_every: int = 500_000  # agent steps between evaluations on whole games into eval.csv (0: never)
     eval_episodes: int = 5  # games per evaluation
     max_bad_updates: int = 5  # stop after this many NaN/inf minibatch updates in a row
     checkpoint_minutes: float = 5.0  # write checkpoint.npz this often (at the end of a round)
@@ -72,7 +72,6 @@ class Config:
 def resolved(cfg):
     """Config with derived values filled in (preset, network, hidden); ValueError on bad values."""
     env_id = envs.resolve(cfg.game)
-    envs.atari.check_protocol(cfg.game, cfg.sticky)
     preset = cfg.preset or ("deepmind" if envs.atari.is_atari(env_id) else "classic")
     if preset not in CHOICES["preset"]:
         raise ValueError(f"ppo needs the deepmind preset on Atari or classic on control tasks, got {preset!r}")

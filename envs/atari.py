@@ -85,8 +85,9 @@ def atari_alias(game):
 
 
 def check_protocol(game, sticky):
-    """A ValueError when the id typed names the other protocol than `sticky` (PongNoFrameskip-v4 with
-    sticky actions, ALE/Pong-v5 without)."""
+    """A ValueError when the id a person typed names the other protocol than `sticky` (PongNoFrameskip-v4
+    with sticky actions, ALE/Pong-v5 without). For typed ids only: code that makes an env from a
+    recorded env id (ALE/Pong-v5) passes the protocol it recorded, either one."""
     alias = atari_alias(game)
     if alias is not None and alias[1] != bool(sticky):
         implied = "sticky actions (ALE v5)" if alias[1] else "no sticky actions (NoFrameskip-v4)"

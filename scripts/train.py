@@ -283,6 +283,7 @@ def prepare(argv, first):
         return None
     cfg, protocol_from = starting_config(module, args, first)
     try:
+        envs.atari.check_protocol(cfg.game, cfg.sticky)  # the id typed names a protocol: sticky may not say otherwise
         cfg = module.resolved(cfg)
     except ValueError as e:  # unknown game, bad preset or value, a protocol the id contradicts
         raise UsageError(str(e).splitlines()[0]) from None

@@ -260,3 +260,12 @@ def test_the_run_dir_line_stands_alone_in_a_terminal_log(tmp_path):
     assert proc.returncode == 0
     first = io.StringIO(proc.stderr).readline()
     assert first == f"run dir: {tmp_path / 'r'}\n"
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_run_dir(tmp_path, monkeypatch):
+    def broken(cfg, run, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(dqn, "train", broken)
+    code = run_main(["--agent", "dqn", "--game", "CartPole-v1", "--run-dir", "r"], tmp_path, monkeypatch)
+    assert code == 2 and not (tmp_path / "r").exists()
