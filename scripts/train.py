@@ -1,6 +1,6 @@
 """Train an agent: python -m scripts.train [--agent pg|dqn|ppo] [--game pong] [--config RECIPE] [flags].
 
-With no arguments it trains the default agent (DEFAULT_AGENT) on Pong from pixels. --config reads a
+With no arguments it trains the default agent (DEFAULT_AGENT below) on Pong from pixels. --config reads a
 recipe (hyperparams/*.yml, or a run's config.json to start a sibling run); flags given override it.
 The run dir gets config.json, progress.csv, metrics.csv, eval.csv, checkpoint.npz (every few minutes
 and on Ctrl-C, SIGTERM or SIGHUP) and curve.png; --tensorboard adds TensorBoard event files and
