@@ -24,11 +24,15 @@ from agents import evaluation
 from agents.distributed import Fleet, lost_reporter, report_rollout, shut_down, start_ray, worker_seed
 from agents.replay import (ReplayBuffer, SharedReplay, final_observations, make_buffer, restore_buffer, save_buffer,
                            slots_per_env)
-from agents.run import EvalLog, Stopwatch, check_update, deadline, finished
+from agents.run import Stopwatch, check_update, deadline, finished
+from agents.schedule import parse_schedule, scheduled
 from envs.atari import frame_stack
 from nets import Adam, Conv2d, DuelingHead, Flatten, Huber, Linear, QuantileHuber, ReLU, RMSProp, Sequential
 
 HIDDEN_FLAGS = ()
+# the values a setting may take (its flag's choices; resolved() refuses any other)
+CHOICES = {"preset": ("deepmind", "classic"), "network": ("auto", "nature", "mlp"), "optimizer": ("adam", "rmsprop"),
+           "eval_sticky": ("auto", "true", "false")}
 BROADCAST_EVERY = 50  # updates between weight broadcasts to the actors: 200 agent steps (Ape-X: 100)
 CHUNK_STEPS = 256  # agent steps per actor call (Ape-X sends 50-step batches)
 
@@ -36,7 +40,8 @@ CHUNK_STEPS = 256  # agent steps per actor call (Ape-X sends 50-step batches)
 @dataclasses.dataclass
 class Config:
     agent: str = "dqn"  # which algorithm (fixed)
-    game: str = "pong"  # short name or env id
+    game: str = "pong"  # short name or env id; an Atari id names its protocol: PongNoFrameskip-v4 no sticky
+    # actions, ALE/Pong-v5 sticky ones (--list-games lists them)
     preset: str = ""  # deepmind (Atari) or classic (CartPole-v1, ...); empty: by game
     sticky: bool = False  # ALE v5 sticky actions; False: NoFrameskip-v4, the protocol CleanRL and SB3 report
     seed: int = 0  # seeds the network, exploration, replay sampling and the envs
@@ -65,6 +70,8 @@ class Config:
     lr: float = 1e-4  # learning rate (CleanRL dqn_atari: 1e-4)
     lr_end: float = 0.0  # with lr_steps: the learning rate reached at lr_steps (own Pong run: 3e-5)
     lr_steps: int = 0  # agent steps of linear decay from lr to lr_end, then flat (0: lr throughout, CleanRL)
+    lr_schedule: str = ""  # piecewise learning rate by agent step instead, "0:1e-4,1605030:3e-5": each value
+    # from its step on (the shipped Pong agent's drop, made by hand on a resume); empty: lr, or its decay
     adam_eps: float = 1.5e-4  # Adam's epsilon (Rainbow / Dopamine: 0.01 / batch 32)
     rmsprop_decay: float = 0.95  # RMSProp decay (Nature: 0.95)
     rmsprop_eps: float = 0.01  # RMSProp epsilon (Nature's min squared gradient 0.01; here added after the sqrt)
@@ -93,7 +100,7 @@ def resolved(cfg):
     """Config with derived values filled in (preset, network, hidden); ValueError on bad values."""
     env_id = envs.resolve(cfg.game)
     preset = cfg.preset or ("deepmind" if envs.atari.is_atari(env_id) else "classic")
-    if preset not in ("deepmind", "classic"):
+    if preset not in CHOICES["preset"]:
         raise ValueError(f"dqn needs the deepmind preset on Atari or classic on control tasks, got {preset!r}")
     envs.env_spec(env_id, preset, cfg.sticky)  # raises on a preset that does not fit the game
     network = cfg.network if cfg.network != "auto" else ("nature" if preset == "deepmind" else "mlp")
@@ -121,8 +128,14 @@ def resolved(cfg):
         raise ValueError(f"eval_sticky must be auto, true or false, got {cfg.eval_sticky!r}")
     if cfg.prioritized and cfg.workers > 0:
         raise ValueError("prioritized replay runs in the single-process loop only: use --workers 0")
-    if not 0.0 < cfg.tau <= 1.0 or not cfg.lr > 0 or not math.isfinite(cfg.lr_end):
-        raise ValueError(f"tau must be in (0, 1], lr > 0 and lr_end finite, got {cfg.tau}, {cfg.lr}, {cfg.lr_end}")
+    if not cfg.lr > 0 or not math.isfinite(cfg.lr):
+        raise ValueError(f"lr must be > 0, got {cfg.lr}")
+    if not 0.0 < cfg.tau <= 1.0 or not math.isfinite(cfg.lr_end):
+        raise ValueError(f"tau must be in (0, 1] and lr_end finite, got {cfg.tau}, {cfg.lr_end}")
+    if cfg.lr_steps > 0 and not cfg.lr_end > 0:
+        raise ValueError(f"lr_end must be > 0 with lr_steps (a learning rate of 0 learns nothing), got {cfg.lr_end}")
+    if parse_schedule(cfg.lr_schedule, "lr_schedule") and cfg.lr_steps > 0:
+        raise ValueError("give lr_schedule or lr_steps (with lr_end), not both")
     try:  # with workers, each actor's envs get their own share of the buffer
         slots_per_env(cfg.buffer_size // max(cfg.workers, 1), cfg.num_envs, frame_stack(preset), cfg.n_step)
         fits = cfg.learning_starts <= cfg.buffer_size // 2
@@ -211,7 +224,10 @@ def epsilon_at(step, cfg):
 
 def lr_at(step, cfg):
     """Learning rate: lr, or with lr_steps a linear decay from lr to lr_end over that many agent
-    steps, then flat (SB3's linear schedule; the Pong agent's own run dropped 1e-4 to 3e-5 by hand)."""
+    steps, then flat (SB3's linear schedule), or lr_schedule's piecewise values (the Pong agent's own
+    run dropped 1e-4 to 3e-5 by hand at step 1,605,030)."""
+    if cfg.lr_schedule:
+        return scheduled(parse_schedule(cfg.lr_schedule, "lr_schedule"), step, cfg.lr)
     if cfg.lr_steps <= 0:
         return cfg.lr
     return cfg.lr + min(step / cfg.lr_steps, 1.0) * (cfg.lr_end - cfg.lr)
@@ -642,15 +658,16 @@ class RayActors:
 
 # ----------------------------------------------------------------------------- evaluation
 
-def evaluate_now(cfg, agent, eval_log, step):
-    """Whole games with the current network at eval_epsilon, on the same seeds every time so the
-    curve compares like with like; appended to eval.csv. Returns mean, std and episodes."""
-    player = QAgent(agent.model, agent.env, agent.n_actions, agent.obs_scale, cfg.eval_epsilon,
-                    seed=10_000_000 + cfg.seed, quantiles=cfg.quantiles)
+def side_games(cfg, agent, run, callback):
+    """The evaluations (whole games with the current network at eval_epsilon, into eval.csv) and
+    videos this run plays beside its training (agents.evaluation.SideGames)."""
+    def player():
+        return QAgent(agent.model, agent.env, agent.n_actions, agent.obs_scale, cfg.eval_epsilon,
+                      seed=10_000_000 + cfg.seed, quantiles=cfg.quantiles)
+
     sticky = cfg.sticky if cfg.eval_sticky == "auto" else cfg.eval_sticky == "true"
-    summary = evaluation.evaluate(player, cfg.eval_episodes, seed=10_000_000 + 1000 * cfg.seed, sticky=sticky)
-    eval_log.append(step, summary)
-    return {k: summary[k] for k in ("mean_return", "std_return", "episodes")}
+    return evaluation.SideGames(run, player, cfg.eval_every, cfg.eval_episodes, 10_000_000 + 1000 * cfg.seed,
+                                sticky, explore=False, callback=callback)
 
 
 # ----------------------------------------------------------------------------- training
@@ -682,8 +699,7 @@ def train(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
         learner.restore(*resume)
         rng.bit_generator.state = resume[1]["rng"]
         run.restore(resume[1])
-    eval_log = EvalLog(run)
-    eval_log.start(run.step)
+    side = side_games(cfg, agent, run, callback)
 
     def save(final=False):
         models, fields, extra = learner.checkpoint()
@@ -694,7 +710,6 @@ def train(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
 
     next_update = run.step + cfg.train_freq
     next_sync = next_multiple(run.step, cfg.target_update)
-    next_eval = next_multiple(run.step, cfg.eval_every) if cfg.eval_every else math.inf
     next_log = next_multiple(run.step, cfg.log_every)
     last, stop_at = {}, deadline(cfg.hours)
     try:
@@ -712,11 +727,7 @@ def train(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
                     next_sync = next_multiple(run.step, cfg.target_update)
                     if learning:
                         learner.sync_target()
-                if run.step >= next_eval:
-                    next_eval = next_multiple(run.step, cfg.eval_every)
-                    summary = evaluate_now(cfg, agent, eval_log, run.step)
-                    if callback:
-                        callback({"event": "eval", "step": run.step, **summary})
+                if side():
                     clock.mark("eval")
                 if run.step >= next_log:
                     next_log = next_multiple(run.step, cfg.log_every)

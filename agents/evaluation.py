@@ -1,10 +1,15 @@
-"""Play whole games with a trained agent and report full-game, unclipped returns."""
+"""Play whole games with a trained agent and report full-game, unclipped returns; SideGames plays
+them during training (eval.csv, videos/)."""
+import math
 import os
 
 import numpy as np
 
 import envs
-from envs.recording import Recorder
+from agents.run import EvalLog
+from envs.recording import Recorder, RecordingError, export
+
+VIDEO_SEED = 20_000_000  # + the episode count: a video game's seed, apart from the evaluations' seeds
 
 
 def make_eval_env(agent, sticky=True, render_mode=None, recorder=None):
@@ -91,6 +96,71 @@ def evaluate(agent, episodes, seed=0, sticky=True, explore=False, on_game=None, 
         if on_game:
             on_game(k, ret, length)
     return summarize(returns, lengths)
+
+
+def next_multiple(value, every):
+    return (value // every + 1) * every
+
+
+class SideGames:
+    """The games a training loop plays beside its own, with its current network, called at points
+    where that is safe (between updates): every `every` agent steps an evaluation on `episodes` whole
+    games into eval.csv, on the same seeds each time so the curve compares like with like, with an
+    "eval" event for the callback; and with run.video_every, one game every that many episodes,
+    recorded into games/ and exported to videos/ as mp4 (envs.recording), with a "video" event.
+
+    player(): a fresh playing agent on the current weights, with its own random generator, so these
+    games never draw from the training's. sticky and explore: the protocol and play_rule's flag."""
+
+    def __init__(self, run, player, every, episodes, seed, sticky, explore, callback=None):
+        self.run, self.player, self.every, self.episodes = run, player, int(every), int(episodes)
+        self.seed, self.sticky, self.explore, self.callback = seed, bool(sticky), explore, callback
+        self.log = EvalLog(run)
+        self.log.start(run.step)
+        self.next_eval = next_multiple(run.step, self.every) if self.every > 0 else math.inf
+        self.next_video = next_multiple(run.episode, run.video_every) if run.video_every > 0 else math.inf
+
+    def __call__(self):
+        """Play whatever is due; returns whether anything was played."""
+        run, played = self.run, False
+        if run.step >= self.next_eval:
+            self.next_eval = next_multiple(run.step, self.every)
+            result = evaluate(self.player(), self.episodes, seed=self.seed, sticky=self.sticky, explore=self.explore)
+            self.log.append(run.step, result)
+            played = True
+            if self.callback:
+                self.callback({"event": "eval", "step": run.step,
+                               **{k: result[k] for k in ("mean_return", "std_return", "episodes")}})
+        if run.episode >= self.next_video:
+            self.next_video = next_multiple(run.episode, run.video_every)
+            self.video()
+            played = True
+        return played
+
+    def video(self):
+        """One game recorded with its screens (games/episode-N.npz) and exported (videos/episode-N.mp4);
+        a file that cannot be written is said through run.message and training goes on."""
+        run = self.run
+        name = f"episode-{run.episode:07d}"
+        game, video = os.path.join(run.dir, "games", f"{name}.npz"), os.path.join(run.dir, "videos", f"{name}.mp4")
+        agent = self.player()
+        recorder = Recorder(player=f"{os.path.basename(run.dir)} at step {run.step}", frames=True)
+        try:
+            env = make_eval_env(agent, self.sticky, recorder=recorder)
+            try:
+                ret, length = play_game(agent, env, VIDEO_SEED + run.episode, self.explore)
+            finally:
+                env.close()
+            os.makedirs(os.path.dirname(game), exist_ok=True)
+            os.makedirs(os.path.dirname(video), exist_ok=True)
+            recorder.save(game)
+            export(game, video)
+        except (OSError, RecordingError, ValueError) as e:
+            run.message(f"could not record the video of episode {run.episode}: {getattr(e, 'strerror', None) or e}")
+            return
+        if self.callback:
+            self.callback({"event": "video", "step": run.step, "episode": run.episode, "path": video,
+                           "return": ret, "length": length})
 
 
 def summarize(returns, lengths):

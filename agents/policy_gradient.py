@@ -18,17 +18,23 @@ import numpy as np
 
 import envs
 from agents.distributed import Fleet, lost_reporter, report_rollout, shut_down, start_ray, worker_seed
+from agents.evaluation import SideGames
 from agents.run import check_update, deadline, finished
+from agents.schedule import parse_schedule, scheduled
 from nets import Adam, BCEWithLogits, Linear, ReLU, RMSProp, Sequential, SoftmaxCrossEntropy, clip_grad_norm, softmax
 from nets.layers import sigmoid
 
 BROADCAST_EVERY = 1  # updates between broadcasts to the actors; 1 keeps REINFORCE on-policy
+# the values a setting may take (its flag's choices; resolved() refuses any other)
+CHOICES = {"preset": ("karpathy", "deepmind", "classic"), "head": ("auto", "sigmoid", "softmax"),
+           "optimizer": ("rmsprop", "adam"), "reset_on_reward": ("auto", "yes", "no")}
 
 
 @dataclasses.dataclass
 class Config:
     agent: str = "pg"  # which algorithm (fixed)
-    game: str = "pong"  # short name or env id
+    game: str = "pong"  # short name or env id; an Atari id names its protocol: PongNoFrameskip-v4 no sticky
+    # actions, ALE/Pong-v5 sticky ones (--list-games lists them)
     preset: str = ""  # karpathy / deepmind / classic; empty: the game's default (Pong: karpathy)
     sticky: bool = True  # ALE v5 sticky actions (0.25); False: the NoFrameskip-v4 protocol
     seed: int = 0  # seeds the network, the action sampling and the envs
@@ -39,11 +45,16 @@ class Config:
     head: str = "auto"  # sigmoid (two actions, Karpathy) or softmax; auto: sigmoid on karpathy preset
     optimizer: str = "rmsprop"  # rmsprop (Karpathy) or adam
     lr: float = 1e-3  # learning rate (own runs; Karpathy used 1e-4 with 10-episode batches)
+    lr_schedule: str = ""  # piecewise learning rate by agent step, "0:1e-3,6330000:3e-4": each value from its
+    # step on (the shipped agent's drops, made by hand on resumes); empty: lr throughout
     rmsprop_decay: float = 0.99  # RMSProp decay (Karpathy: 0.99)
     gamma: float = 0.99  # discount (Karpathy: 0.99)
     batch_steps: int = 8000  # update once this many steps of finished points/episodes are in hand
+    batch_schedule: str = ""  # piecewise batch_steps by agent step, "0:8000,27400000:32000"; empty: batch_steps
     reset_on_reward: str = "auto"  # restart returns at each point: yes / no / auto (yes on Atari)
     max_grad_norm: float = 0.0  # clip the gradient's global norm (0: off)
+    eval_every: int = 1_000_000  # agent steps between evaluations on whole games into eval.csv (0: never)
+    eval_episodes: int = 10  # games per evaluation (sampled actions, the training protocol)
     max_bad_updates: int = 5  # stop after this many NaN/inf updates in a row
     checkpoint_minutes: float = 5.0  # write checkpoint.npz this often
     keep_snapshots: int = 0  # also keep the playing weights of the last K saves in snapshots/ (ship --average)
@@ -63,14 +74,30 @@ def resolved(cfg):
     if head not in ("sigmoid", "softmax") or reset not in ("yes", "no"):
         raise ValueError(f"head must be sigmoid/softmax/auto and reset_on_reward yes/no/auto, got {cfg.head!r}, "
                          f"{cfg.reset_on_reward!r}")
-    if cfg.optimizer not in ("rmsprop", "adam"):
+    if cfg.optimizer not in CHOICES["optimizer"]:
         raise ValueError(f"optimizer must be rmsprop or adam, got {cfg.optimizer!r}")
-    for name in ("num_envs", "hidden", "batch_steps"):
+    for name in ("num_envs", "hidden", "batch_steps", "eval_episodes"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.keep_snapshots < 0:
-        raise ValueError(f"keep_snapshots must be >= 0, got {cfg.keep_snapshots}")
+    for name in ("total_steps", "hours", "keep_snapshots", "eval_every", "max_grad_norm"):
+        if not getattr(cfg, name) >= 0 or not math.isfinite(getattr(cfg, name)):
+            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    if not cfg.lr > 0 or not math.isfinite(cfg.lr):
+        raise ValueError(f"lr must be > 0, got {cfg.lr}")
+    parse_schedule(cfg.lr_schedule, "lr_schedule")
+    if any(value != int(value) or value < 1 for _, value in parse_schedule(cfg.batch_schedule, "batch_schedule")):
+        raise ValueError(f"batch_schedule: each batch_steps must be a whole number >= 1, got {cfg.batch_schedule!r}")
     return dataclasses.replace(cfg, preset=preset, head=head, reset_on_reward=reset)
+
+
+def lr_at(step, cfg):
+    """The learning rate at agent step `step`: lr_schedule's value in force there, else lr."""
+    return scheduled(parse_schedule(cfg.lr_schedule, "lr_schedule"), step, cfg.lr)
+
+
+def batch_steps_at(step, cfg):
+    """The update's batch size in agent steps at `step`: batch_schedule's value there, else batch_steps."""
+    return int(scheduled(parse_schedule(cfg.batch_schedule, "batch_schedule"), step, cfg.batch_steps))
 
 
 def build_policy(obs_size, n_actions, hidden, head, rng, sparse_input=False):
@@ -306,7 +333,7 @@ class LocalEnvs:
     ready once batch_steps steps of finished pieces are in hand."""
 
     def __init__(self, cfg, rng):
-        self.cfg, self.rng = cfg, rng
+        self.cfg, self.rng, self.batch_steps = cfg, rng, cfg.batch_steps
         self.venv = envs.make_vector(cfg.game, cfg.preset, cfg.num_envs, sticky=cfg.sticky)
         self.spec = self.venv.grok_spec
         self.obs_shape = self.venv.single_observation_space.shape
@@ -323,7 +350,7 @@ class LocalEnvs:
     def batch(self):
         """(obs in their storage dtype: the network converts, actions, returns), or None."""
         rollouts = self.pieces.rollouts
-        return rollouts.take() if rollouts.batch_steps >= self.cfg.batch_steps else None
+        return rollouts.take() if rollouts.batch_steps >= self.batch_steps else None
 
     def updated(self, learner):
         pass
@@ -343,7 +370,7 @@ class RayActors:
     Pieces an actor holds unfinished at the end of a round carry over to its next one."""
 
     def __init__(self, cfg, rng):
-        self.cfg = cfg
+        self.cfg, self.batch_steps = cfg, cfg.batch_steps
         probe = envs.make_vector(cfg.game, cfg.preset, 1, sticky=cfg.sticky)
         self.spec = probe.grok_spec
         self.obs_shape = probe.single_observation_space.shape
@@ -359,12 +386,12 @@ class RayActors:
         self.fleet = Fleet(self.ray, PGWorker, lambda i, g: (config, i, worker_seed(cfg.seed, first_step, i, g)),
                            cfg.workers, lost_reporter(run, callback))
         self.fleet.broadcast(learner.model.state_dict())
-        self.per_call = math.ceil(cfg.batch_steps / cfg.workers)
 
     def collect(self, run, callback):
         if not self.fleet.pending:  # a new round: every actor collects with the same, newest weights
+            per_call = math.ceil(self.batch_steps / self.cfg.workers)
             for i in range(self.cfg.workers):
-                self.fleet.call(i, "collect", self.per_call)
+                self.fleet.call(i, "collect", per_call)
         got = self.fleet.next(timeout=1.0)
         if got is not None and got[1] is not None:
             i, result = got
@@ -374,7 +401,7 @@ class RayActors:
 
     def batch(self):
         """The round's pieces in worker order (arrival order must not change the sums), or None."""
-        if self.fleet.pending or self.steps < self.cfg.batch_steps:
+        if self.fleet.pending or self.steps < self.batch_steps:
             return None
         batch = sorted(self.results, key=lambda b: b["worker"])
         self.results, self.steps = [], 0
@@ -420,19 +447,29 @@ def train(cfg, run, callback=None, init=None, resume=None):
         return run.save({"model": learner.model}, header, {f"optim.{k}": v for k, v in opt_arrays.items()},
                         final=final)
 
+    def player():  # the evaluations' and videos' games: sampled actions, as scripts.evaluate plays pg
+        return PolicyAgent(learner.model, cfg.head, run.env, n_actions, seed=10_000_000 + cfg.seed)
+
+    side = SideGames(run, player, cfg.eval_every, cfg.eval_episodes, 10_000_000 + 1000 * cfg.seed, cfg.sticky,
+                     explore=True, callback=callback)
     stop_at = deadline(cfg.hours)
     learner.model.eval()
     try:
         source.start(run, learner, callback)
         while not finished(cfg, run, stop_at):
+            if cfg.batch_schedule:
+                source.batch_steps = batch_steps_at(run.step, cfg)
             source.collect(run, callback)
             batch = source.batch()
             if batch is not None:
+                if cfg.lr_schedule:
+                    learner.opt.lr = lr_at(run.step, cfg)
                 metrics = learner.update(*batch)
                 learner.model.eval()
                 check_update(learner, metrics, run)
                 source.updated(learner)
-                run.log_update({**source.status(), **metrics}, callback)
+                run.log_update({**source.status(), **metrics, "lr": learner.opt.lr}, callback)
+                side()
             if run.due():
                 save()
         save(final=True)

@@ -20,18 +20,21 @@ import time
 import numpy as np
 
 import envs
-from agents.evaluation import evaluate
-from agents.run import EvalLog, NumericalError
+from agents.evaluation import SideGames
+from agents.run import NumericalError
 from nets import Adam, Conv2d, Flatten, Linear, Parallel, ReLU, Sequential, Tanh, log_softmax, softmax
 from nets.init import orthogonal_init
 
 __all__ = ["Config", "resolved", "train", "PPOAgent", "NumericalError"]
+# the values a setting may take (its flag's choices; resolved() refuses any other)
+CHOICES = {"preset": ("deepmind", "classic"), "network": ("auto", "nature", "small", "mlp")}
 
 
 @dataclasses.dataclass
 class Config:
     agent: str = "ppo"  # which algorithm (fixed)
-    game: str = "pong"  # short name or env id
+    game: str = "pong"  # short name or env id; an Atari id names its protocol: PongNoFrameskip-v4 no sticky
+    # actions, ALE/Pong-v5 sticky ones (--list-games lists them)
     preset: str = ""  # deepmind (Atari) or classic (CartPole-v1, ...); empty: by game
     sticky: bool = True  # ALE v5 sticky actions (0.25), the default protocol; False: NoFrameskip-v4
     seed: int = 0  # seeds the network, action sampling, minibatch order and the envs
@@ -57,7 +60,7 @@ class Config:
     norm_adv: bool = True  # normalize advantages in each minibatch (CleanRL)
     target_kl: float = 0.0  # stop a round's epochs early once the approximate KL passes this (0: never; CleanRL: off)
     life_loss_terminal: bool = True  # a lost life ends the learner's episode; the game goes on (CleanRL's EpisodicLife)
-    eval_every: int = 0  # agent steps between evaluations on whole games into eval.csv (0: never)
+    eval_every: int = 500_000  # agent steps between evaluations on whole games into eval.csv (0: never)
     eval_episodes: int = 5  # games per evaluation
     max_bad_updates: int = 5  # stop after this many NaN/inf minibatch updates in a row
     checkpoint_minutes: float = 5.0  # write checkpoint.npz this often (at the end of a round)
@@ -70,7 +73,7 @@ def resolved(cfg):
     """Config with derived values filled in (preset, network, hidden); ValueError on bad values."""
     env_id = envs.resolve(cfg.game)
     preset = cfg.preset or ("deepmind" if envs.atari.is_atari(env_id) else "classic")
-    if preset not in ("deepmind", "classic"):
+    if preset not in CHOICES["preset"]:
         raise ValueError(f"ppo needs the deepmind preset on Atari or classic on control tasks, got {preset!r}")
     envs.env_spec(env_id, preset, cfg.sticky)  # raises on a preset that does not fit the game
     network = cfg.network if cfg.network != "auto" else ("small" if preset == "deepmind" else "mlp")
@@ -90,6 +93,8 @@ def resolved(cfg):
     for name in ("gamma", "gae_lambda"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
+    if not cfg.lr > 0 or not math.isfinite(cfg.lr):
+        raise ValueError(f"lr must be > 0, got {cfg.lr}")
     if not 0.0 < cfg.clip < 1.0 or not cfg.lr > 0 or not math.isfinite(cfg.lr) or not cfg.adam_eps > 0:
         raise ValueError(f"clip must be in (0, 1), lr and adam_eps > 0, got {cfg.clip}, {cfg.lr}, {cfg.adam_eps}")
     if cfg.workers:
@@ -371,8 +376,9 @@ def train(cfg, run, callback=None, init=None, resume=None):
         learner.restore(models, header, rest)
         rng.bit_generator.state = header["rng"]
         run.restore(header)
-    eval_log = EvalLog(run)
-    eval_log.start(run.step)
+    player = lambda: PPOAgent(learner.model, run.env, n_actions, obs_scale, seed=10_000_000 + cfg.seed)  # noqa: E731
+    side = SideGames(run, player, cfg.eval_every, cfg.eval_episodes, 10_000_000 + 1000 * cfg.seed, cfg.sticky,
+                     explore=True, callback=callback)
 
     def save(final=False):
         """At the end of a round. Envs that can be saved mid-episode (classic control) are, with the
@@ -409,7 +415,6 @@ def train(cfg, run, callback=None, init=None, resume=None):
             game_length[:] = resume[2]["envstate.game_length"]
         except (KeyError, TypeError, ValueError):
             run.message("the saved env state does not fit: the resumed run starts new episodes")
-    next_eval = (run.step // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else math.inf
     deadline = time.monotonic() + cfg.hours * 3600 if cfg.hours > 0 else math.inf
     model = learner.model.eval()
     try:
@@ -434,16 +439,10 @@ def train(cfg, run, callback=None, init=None, resume=None):
                 for i in np.flatnonzero(truncated & ~terminated):  # bootstrap from the real last observation
                     _, v = policy_and_value(model, info["final_obs"][i][None], obs_scale)
                     ro.truncated_values[(t, i)] = float(v[0])
-                run.step += N
                 game_return += rewards
                 game_length += 1
-                for i in np.flatnonzero(ended):
-                    mean = run.log_episode(game_return[i], game_length[i])
-                    if callback:
-                        callback({"event": "episode", "step": run.step, "episode": run.episode,
-                                  "return": float(game_return[i]), "length": int(game_length[i]),
-                                  "running_mean": mean})
-                    game_return[i], game_length[i] = 0.0, 0
+                run.count(N, [(float(game_return[i]), int(game_length[i])) for i in np.flatnonzero(ended)], callback)
+                game_return[ended], game_length[ended] = 0.0, 0
             _, last_values = policy_and_value(model, obs, obs_scale)
             ro.finish(last_values)
             adv, returns = gae(ro.rewards, ro.values, ro.next_values, ro.terminal, ro.boundary,
@@ -452,15 +451,7 @@ def train(cfg, run, callback=None, init=None, resume=None):
             metrics = learner.update(ro, adv, returns, rng, run.step - T * N, on_bad)
             metrics["seconds"] = {"rollout": acted - started, "update": time.perf_counter() - acted}
             run.log_update(metrics, callback)
-            if run.step >= next_eval:
-                next_eval = (run.step // cfg.eval_every + 1) * cfg.eval_every
-                player = PPOAgent(model, run.env, n_actions, obs_scale, seed=10_000_000 + cfg.seed)
-                summary = evaluate(player, cfg.eval_episodes, seed=10_000_000 + 1000 * cfg.seed, sticky=cfg.sticky,
-                                   explore=True)
-                eval_log.append(run.step, summary)
-                if callback:
-                    callback({"event": "eval", "step": run.step,
-                              **{k: summary[k] for k in ("mean_return", "std_return", "episodes")}})
+            side()
             if run.due():
                 save()
         save(final=True)

@@ -30,6 +30,7 @@ AGENT_FORMAT_VERSION = 1
 PROGRESS_FIELDS = ["step", "episode", "return", "length", "running_mean", "wall_seconds"]
 EVAL_FIELDS = ["step", "mean_return", "std_return", "episodes", "wall_seconds"]
 PACKAGES = ("grok-arcade", "gymnasium", "ale-py")  # whose versions checkpoints and run dirs record
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 class NumericalError(RuntimeError):
@@ -193,7 +194,11 @@ def init_summary(path, header):
 class Run:
     """The run dir of one training run; a resumed run calls restore(header) with its checkpoint's."""
 
-    def __init__(self, run_dir, config, env, checkpoint_minutes=5.0, message=None, keep_snapshots=0):
+    def __init__(self, run_dir, config, env, checkpoint_minutes=5.0, message=None, keep_snapshots=0,
+                 tensorboard=False, video_every=0):
+        """tensorboard: also write every scalar of progress.csv, metrics.csv and eval.csv as TensorBoard
+        events into the run dir (the optional tensorboardX); video_every: one recorded evaluation game
+        every that many episodes, into videos/ (agents.evaluation.SideGames plays it)."""
         self.dir = os.path.abspath(run_dir)
         os.makedirs(self.dir, exist_ok=True)
         self.config = config
@@ -211,6 +216,8 @@ class Run:
         self.stop_requested = False
         self.failed_writes = 0
         self._old_handlers = {}
+        self.tensorboard, self.board = bool(tensorboard), None
+        self.video_every = int(video_every)
         self.remove_stale_temp_files()
 
     # ------------------------------------------------------------------ files
@@ -231,19 +238,22 @@ class Run:
     def progress_path(self):
         return os.path.join(self.dir, "progress.csv")
 
-    def write_config(self, step=0, init=None, blas_threads=None):
+    def write_config(self, step=0, init=None, blas_threads=None, started_with=None):
         """config.json: settings, env, versions and the command; a resume keeps the first command
         and adds itself, with the step it resumed from, to "resumes", so the card of a shipped agent
         shows how it really trained (a flag changed on a resume took effect from that step).
         init: what an --init checkpoint brought (path, sha256, its steps, episodes and wall seconds),
         kept by every resume, so a shipped agent's card counts the training its weights started from.
-        blas_threads: the BLAS threads the command runs with (else OPENBLAS_NUM_THREADS, as inherited)."""
+        blas_threads: the BLAS threads the command runs with (else OPENBLAS_NUM_THREADS, as inherited).
+        started_with: more members for the record of how the run started (the game id typed and where its
+        protocol came from, the recipe file); a resume keeps the first start's."""
         now = time.strftime("%Y-%m-%dT%H:%M:%S")
         threads = str(blas_threads) if blas_threads is not None else os.environ.get("OPENBLAS_NUM_THREADS")
         record = {"config": self.config, "env": self.env, "versions": versions(*PACKAGES),
                   "command": sys.argv, "blas_threads": threads, "started": now, "resumes": []}
         if init is not None:
             record["init"] = init
+        record.update(started_with or {})
         try:
             with open(os.path.join(self.dir, "config.json")) as f:
                 old = json.load(f)
@@ -252,6 +262,9 @@ class Run:
                 record["blas_threads"] = old.get("blas_threads")
                 if isinstance(old.get("init"), dict):
                     record["init"] = old["init"]
+                for key in started_with or {}:
+                    if key in old:
+                        record[key] = old[key]
                 record["resumes"] = list(old.get("resumes", [])) + [
                     {"command": sys.argv, "blas_threads": threads, "at": now, "step": int(step)}]
         except (OSError, ValueError):
@@ -262,6 +275,19 @@ class Run:
 
     def wall_seconds(self):
         return self.wall_offset + time.monotonic() - self.started
+
+    def scalars(self, values, step=None):
+        """{tag: number} as TensorBoard scalars at agent step `step` (default: now), when the run
+        writes them. The writer opens on first use, after a resume has restored the step, and
+        purges what an earlier writer logged past it (rows the CSVs dropped too)."""
+        if not self.tensorboard:
+            return
+        if self.board is None:
+            from tensorboardX import SummaryWriter  # optional extra: pip install -e ".[tensorboard]"
+            self.board = SummaryWriter(self.dir, purge_step=self.step or None, flush_secs=30)
+        step = self.step if step is None else step
+        for tag, value in values.items():
+            self.board.add_scalar(tag, float(value), int(step))
 
     def log_episode(self, ret, length):
         """One finished episode: append a progress row; returns the running mean (last 100)."""
@@ -274,17 +300,19 @@ class Run:
                 csv.writer(f).writerow(row)
         except OSError as e:
             self.message(f"could not append to {self.progress_path}: {e.strerror or e}")
+        self.scalars({"charts/episodic_return": ret, "charts/episodic_length": length, "charts/running_mean": mean})
         return mean
 
     def count(self, steps, episodes, callback=None):
         """steps more agent steps, then each finished episode (return, length) logged, with an
-        "episode" event for callback."""
+        "episode" event for callback (games: how many returns the running mean is over)."""
         self.step += steps
         for ret, length in episodes:
             mean = self.log_episode(ret, length)
             if callback:
                 callback({"event": "episode", "step": self.step, "episode": self.episode, "return": ret,
-                          "length": length, "running_mean": mean})
+                          "length": length, "running_mean": mean, "games": len(self.returns),
+                          "wall_seconds": self.wall_seconds()})
 
     @property
     def metrics_path(self):
@@ -324,6 +352,7 @@ class Run:
                 csv.DictWriter(f, fields).writerow(row)
         except OSError as e:
             self.message(f"could not append to {self.metrics_path}: {e.strerror or e}")
+        self.scalars({f"metrics/{k}": float(v) for k, v in row.items() if k not in ("step", "wall_seconds")})
         if callback:
             callback({"event": "update", "step": self.step, **metrics})
 
@@ -416,7 +445,9 @@ class Run:
 
     # ------------------------------------------------------------------ signals
     def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # SIGHUP: the terminal closed. It saves and stops as Ctrl-C and SIGTERM do, rather than
+        # losing the minutes since the last checkpoint
+        for sig in STOP_SIGNALS:
             try:
                 self._old_handlers[sig] = signal.signal(sig, self._on_signal)
             except ValueError:  # not the main thread
@@ -426,6 +457,9 @@ class Run:
     def __exit__(self, *exc):
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
+        if self.board is not None:
+            self.board.close()
+            self.board = None
         return False
 
     def _on_signal(self, signum, frame):
@@ -459,6 +493,8 @@ class EvalLog:
                 csv.writer(f).writerow(row)
         except OSError as e:
             self.run.message(f"could not append to {self.path}: {e.strerror or e}")
+        self.run.scalars({"eval/mean_return": summary["mean_return"], "eval/std_return": summary["std_return"]},
+                         step)
 
 
 def home_relative(path):

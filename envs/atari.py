@@ -8,10 +8,14 @@ Wrapper order (fixed and documented, CleanRL's habit):
              -> FrameStackObservation(4, zero padding)
   classic:   gymnasium's classic-control env as it is (CartPole-v1 and friends)
 Protocol: sticky=True is ALE v5 (repeat_action_probability 0.25); sticky=False is the
-NoFrameskip-v4 protocol (no sticky actions) that CleanRL and SB3 report on.
+NoFrameskip-v4 protocol (no sticky actions) that CleanRL and SB3 report on. The ids those libraries
+use name a protocol too: PongNoFrameskip-v4 (and every -v4 id) has no sticky actions, ALE/Pong-v5,
+Pong-v5 (and the old -v0 ids) have them; atari_alias() reads which from Gymnasium's registry, and
+every id plays through the same ALE v5 env, 4 frames a step, under the preset's wrappers.
 """
 import difflib
 import functools
+import warnings
 
 import ale_py
 import cv2
@@ -44,18 +48,70 @@ def classic_games():
                   if isinstance(s.entry_point, str) and "classic_control" in s.entry_point)
 
 
+@functools.lru_cache(maxsize=None)
+def playable_games():
+    """[(name, id, id without sticky actions or "")] of every game the agents can play: each ALE game
+    (its short name, its v5 id and its NoFrameskip-v4 id) and the classic-control tasks with discrete
+    actions (Pendulum-v1 and MountainCarContinuous-v0 have continuous ones: no agent here plays them)."""
+    rows = [(name, env_id, f"{env_id[4:-3]}NoFrameskip-v4" if f"{env_id[4:-3]}NoFrameskip-v4" in gym.registry else "")
+            for name, env_id in ale_games().items()]
+    for env_id in classic_games():
+        with warnings.catch_warnings():  # CartPole-v0 is "out of date": listed all the same
+            warnings.simplefilter("ignore")
+            probe = gym.make(env_id)
+        if isinstance(probe.action_space, gym.spaces.Discrete):
+            rows.append((env_id, env_id, ""))
+        probe.close()
+    return rows
+
+
+def atari_alias(game):
+    """(ALE v5 id, sticky) for an Atari id typed as SB3, CleanRL or Gymnasium type it, else None.
+
+    PongNoFrameskip-v4 -> ('ALE/Pong-v5', False): every -v4 id is registered without sticky actions;
+    ALE/Pong-v5, Pong-v5 and the old Pong-v0 ids -> sticky True. A short name ('pong') names no protocol."""
+    if not isinstance(game, str):
+        return None
+    spec = gym.registry.get(game)
+    if spec is not None and spec.entry_point == "ale_py.env:AtariEnv" and spec.kwargs.get("obs_type", "rgb") == "rgb":
+        env_id = ale_games().get(spec.kwargs.get("game"))
+        if env_id is not None:
+            return env_id, float(spec.kwargs.get("repeat_action_probability", STICKY_PROB)) > 0
+    lowered = game.strip().lower()
+    for env_id in ale_games().values():
+        if lowered in (env_id.lower(), env_id[4:].lower()):  # 'ALE/Pong-v5', 'Pong-v5'
+            return env_id, True
+    return None
+
+
+def check_protocol(game, sticky):
+    """A ValueError when the id a person typed names the other protocol than `sticky` (PongNoFrameskip-v4
+    with sticky actions, ALE/Pong-v5 without). For typed ids only: code that makes an env from a
+    recorded env id (ALE/Pong-v5) passes the protocol it recorded, either one."""
+    alias = atari_alias(game)
+    if alias is not None and alias[1] != bool(sticky):
+        implied = "sticky actions (ALE v5)" if alias[1] else "no sticky actions (NoFrameskip-v4)"
+        other = alias[0][4:-3] + ("NoFrameskip-v4" if alias[1] else "-v5")
+        raise ValueError(f"game {game} means {implied}, but sticky is {str(bool(sticky)).lower()}: "
+                         f"drop the sticky setting or use {other}")
+
+
 def resolve(game):
-    """Return the full env id for a short name or id; UnknownGameError with close names otherwise."""
+    """Return the full env id for a short name or id; UnknownGameError with close names otherwise.
+    Atari ids of every version (PongNoFrameskip-v4, Pong-v5) resolve to the ALE v5 id (atari_alias)."""
     if not isinstance(game, str) or not game:
         raise UnknownGameError(f"game must be a non-empty name, got {game!r}")
     games = ale_games()
     key = game.strip().lower().replace("-", "_").replace(" ", "_")
     if key in games:
         return games[key]
+    alias = atari_alias(game)
+    if alias is not None:
+        return alias[0]
     if game in gym.registry:
         return game
-    for env_id in games.values():  # 'Pong', 'pong-v5', 'ALE/pong-v5'
-        if env_id.lower() in (game.lower(), f"ale/{game.lower()}") or env_id.lower() == f"ale/{key}-v5":
+    for env_id in games.values():  # 'Pong'
+        if env_id.lower() == f"ale/{key}-v5":
             return env_id
     names = list(games) + list(games.values()) + classic_games()
     close = difflib.get_close_matches(game, names, n=3, cutoff=0.6)
@@ -90,6 +146,17 @@ def action_names(env_id, preset):
         return tuple(meanings)
     finally:
         probe.close()
+
+
+UP_IS_RIGHT = ("ALE/Pong-v5",)  # games whose paddle moves up on RIGHT and down on LEFT (Pong)
+
+
+def readable_action_names(env_id, meanings):
+    """The names people read for ALE's action meanings: in Pong, whose paddle moves up on RIGHT and down
+    on LEFT, RIGHT is UP and LEFT is DOWN (RIGHTFIRE: UPFIRE); watch, replay and play all say so."""
+    if env_id not in UP_IS_RIGHT:
+        return list(meanings)
+    return [m.replace("RIGHT", "UP").replace("LEFT", "DOWN") for m in meanings]
 
 
 def env_spec(game, preset, sticky=True, training=False, noop_max=30):

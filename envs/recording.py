@@ -11,14 +11,15 @@ seeded (a reset without a seed gets one drawn from the first seed seen), so each
 Only single envs are recorded: make_vector's emulators step inside ale-py's C++ AtariVectorEnv.
 Step numbers in messages count base steps: step i is the screen after the i-th action.
 """
+import math
 import os
 import zlib
 
 import ale_py
 import gymnasium as gym
-import imageio.v3 as iio
 import imageio_ffmpeg
 import numpy as np
+from PIL import Image
 
 from envs.atari import is_atari, make
 from envs.recording_format import (SCREEN_SHAPE, Recording, RecordingError, mismatch, read_recording,
@@ -273,11 +274,28 @@ def _replay_stored(rec):
 
 # ----------------------------------------------------------------------------- export
 
+GIF_MIN_DELAY = 2  # hundredths of a second: browsers show a GIF frame of less than 2 for 10
+
+
+def gif_timing(fps, count):
+    """(keep, delays) for a GIF of `count` frames shown at `fps`: keep every keep-th frame, and hold the
+    kept ones for `delays` hundredths of a second each. GIF stores whole hundredths and browsers slow
+    frames under GIF_MIN_DELAY to 10: so at 60 frames a second (the deepmind preset's recordings hold
+    every emulator frame) every 2nd frame is kept, and the delays are rounded cumulatively (3, 4, 3,
+    ...) so the GIF lasts the game's real time, count / fps seconds."""
+    keep = max(1, math.ceil(GIF_MIN_DELAY * fps / 100.0 - 1e-9))
+    kept = -(-count // keep)
+    ends = [min((j + 1) * keep, count) for j in range(kept)]  # the source frame each kept one lasts until
+    stamps = [0] + [round(100.0 * end / fps) for end in ends]
+    return keep, [max(GIF_MIN_DELAY, b - a) for a, b in zip(stamps, stamps[1:])]
+
+
 def export(path, out_path, fps=None, every=1, scale=1):
-    """Write the game as .mp4 (imageio-ffmpeg) or .gif (imageio + Pillow); return the frame count.
+    """Write the game as .mp4 (imageio-ffmpeg) or .gif (Pillow); return the frame count written.
 
     fps defaults to real time (60 / frameskip); every=n keeps every n-th screen (and divides the
-    default fps by n), scale=k enlarges each pixel to k x k. Uses the stored frames when there are."""
+    default fps by n), scale=k enlarges each pixel to k x k. A GIF keeps the real-time duration with
+    the delays GIF can hold (gif_timing). Uses the stored frames when there are."""
     out_path = os.fspath(out_path)
     suffix = os.path.splitext(out_path)[1].lower()
     if suffix not in (".mp4", ".gif"):
@@ -287,11 +305,20 @@ def export(path, out_path, fps=None, every=1, scale=1):
     rec = load(path)
     frameskip = rec.header["env_kwargs"].get("frameskip", 4)
     fps = float(fps) if fps else 60.0 / (frameskip if isinstance(frameskip, int) else 4) / every
+    count = -(-(len(rec.actions) + 1) // every)  # screens after the `every` cut
+    delays = None
+    if suffix == ".gif":
+        keep, delays = gif_timing(fps, count)
+        every *= keep
+    with open(out_path, "wb"):  # an unwritable target fails here, as an OSError, before any work
+        pass
     frames = replay(path, frames=rec.frames_zlib is not None)
     frames = (f for i, (f, _, _) in enumerate(frames) if i % every == 0)
     if scale > 1:
         frames = (f.repeat(scale, axis=0).repeat(scale, axis=1) for f in frames)  # (210k, 160k, 3)
-    return (_write_mp4 if suffix == ".mp4" else _write_gif)(frames, out_path, fps, scale)
+    if suffix == ".mp4":
+        return _write_mp4(frames, out_path, fps, scale)
+    return _write_gif(frames, out_path, delays)
 
 
 def _write_mp4(frames, out_path, fps, scale):
@@ -309,10 +336,19 @@ def _write_mp4(frames, out_path, fps, scale):
     return count
 
 
-def _write_gif(frames, out_path, fps, scale):
+def _write_gif(frames, out_path, delays):
+    """Pillow's GIF writer with one delay per frame (hundredths of a second; Pillow takes milliseconds
+    and merges repeated frames, adding up their delays)."""
     count = 0
-    with iio.imopen(out_path, "w", plugin="pillow") as gif:  # Pillow keeps the frames until close
+
+    def images():
+        nonlocal count
         for frame in frames:
-            gif.write(frame, duration=1000.0 / fps, loop=0)
             count += 1
+            yield Image.fromarray(frame)
+
+    stream = images()
+    first = next(stream)
+    first.save(out_path, format="GIF", save_all=True, append_images=stream, loop=0,
+               duration=[10 * d for d in delays])
     return count

@@ -9,6 +9,7 @@ the figures are right and the overhead small, not a speed-up: actors beyond the 
 them, and anything else running on the machine counts. On a cluster, pass --ray-address.
 """
 import dataclasses
+import importlib.util
 import json
 import time
 
@@ -70,7 +71,14 @@ def fleet_speed(ray, cfg, state, workers, steps, per_call, broadcasts):
 
 
 def main(args):
-    counts = [int(w) for w in args.workers.split(",") if w.strip()]
+    if importlib.util.find_spec("ray") is None:
+        fail('bench scale runs Ray actors: pip install -e ".[distributed]"')
+    try:
+        counts = [int(w) for w in args.workers.split(",") if w.strip()]
+    except ValueError:
+        fail(f"--workers {args.workers}: actor counts, comma-separated (1,2,4)")
+    if not counts or min(counts) < 1:
+        fail(f"--workers {args.workers}: actor counts must be >= 1")
     cfg = pg.resolved(pg.Config(game=args.game, num_envs=args.num_envs, seed=args.seed))
     per_call = 4 * args.num_envs * 25  # about 100 vector steps per call
     try:

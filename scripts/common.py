@@ -1,11 +1,18 @@
 """What every script shares: one-line errors with exit code 2, dataclass configs as flags, the BLAS
 thread count, and the flag checks that several commands make alike."""
 import argparse
+import ast
 import contextlib
 import dataclasses
+import functools
 import importlib.util
+import inspect
+import io
 import os
 import sys
+import tempfile
+import textwrap
+import tokenize
 
 from threadpoolctl import threadpool_limits
 
@@ -109,6 +116,33 @@ def check_folder(flag, path):
         raise UsageError(f"{flag} {path}: exists and is not a directory")
 
 
+def writable_folder(flag, path):
+    """Make the folder of a flag (--record, --out, --out-dir) and check a file can be written in it;
+    a UsageError naming the flag when not, before any game is played."""
+    check_folder(flag, path)
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
+
+
+def cannot_write(flag, path, error):
+    """The UsageError of a file that could not be written (an OSError)."""
+    return UsageError(f"{flag} {path}: cannot write it ({getattr(error, 'strerror', None) or error})")
+
+
+def quietly_interrupted(main):
+    """main() for the window programs: Ctrl-C ends them with exit code 0 and no traceback (the viewer's
+    loop has already closed its session: play has saved the game cut short)."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print(file=sys.stderr)  # past the ^C the terminal shows
+        return 0
+
+
 def check_record_dir(agent, record):
     """--record DIR: only Atari games are recorded, and DIR must be (or become) a folder."""
     if not agent.env["env_id"].startswith("ALE/"):
@@ -150,20 +184,69 @@ def play_rule_from_flags(agent, args):
 
 # ----------------------------------------------------------------------------- dataclass configs as flags
 
-def add_config_flags(parser, cls, skip=()):
-    """One --flag per dataclass field (underscores become dashes), defaulting to None = unchanged."""
-    group = parser.add_argument_group(f"{cls.__module__.split('.')[-1]} settings")
+@functools.lru_cache(maxsize=None)
+def field_comments(cls):
+    """{field: its comment} read from the dataclass's source: the `# ...` after each field, with the
+    comment lines right below it that go on with it. A Config's comments are its flags' help."""
+    lines = textwrap.dedent(inspect.getsource(cls)).splitlines()
+    body = ast.parse("\n".join(lines)).body[0].body
+    fields = [(node.target.id, node.end_lineno) for node in body
+              if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)]
+    comments = {}
+    for name, last in fields:
+        parts = [trailing_comment(lines[last - 1])]
+        for line in lines[last:]:
+            if not line.strip().startswith("#"):
+                break
+            parts.append(line.strip()[1:].strip())
+        comments[name] = " ".join(p for p in parts if p)
+    return comments
+
+
+def trailing_comment(line):
+    """The text of a line's `# comment`, '' if it has none (a # inside a string is not one)."""
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(line + "\n").readline):
+            if token.type == tokenize.COMMENT:
+                return token.string[1:].strip()
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        pass
+    return ""
+
+
+def shown_default(value):
+    """A default as a person types it: true/false, 'empty' for '', numbers as they are."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "empty" if value == "" else str(value)
+
+
+def flag_help(cls, name, default=None):
+    """A field's help line: its comment and its default (argparse's % escaped)."""
+    default = shown_default(getattr(cls(), name)) if default is None else default
+    text = field_comments(cls).get(name, "")
+    return f"{text} (default: {default})".strip().replace("%", "%%")
+
+
+def add_config_flags(parser, cls, skip=(), choices=None, title=None, names=None, defaults=None):
+    """One --flag per dataclass field (underscores become dashes), defaulting to None = unchanged, with
+    the field's comment as its help, its default and its choices ({name: values}, shown and checked).
+    names: only these fields; defaults: {name: text} to show instead of the field's own default."""
+    group = parser.add_argument_group(title or f"{cls.__module__.split('.')[-1]} settings")
+    choices, defaults = choices or {}, defaults or {}
     for f in dataclasses.fields(cls):
-        if f.name in skip:
+        if f.name in skip or (names is not None and f.name not in names):
             continue
         flag = "--" + f.name.replace("_", "-")
-        default = f.default
+        text = flag_help(cls, f.name, defaults.get(f.name))
         if f.type in (bool, "bool"):
-            group.add_argument(flag, dest=f.name, type=parse_bool, default=None, metavar="{true,false}",
-                               help=f"(default {default})")
+            group.add_argument(flag, dest=f.name, type=parse_bool, default=None, metavar="{true,false}", help=text)
         else:
             kind = {"int": int, "float": float, "str": str}.get(getattr(f.type, "__name__", f.type), str)
-            group.add_argument(flag, dest=f.name, type=kind, default=None, help=f"(default {default})")
+            metavar = None if f.name in choices else {int: "N", float: "X"}.get(kind, "TEXT")
+            group.add_argument(flag, dest=f.name, type=kind, default=None, choices=choices.get(f.name), metavar=metavar,
+                               help=text)
+    return group
 
 
 def parse_bool(text):

@@ -3,14 +3,13 @@
 Prints one row per game and, as its last line, one JSON object with the mean, std, min and max return.
 """
 import json
-import os
 import sys
 
 from agents.evaluation import action_rule
 from envs import env_spec
 from scripts.common import (Parser, UsageError, add_epsilon_flag, add_greedy_flag, add_worker_flags, blas_threads,
                             check_record_dir, check_scoring_flags, fail, load_agent, play_games,
-                            play_rule_from_flags)
+                            play_rule_from_flags, writable_folder)
 
 
 def build_parser():
@@ -37,7 +36,7 @@ def main(argv=None):
         explore = play_rule_from_flags(agent, args)
         if args.record:
             check_record_dir(agent, args.record)
-            os.makedirs(args.record, exist_ok=True)
+            writable_folder("--record", args.record)
     except UsageError as e:
         fail(str(e))
 

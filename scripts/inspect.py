@@ -4,8 +4,10 @@ Draws the first layer's weights as a grid of images: for a policy on Karpathy's 
 hidden units' 6400 input weights as an 80x80 tile (as in "Pong from Pixels"); on the deepmind
 preset the units' weights as the 4 stacked 84x84 frames side by side; for DQN's conv net every
 conv1 filter, its 4 input frames side by side. Each tile is scaled to its own largest weight:
-gray is 0, white positive, black negative. When the checkpoint sits in a run dir with
-progress.csv (and eval.csv), the run's learning curve is drawn beside the weights.
+gray is 0, white positive, black negative. Beside the weights, the learning curve: a run dir's
+progress.csv (and eval.csv) when the checkpoint sits in one, else a shipped agent's curve
+(checkpoints/<name>.png beside checkpoints/<name>.npz); without either it says why there is none.
+The title counts every step behind the weights, those of the file an --init run started from too.
 """
 import os
 import sys
@@ -15,7 +17,7 @@ import numpy as np
 from agents.curve import read_progress
 from agents.run import CheckpointError, load_checkpoint
 from nets.npzfile import atomic_write
-from scripts.common import Parser, UsageError, fail
+from scripts.common import Parser, UsageError, cannot_write, fail
 
 GAP = 1  # pixels of NaN (drawn as the background) between tiles
 
@@ -88,11 +90,38 @@ def learning_curve(ax, run_dir):
     ax.set_ylabel("return")
     ax.set_title("learning curve")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # a run with no game finished yet has nothing to name
+        ax.legend(loc="lower right", fontsize=8)
+
+
+def curve_source(checkpoint, out_path=None):
+    """("run", run dir) when the checkpoint sits in a run dir with progress.csv, ("shipped", png) for a
+    shipped agent's curve beside it (checkpoints/<name>.png, not the picture being written), else
+    ("none", why)."""
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    if os.path.exists(os.path.join(folder, "progress.csv")):
+        return "run", folder
+    png = os.path.splitext(os.path.abspath(checkpoint))[0] + ".png"
+    if os.path.exists(png) and png != os.path.abspath(out_path or ""):
+        return "shipped", png
+    return "none", (f"no learning curve: {checkpoint} has no progress.csv beside it (a run dir's checkpoint has) "
+                    f"nor a {os.path.basename(png)} (a shipped agent's curve)")
+
+
+def steps_title(header):
+    """'step 2,188,417' counting the steps of the file an --init run started from ("trained_before")."""
+    step = header.get("step")
+    if not isinstance(step, int):
+        return "step ?"
+    before = header.get("trained_before") if isinstance(header.get("trained_before"), dict) else {}
+    earlier = before.get("step") if isinstance(before.get("step"), int) else 0
+    if not earlier:
+        return f"step {step:,}"
+    return f"{step + earlier:,} steps ({earlier:,} before its last run, {step:,} in it)"
 
 
 def draw(models, header, checkpoint, out_path, units=0):
-    """Write the picture; returns the number of tiles drawn."""
+    """Write the picture; returns (the number of tiles drawn, why there is no curve or None)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -101,8 +130,8 @@ def draw(models, header, checkpoint, out_path, units=0):
     if units:
         tiles = tiles[:units]
     image = mosaic(tiles)
-    run_dir = os.path.dirname(os.path.abspath(checkpoint))
-    has_curve = os.path.exists(os.path.join(run_dir, "progress.csv"))
+    kind, source = curve_source(checkpoint, out_path)
+    has_curve = kind != "none"
     fig = plt.figure(figsize=(15 if has_curve else 10, 7), dpi=110)
     grid = fig.add_gridspec(1, 2, width_ratios=[3, 2]) if has_curve else fig.add_gridspec(1, 1)
     ax = fig.add_subplot(grid[0, 0])
@@ -110,16 +139,22 @@ def draw(models, header, checkpoint, out_path, units=0):
     ax.imshow(image, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
     ax.set_title(what, fontsize=10)
     ax.axis("off")
-    if has_curve:
-        learning_curve(fig.add_subplot(grid[0, 1]), run_dir)
+    if kind == "run":
+        learning_curve(fig.add_subplot(grid[0, 1]), source)
+    elif kind == "shipped":
+        curve = fig.add_subplot(grid[0, 1])
+        curve.imshow(plt.imread(source))
+        curve.axis("off")
+        last = " of its last run" if isinstance(header.get("trained_before"), dict) else ""
+        curve.set_title(f"learning curve{last} ({os.path.basename(source)}, shipped with it)", fontsize=10)
     env = header["env"]
     fig.suptitle(f"{os.path.basename(checkpoint)}: {env.get('env_id')} {header.get('agent')} "
-                 f"({env.get('preset')}), step {header.get('step', '?')}")
+                 f"({env.get('preset')}), {steps_title(header)}")
     fig.tight_layout()
     with atomic_write(out_path) as f:  # a picture half written by a crash never replaces a good one
         fig.savefig(f, format=os.path.splitext(out_path)[1][1:].lower())
     plt.close(fig)
-    return len(tiles)
+    return len(tiles), None if has_curve else source
 
 
 def main(argv=None):
@@ -138,9 +173,14 @@ def main(argv=None):
             raise UsageError(str(e)) from None
         if not isinstance(header.get("env"), dict):
             raise UsageError(f"{args.checkpoint}: checkpoint has no env spec")
-        count = draw(models, header, args.checkpoint, args.out, args.units)
+        try:
+            count, no_curve = draw(models, header, args.checkpoint, args.out, args.units)
+        except OSError as e:
+            raise cannot_write("--out", args.out, e) from None
     except UsageError as e:
         fail(str(e))
+    if no_curve:
+        print(no_curve, file=sys.stderr)
     print(f"wrote {args.out}: {count} tiles")
     return 0
 

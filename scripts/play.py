@@ -14,11 +14,12 @@ import time
 import numpy as np
 
 import envs
+from envs.atari import UP_IS_RIGHT, readable_action_names
 from envs.recording import Recorder
-from scripts.common import Parser, UsageError, check_folder, check_window, check_window_flags, fail, parse_bool
+from scripts.common import (Parser, UsageError, check_window, check_window_flags, fail, parse_bool,
+                            quietly_interrupted, writable_folder)
 from scripts.viewer import NoDisplayError, Viewer, run
 
-UP_IS_RIGHT = {"ALE/Pong-v5"}  # Pong: RIGHT moves the paddle up, LEFT down (FACTS.md)
 
 
 def build_parser():
@@ -111,7 +112,8 @@ class PlaySession:
                  ("step", f"{self.steps}" + ("   game over" if self.over else "")),
                  ("saving", f"{self.out_dir}/")]
         return {"title": f"{self.env_id}  you play", "lines": lines,
-                "bars": {"title": "your action", "labels": self.meanings, "values": values,
+                "bars": {"title": "your action", "labels": readable_action_names(self.env_id, self.meanings),
+                         "values": values,
                          "chosen": self.action, "kind": "action"},
                 "view": {"title": "what a DQN agent would see", "kind": "gray", "tiles": list(self.obs)},
                 "status": "REC"}
@@ -135,8 +137,8 @@ def main(argv=None, *, max_frames=None, keys=None, on_frame=None):
             raise UsageError(str(e)) from None
         if not env_id.startswith("ALE/"):
             raise UsageError(f"--game {args.game}: play is for Atari games, not {env_id}")
-        check_folder("--out", args.out)
         check_window()
+        writable_folder("--out", args.out)
     except UsageError as e:
         fail(str(e))
 
@@ -159,4 +161,4 @@ def main(argv=None, *, max_frames=None, keys=None, on_frame=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quietly_interrupted(main))

@@ -1,12 +1,15 @@
-"""Replay recorded games in a window: python -m scripts.replay FILE_OR_DIR [--export OUT.mp4|OUT.gif] [--info].
+"""Replay recorded games in a window: python -m scripts.replay FILE_OR_DIR [--export OUT.mp4|OUT.gif|DIR/] [--info].
 
 Every recording in a directory plays in name order. Each game is re-simulated on the emulator (or
 read from its stored frames when it has them, as envs.recording.export does) and every screen's
 CRC32 is checked as it plays; a mismatch stops the replay with a one-line error.
 Keys: Space pause, Left/Right seek 10 s of game time (one step while paused), N/P next and previous
 game, + and - speed, Esc or Q quit. At the end of the last game the window waits for a key.
---export writes one recording as a video without opening a window; --info prints each recording's
-metadata as one JSON line. Two-player recordings (scripts.versus) play back the same way, with both
+--export writes the recordings as videos without opening a window: one recording as OUT, several
+(a directory) as OUT's name plus each recording's (game.mp4: game-game-000000.mp4, ...), or each into
+the folder DIR/ under its own name; --info prints each recording's metadata as one JSON line.
+Pong's actions are named as the paddle moves (RIGHT is UP), as watch and play name them.
+Two-player recordings (scripts.versus) play back the same way, with both
 players' actions on the panel.
 """
 import json
@@ -18,10 +21,12 @@ import gymnasium as gym
 import numpy as np
 
 from envs import karpathy_preprocess, versus_recording
+from envs.atari import readable_action_names
 from envs import recording as single
 from envs.recording import RecordingError
 from envs.versus import ACTION_MEANINGS
-from scripts.common import Parser, UsageError, check_window, check_window_flags, fail
+from scripts.common import (Parser, UsageError, cannot_write, check_window, check_window_flags, fail,
+                            quietly_interrupted, writable_folder)
 from scripts.viewer import NoDisplayError, Viewer, run
 
 SEEK_SECONDS = 10.0
@@ -30,7 +35,9 @@ SEEK_SECONDS = 10.0
 def build_parser():
     p = Parser(prog="python -m scripts.replay", description=__doc__.splitlines()[0])
     p.add_argument("path", metavar="FILE_OR_DIR", help="a recording (.npz) or a directory of them")
-    p.add_argument("--export", metavar="OUT", help="write the recording as OUT.mp4 or OUT.gif, no window")
+    p.add_argument("--export", metavar="OUT",
+                   help="write the recordings as OUT.mp4 or OUT.gif (several: OUT's name plus each recording's), "
+                        "or as mp4 files into the folder OUT/; no window")
     p.add_argument("--info", action="store_true", help="print the metadata of each recording and exit")
     p.add_argument("--fps", type=float, default=None,
                    help="steps per second (default real time; for --export the video's frame rate)")
@@ -66,7 +73,7 @@ def action_meanings(header):
     key = (header["env_id"], json.dumps(kwargs, sort_keys=True))
     if key not in _MEANINGS:
         env = gym.make(header["env_id"], **kwargs)
-        _MEANINGS[key] = list(env.unwrapped.get_action_meanings())
+        _MEANINGS[key] = readable_action_names(header["env_id"], env.unwrapped.get_action_meanings())
         env.close()
     return _MEANINGS[key]
 
@@ -219,21 +226,39 @@ def main(argv=None, *, max_frames=None, keys=None, on_frame=None):
     return 0
 
 
+def export_paths(recordings, out):
+    """Where --export OUT writes each recording: OUT for one; for several, OUT's name plus each
+    recording's (game.mp4 -> game-<recording>.mp4); into the folder OUT/ (a folder, or a name ending
+    in /) as <recording>.mp4."""
+    stems = [os.path.splitext(os.path.basename(r.path))[0] for r in recordings]
+    if os.path.isdir(out) or out.endswith(("/", os.sep)):
+        return [os.path.join(out, f"{stem}.mp4") for stem in stems]
+    if len(recordings) == 1:
+        return [out]
+    base, suffix = os.path.splitext(out)
+    return [f"{base}-{stem}{suffix}" for stem in stems]
+
+
 def export(recordings, args):
-    if len(recordings) != 1:
-        raise UsageError(f"--export writes one recording; {args.path} holds {len(recordings)}")
-    if is_versus(recordings[0].header):
-        raise UsageError(f"--export writes single-player recordings; {args.path} is a two-player one")
-    if os.path.splitext(args.export)[1].lower() not in (".mp4", ".gif"):
-        raise UsageError(f"--export {args.export}: write a .mp4 or a .gif")
-    folder = os.path.dirname(os.path.abspath(args.export))
-    if not os.path.isdir(folder):
+    two = [r.path for r in recordings if is_versus(r.header)]
+    if two:
+        raise UsageError(f"--export writes single-player recordings; {two[0]} is a two-player one")
+    into_folder = os.path.isdir(args.export) or args.export.endswith(("/", os.sep))
+    if not into_folder and os.path.splitext(args.export)[1].lower() not in (".mp4", ".gif"):
+        raise UsageError(f"--export {args.export}: write a .mp4 or a .gif, or into a folder (OUT/)")
+    folder = args.export if into_folder else os.path.dirname(os.path.abspath(args.export))
+    if not into_folder and not os.path.isdir(folder):
         raise UsageError(f"--export {args.export}: no such directory {folder}")
-    try:
-        count = single.export(recordings[0].path, args.export, fps=args.fps or None, scale=args.scale or 1)
-    except ImportError as e:
-        raise UsageError(str(e)) from None
-    print(f"wrote {args.export}: {count} frames")
+    if into_folder:
+        writable_folder("--export", folder)
+    for rec, out in zip(recordings, export_paths(recordings, args.export)):
+        try:
+            count = single.export(rec.path, out, fps=args.fps or None, scale=args.scale or 1)
+        except ImportError as e:
+            raise UsageError(str(e)) from None
+        except OSError as e:
+            raise cannot_write("--export", out, e) from None
+        print(f"wrote {out}: {count} frames")
     return 0
 
 
@@ -261,4 +286,4 @@ def versus_labels():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quietly_interrupted(main))

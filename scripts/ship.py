@@ -47,6 +47,8 @@ def stage(args):
         return Staged(args.run_dir, read_run_record(args.run_dir), args.out_dir, args.name, args.average)
     except (CheckpointError, ValueError) as e:
         raise UsageError(str(e).splitlines()[0]) from None
+    except OSError as e:  # --out-dir unwritable, or a disk that filled up
+        raise UsageError(f"--out-dir {args.out_dir}: cannot write there ({e.strerror or e})") from None
 
 
 def main(argv=None):
@@ -90,7 +92,11 @@ def main(argv=None):
         print(f"not shipped: mean {new:.2f} ({protocol}) is not better than the shipped {old:.2f} "
               "(--force ships anyway)", file=sys.stderr)
         return 1
-    staged.publish(agent.env, results, args.seed, args.workers, protocol)
+    try:
+        staged.publish(agent.env, results, args.seed, args.workers, protocol)
+    except OSError as e:
+        staged.drop()
+        fail(f"--out-dir {args.out_dir}: cannot write there ({e.strerror or e})")
     print(f"shipped {args.out_dir}/{args.name}.npz (mean {new:.2f} {protocol}"
           f"{'' if old is None else f', was {old:.2f}'})", file=sys.stderr)
     return 0

@@ -93,15 +93,21 @@ def view_rgb(tile, kind):
     return np.repeat(gray[:, :, None], 3, axis=2)  # (H, W, 3)
 
 
-def bar_lengths(values, kind, width):
-    """Pixel lengths of the bars: probabilities as they are, Q-values between the row's min and max."""
+def bar_spans(values, kind, width):
+    """(starts, lengths, zero) of the bars in pixels from the left of the bar area. Probabilities fill
+    from the left in proportion. Q-values stand on one honest scale from zero: the axis spans 0 and
+    every value of the row, each bar runs from the zero line (`zero`) to its value, so 0.559 and 0.572
+    look nearly alike, as they are, and a negative value points left. (Min-max scaling drew them as
+    empty and full.)"""
     v = np.asarray(values, np.float64)
-    if kind == "q":
-        lo, hi = v.min(), v.max()
-        frac = 0.1 + 0.9 * (v - lo) / (hi - lo) if hi - lo > 1e-9 else np.ones_like(v)
-    else:
-        frac = np.clip(v, 0.0, 1.0)
-    return np.rint(frac * width).astype(int)
+    if kind != "q":
+        return np.zeros(len(v), int), np.rint(np.clip(v, 0.0, 1.0) * width).astype(int), 0
+    lo, hi = min(0.0, float(v.min(initial=0.0))), max(0.0, float(v.max(initial=0.0)))
+    if hi - lo < 1e-12:
+        return np.zeros(len(v), int), np.zeros(len(v), int), 0
+    zero = int(round(-lo / (hi - lo) * width))
+    ends = np.rint((v - lo) / (hi - lo) * width).astype(int)
+    return np.minimum(ends, zero), np.abs(ends - zero), zero
 
 
 class Viewer:
@@ -221,16 +227,19 @@ class Viewer:
         self._text(bars.get("title", ""), (r.x, r.y), DIM)
         width = r.width - LABEL_WIDTH - VALUE_WIDTH
         values = np.asarray(bars["values"], np.float64)
-        lengths = bar_lengths(values, bars.get("kind", "prob"), width)
+        starts, lengths, zero = bar_spans(values, bars.get("kind", "prob"), width)
         chosen = bars.get("chosen")
-        for i, (label, value, length) in enumerate(zip(bars["labels"], values, lengths)):
+        for i, (label, value, start, length) in enumerate(zip(bars["labels"], values, starts, lengths)):
             y = r.y + self.line + i * (BAR_HEIGHT + BAR_GAP)
             mine = chosen is not None and i == int(chosen)
             color = CHOSEN if mine else BAR
             self._text(("> " if mine else "  ") + str(label)[:11], (r.x, y), color if mine else TEXT, self.small)
             pg.draw.rect(self.surface, (55, 58, 66), (r.x + LABEL_WIDTH, y, width, BAR_HEIGHT))
             if length > 0:
-                pg.draw.rect(self.surface, color, (r.x + LABEL_WIDTH, y, int(length), BAR_HEIGHT))
+                pg.draw.rect(self.surface, color, (r.x + LABEL_WIDTH + int(start), y, int(length), BAR_HEIGHT))
+            if bars.get("kind") == "q":  # the zero line the bars stand on
+                x = r.x + LABEL_WIDTH + zero
+                pg.draw.line(self.surface, DIM, (x, y), (x, y + BAR_HEIGHT - 1))
             text = f"{value:.2f}" if bars.get("kind") == "prob" else f"{value:+.3f}" if bars.get("kind") == "q" else ""
             self._text(text, (r.x + LABEL_WIDTH + width + 6, y), TEXT, self.small)
 
@@ -256,7 +265,19 @@ def run(viewer, session, fps, max_frames=None, keys=None, on_frame=None):
     """The loop: keys -> commands, advance the session unless paused, draw, keep the pace.
 
     fps 0 runs as fast as it can. Returns why it stopped: "done", "quit" or "max_frames".
-    keys: {frame: [key, ...]} pressed before that frame is drawn; on_frame(viewer, session) after each."""
+    keys: {frame: [key, ...]} pressed before that frame is drawn; on_frame(viewer, session) after each.
+    Ctrl-C stops it too ("interrupted"); the session and the window close whatever ends it."""
+    try:
+        return _loop(viewer, session, fps, max_frames, keys, on_frame)
+    except KeyboardInterrupt:  # Ctrl-C: the session closes as on Q (play keeps the game cut short)
+        return "interrupted"
+    finally:
+        session.close()
+        viewer.close()
+
+
+def _loop(viewer, session, fps, max_frames, keys, on_frame):
+    """run()'s loop, until the session ends, Q, or max_frames."""
     clock = viewer.pg.time.Clock()
     paused, message, message_until, count = False, "", 0, 0
     fps = float(fps)
@@ -265,45 +286,41 @@ def run(viewer, session, fps, max_frames=None, keys=None, on_frame=None):
         nonlocal message, message_until
         message, message_until = text, count + int(3 * fps if fps > 0 else 90)
 
-    try:
-        while True:
-            if keys and count in keys:
-                viewer.press(keys[count])
-            step = False
-            for command in viewer.handle_events():
-                if command == "quit":
-                    return "quit"
-                if command == "pause":
-                    paused = not paused
-                elif command == "step":
-                    step = paused
-                elif command in ("faster", "slower"):
-                    fps = change_speed(fps, command == "faster")
-                else:
-                    reply = session.command(command, paused)
-                    if reply:
-                        say(reply)
-            if not paused or step:
-                if not session.advance(viewer.held):
-                    if not session.hold_at_end:
-                        return "done"
-                    paused = True
-                    say("the end: Left goes back, Q quits")
-            if count >= message_until:
-                message = ""
-            viewer.draw(session.frame(), with_loop_state(session.panel(), clock.get_fps(), fps, paused, message))
-            count += 1
-            if on_frame:
-                on_frame(viewer, session)
-            if max_frames is not None and count >= max_frames:
-                return "max_frames"
-            if fps > 0:
-                clock.tick(fps)  # sleeps to keep the pace
+    while True:
+        if keys and count in keys:
+            viewer.press(keys[count])
+        step = False
+        for command in viewer.handle_events():
+            if command == "quit":
+                return "quit"
+            if command == "pause":
+                paused = not paused
+            elif command == "step":
+                step = paused
+            elif command in ("faster", "slower"):
+                fps = change_speed(fps, command == "faster")
             else:
-                clock.tick()  # only measures
-    finally:
-        session.close()
-        viewer.close()
+                reply = session.command(command, paused)
+                if reply:
+                    say(reply)
+        if not paused or step:
+            if not session.advance(viewer.held):
+                if not session.hold_at_end:
+                    return "done"
+                paused = True
+                say("the end: Left goes back, Q quits")
+        if count >= message_until:
+            message = ""
+        viewer.draw(session.frame(), with_loop_state(session.panel(), clock.get_fps(), fps, paused, message))
+        count += 1
+        if on_frame:
+            on_frame(viewer, session)
+        if max_frames is not None and count >= max_frames:
+            return "max_frames"
+        if fps > 0:
+            clock.tick(fps)  # sleeps to keep the pace
+        else:
+            clock.tick()  # only measures
 
 
 def with_loop_state(panel, measured_fps, fps, paused, message):

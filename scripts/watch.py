@@ -22,10 +22,12 @@ import numpy as np
 from agents.evaluation import make_eval_env
 from agents.run import checkpoint_header
 from agents.ship import scores_in
+from envs.atari import readable_action_names
 from envs.recording import Recorder
 from nets import CheckpointError
 from scripts.common import (Parser, UsageError, add_epsilon_flag, add_greedy_flag, blas_threads, check_record_dir,
-                            check_window, check_window_flags, fail, load_agent, parse_bool, play_rule_from_flags)
+                            check_window, check_window_flags, fail, load_agent, parse_bool, play_rule_from_flags,
+                            quietly_interrupted)
 from scripts.viewer import NoDisplayError, Viewer, run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -88,8 +90,8 @@ def shipped_checkpoint(folder=None):
 def action_labels(agent, env):
     if agent.env["preset"] == "karpathy":
         return ["UP", "DOWN"]  # KarpathyPong: action 0 is up, 1 is down
-    if agent.env["env_id"].startswith("ALE/"):
-        return list(env.unwrapped.get_action_meanings())
+    if agent.env["env_id"].startswith("ALE/"):  # Pong: RIGHT is UP, as replay and play say
+        return readable_action_names(agent.env["env_id"], env.unwrapped.get_action_meanings())
     return [f"action {i}" for i in range(agent.n_actions)]
 
 
@@ -245,4 +247,4 @@ def main(argv=None, *, max_frames=None, keys=None, on_frame=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quietly_interrupted(main))

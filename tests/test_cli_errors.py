@@ -1,16 +1,20 @@
 """Every script, fed bad command lines: exit 2, one line, no traceback, nothing created or overwritten.
 
 Scripts run in-process (main(argv)) from an empty working directory, so what they would create
-there is seen, and a traceback would surface as an exception instead of a clean exit.
+there is seen, and a traceback would surface as an exception instead of a clean exit. Targets that
+cannot be written are under /proc, where nobody may create a file, root included.
 """
 import hashlib
 import importlib
+import importlib.util
 import os
 
+import numpy as np
 import pytest
 
 from agents import policy_gradient as pg
 from agents.run import Run, config_dict
+from envs import recording
 
 CASES = []
 
@@ -40,6 +44,14 @@ def files(tmp_path_factory):
     made["empty_run"] = str(root / "empty-run")
     made["text"] = str(root / "notes.txt")
     (root / "notes.txt").write_text("hello\n")
+    rng = np.random.default_rng(0)
+    recording.record("pong", lambda obs: int(rng.integers(2)), root / "game.npz", preset="karpathy", max_steps=20)
+    made["game"] = str(root / "game.npz")
+    for name, text in (("unknown-key", "agent: dqn\nlearning_rate: 0.1\n"), ("bad-value", "agent: dqn\nlr: fast\n"),
+                       ("bad-bool", "agent: dqn\ndueling: 3\n"), ("not-yaml", "lr: [1\n"), ("a-list", "- 1\n"),
+                       ("pg-recipe", "agent: pg\nlr: 1.0e-3\n"), ("bad-schedule", "lr_schedule: 0:1e-3,5:-1\n")):
+        (root / f"{name}.yml").write_text(text)
+        made[name.replace("-", "_")] = str(root / f"{name}.yml")
     return made
 
 
@@ -82,8 +94,34 @@ case(M, "--run-dir", "{run}", says="already holds a run")
 case(M, "--init", "{pong}", "--hidden", "64", says="does not fit")
 case(M, "--total-steps", "ten", says="--total-steps")
 case(M, "--agent", "dqn", "--game", "CartPole-v1", "--quantiles", "-1", says="quantiles")
-case(M, "--agent", "dqn", "--game", "CartPole-v1", "--eval-sticky", "maybe", says="eval_sticky")
+case(M, "--agent", "dqn", "--game", "CartPole-v1", "--eval-sticky", "maybe", says="--eval-sticky")
 case(M, "--bogus-flag", says="unrecognized")
+for agent in ("pg", "dqn", "ppo"):  # refused by every agent, not only the default one
+    case(M, "--agent", agent, "--lr", "-0.1", says="lr must be > 0")
+    case(M, "--agent", agent, "--lr", "0", says="lr must be > 0")
+    case(M, "--agent", agent, "--total-steps", "-5", says="total_steps must be >= 0")
+    case(M, "--agent", agent, "--hours", "-1", says="hours must be >= 0")
+    case(M, "--agent", agent, "--game", "PongNoFrameskip-v4", "--sticky", "true", says="no sticky actions")
+    case(M, "--agent", agent, "--game", "ALE/Pong-v5", "--sticky", "false", says="means sticky actions")
+    case(M, "--agent", agent, "--optimizer" if agent != "ppo" else "--network", "sgd", says="invalid choice")
+case(M, "--agent", "dqn", "--lr-steps", "100", "--lr-end", "0", says="lr_end must be > 0")
+case(M, "--agent", "dqn", "--lr-schedule", "0:1e-4", "--lr-steps", "100", "--lr-end", "1e-5", says="not both")
+case(M, "--lr-schedule", "0:1e-3,100:x", says="lr_schedule")
+case(M, "--lr-schedule", "100:1e-3,50:1e-4", says="increasing")
+case(M, "--batch-schedule", "0:0.5", says="batch_schedule")
+case(M, "--config", "/nonexistent/recipe.yml", says="no such file")
+case(M, "--config", "{unknown_key}", says="unknown key 'learning_rate' for agent dqn; did you mean lr?")
+case(M, "--config", "{bad_value}", says="lr must be a number")
+case(M, "--config", "{bad_bool}", says="dueling must be true or false")
+case(M, "--config", "{not_yaml}", says="not valid YAML")
+case(M, "--config", "{a_list}", says="mapping")
+case(M, "--config", "{bad_schedule}", says="lr_schedule")
+case(M, "--config", "{pg_recipe}", "--agent", "dqn", says="contradicts")
+case(M, "--config", "{pg_recipe}", "--resume", "{run}", says="--config starts a new run")
+case(M, "--config", "{text}", says="mapping")
+case(M, "--game", "CartPole-v1", "--capture-video", says="Atari")
+case(M, "--video-every", "5", says="--capture-video")
+case(M, "--capture-video", "--video-every", "0", says="--video-every")
 M = "scripts.evaluate"
 case(M, "/nonexistent.npz", says="no such file")
 case(M, "{corrupt}", says="not a valid .npz")
@@ -95,6 +133,7 @@ case(M, "{cartpole}", "--record", "games", says="Atari")
 case(M, "{pong}", "--record", "{text}", says="not a directory")
 case(M, "{pong}", "--epsilon", "0.01", says="DQN agent")
 case(M, "{pong}", "--epsilon", "some", says="--epsilon")
+case(M, "{pong}", "--record", "/proc/games", "--episodes", "1", says="--record /proc/games: cannot write")
 case(M, says="checkpoint")
 M = "scripts.watch"
 case(M, "/nonexistent.npz", says="no such file")
@@ -109,13 +148,18 @@ case(M, "/nonexistent.npz", says="no such")
 case(M, "{corrupt}", says="not a valid .npz")
 case(M, "{pong}", says="not a grok-arcade recording")
 case(M, "{dir}", says="no recordings")
+case(M, "{game}", "--export", "/proc/game.mp4", says="--export /proc/game.mp4: cannot write")
+case(M, "{game}", "--export", "/proc/game.gif", says="--export /proc/game.gif: cannot write")
+case(M, "{game}", "--export", "/proc/videos/", says="--export /proc/videos/: cannot write")
 M = "scripts.play"
 case(M, "--game", "pongg", says="did you mean pong")
 case(M, "--game", "pong", says="SDL_VIDEODRIVER", display=False)
+case(M, "--out", "/proc/games", says="--out /proc/games: cannot write")
 M = "scripts.inspect"
 case(M, "/nonexistent.npz", "--out", "x.png", says="no such file")
 case(M, "{corrupt}", "--out", "x.png", says="not a valid .npz")
 case(M, "{dir}", "--out", "x.png", says="directory")
+case(M, "{pong}", "--out", "/proc/model.png", says="--out /proc/model.png: cannot write")
 M = "scripts.sanity"
 case(M, "chess", says="invalid choice")
 case(M, "digits", "--data-dir", "/nonexistent/data", says="/nonexistent/data")
@@ -129,6 +173,8 @@ case(M, "/nonexistent/run", "--name", "x", says="not a run dir")
 case(M, "{run}", "--name", "Bad Name!", says="--name")
 case(M, "{run}", says="--name")
 case(M, "{run}", "--name", "x", "--episodes", "0", says="--episodes")
+case(M, "{run}", "--name", "x", "--episodes", "1", "--out-dir", "/proc/shipped",
+     says="--out-dir /proc/shipped: cannot write")
 M = "scripts.pretrain"
 case(M, "--from", "/nonexistent/games", "--out", "x.npz", says="no such file")
 case(M, "--from", "{dir}", "--out", "x.npz", says="no recordings")
@@ -147,6 +193,7 @@ case(M, "pg", "--num-envs", "0", says="num_envs")
 case(M, "dqn", "--num-envs", "0", says="num_envs")
 case(M, "dqn", "--quantiles", "-1", says="quantiles")
 case(M, "dqn", "--steps", "0", says="--steps")
+case(M, "scale", "--workers", "x", says="--workers")
 
 
 @pytest.mark.parametrize("module, argv, says, display", CASES)
@@ -178,3 +225,27 @@ def test_the_table_covers_every_script():
                if n.endswith(".py") and not n.startswith(("_", "bench_", "common", "viewer"))}
     assert scripts <= covered, scripts - covered
     assert len(CASES) >= 40
+
+
+# ------------------------------------------------------------------ without the optional packages
+WITHOUT = [
+    ("ray", "scripts.bench", ["scale"], "pip install"),
+    ("ray", "scripts.train", ["--game", "CartPole-v1", "--workers", "2"], "needs Ray"),
+    ("tensorboardX", "scripts.train", ["--game", "CartPole-v1", "--tensorboard"], "--tensorboard needs tensorboardX"),
+]
+
+
+@pytest.mark.parametrize("package, module, argv, says", WITHOUT, ids=[f"{m}:{' '.join(a)}" for _, m, a, _ in WITHOUT])
+def test_without_an_optional_package(package, module, argv, says, tmp_path, monkeypatch, capsys):
+    """An extra that is not installed is one line that says how to install it, before anything starts."""
+    monkeypatch.chdir(tmp_path)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else find_spec(name, *a))
+    try:
+        code = importlib.import_module(module).main(argv)
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert says in lines[0] and not os.listdir(tmp_path)

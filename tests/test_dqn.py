@@ -448,16 +448,20 @@ def test_eval_sticky_picks_the_protocol_of_the_evaluation_games(monkeypatch, set
     import agents.evaluation
     played, logged = [], []
 
-    def fake_evaluate(player, episodes, seed, sticky):
-        played.append((episodes, sticky))
+    def fake_evaluate(player, episodes, seed, sticky, explore):
+        played.append((episodes, sticky, explore))
         return {"mean_return": 1.0, "std_return": 0.0, "episodes": episodes}
 
     monkeypatch.setattr(agents.evaluation, "evaluate", fake_evaluate)
-    cfg = dqn.resolved(dqn.Config(game="pong", sticky=trained, eval_sticky=setting, eval_episodes=3))
+    monkeypatch.setattr(agents.evaluation.EvalLog, "start", lambda self, step: None)
+    monkeypatch.setattr(agents.evaluation.EvalLog, "append", lambda self, step, summary: logged.append(step))
+    cfg = dqn.resolved(dqn.Config(game="pong", sticky=trained, eval_sticky=setting, eval_episodes=3, eval_every=100))
     agent = type("Agent", (), dict(model=None, env={}, n_actions=6, obs_scale=1.0))()
-    log = type("Log", (), dict(append=lambda self, step, summary: logged.append(step)))()
-    dqn.evaluate_now(cfg, agent, log, 100)
-    assert played == [(3, evaluated)] and logged == [100]
+    run = type("Run", (), dict(step=0, episode=0, video_every=0, dir="."))()
+    side = dqn.side_games(cfg, agent, run, None)
+    run.step = 100
+    assert side()
+    assert played == [(3, evaluated, False)] and logged == [100]
     with pytest.raises(ValueError, match="eval_sticky"):
         dqn.resolved(dqn.Config(game="pong", eval_sticky="yes please"))
 

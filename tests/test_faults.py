@@ -68,8 +68,8 @@ def test_sigkill_at_random_moments_never_loses_the_run(tmp_path):
     assert not any(n.startswith(".tmp-") for n in os.listdir(run_dir))
 
 
-def test_sigterm_and_ctrl_c_save_then_exit_0(tmp_path):
-    for sig in (signal.SIGTERM, signal.SIGINT):
+def test_sigterm_sighup_and_ctrl_c_save_then_exit_0(tmp_path):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         run_dir = str(tmp_path / f"run-{sig}")
         proc = start(TRAIN[:-3] + ["--checkpoint-minutes", "60", "--quiet", "--run-dir", run_dir])
         assert wait_for(lambda: os.path.exists(os.path.join(run_dir, "progress.csv")) and
@@ -80,6 +80,55 @@ def test_sigterm_and_ctrl_c_save_then_exit_0(tmp_path):
         assert "saved" in err and "checkpoint.npz" in err and "Traceback" not in err
         _, header, _ = load_checkpoint(os.path.join(run_dir, "checkpoint.npz"))
         assert header["step"] > 0
+
+
+def test_closing_the_terminal_saves_the_run(tmp_path):
+    """SIGHUP with the terminal already gone (its pipes closed: every write fails): the run saves as on
+    SIGTERM, exits 0, and loses nothing since its last checkpoint (an hour away here)."""
+    run_dir = str(tmp_path / "run")
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.train", *TRAIN[:-3], "--checkpoint-minutes", "60",
+                             "--run-dir", run_dir], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    progress = os.path.join(run_dir, "progress.csv")
+    assert wait_for(lambda: os.path.exists(progress) and os.path.getsize(progress) > 200)
+    proc.stdout.close()
+    proc.stderr.close()
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(timeout=60) == 0
+    _, header, _ = load_checkpoint(os.path.join(run_dir, "checkpoint.npz"))
+    with open(progress) as f:
+        episodes = sum(1 for _ in f) - 1
+    assert header["step"] > 0 and header["episode"] == episodes
+
+
+def window_program(args, tmp_path):
+    env = {**os.environ, "PYTHONPATH": ROOT, "SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy",
+           "OPENBLAS_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_ctrl_c_in_watch_play_and_replay_exits_0_quietly(tmp_path):
+    """Ctrl-C in a window program ends it with exit code 0 and no traceback; play keeps the game cut short."""
+    from envs import recording
+    rng = np.random.default_rng(0)
+    recording.record("pong", lambda obs: int(rng.integers(2)), tmp_path / "game.npz", preset="karpathy",
+                     max_steps=600)
+    procs = {"watch": window_program(["scripts.watch", os.path.join(ROOT, "checkpoints", "pong-pg.npz"),
+                                      "--episodes", "1"], tmp_path),
+             "play": window_program(["scripts.play", "--out", "games", "--fps", "0", "--seed", "1"], tmp_path),
+             "replay": window_program(["scripts.replay", "game.npz"], tmp_path)}
+    time.sleep(8)  # all three in their loops: a ROM loaded, a window open, games under way
+    for proc in procs.values():
+        proc.send_signal(signal.SIGINT)
+    outs = {}
+    for name, proc in procs.items():
+        outs[name], err = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "Traceback" not in err and "KeyboardInterrupt" not in err, (name, err)
+    saved = sorted(os.listdir(tmp_path / "games"))  # whole games (--fps 0 is quick), then the one cut short
+    assert saved and outs["play"].strip().splitlines()[-1].endswith("(cut short)"), outs["play"]
+    assert recording.load(tmp_path / "games" / saved[-1]).header["end"] is None
 
 
 def test_failed_checkpoint_write_keeps_old_file_and_training_goes_on(tmp_path, monkeypatch):

@@ -240,3 +240,36 @@ def test_export_gif_and_mp4(pong, tmp_path):
     assert os.path.getsize(tmp_path / "game.mp4") > 1000
     with pytest.raises(ValueError, match="mp4 or .gif"):
         recording.export(pong[0], tmp_path / "game.avi")
+
+
+def gif_delays(path):
+    from PIL import Image
+    image, delays = Image.open(path), []
+    try:
+        while True:
+            delays.append(image.info["duration"])
+            image.seek(image.tell() + 1)
+    except EOFError:
+        return delays
+
+
+def test_gifs_last_the_games_real_time(pong, breakout, tmp_path):
+    """GIF delays are whole hundredths and browsers show a delay under 2 as 10: a deepmind-preset
+    recording holds every emulator frame (60 a second), so its GIF keeps every 2nd one with delays of
+    3 and 4 hundredths; the karpathy preset's 15 steps a second get 6 and 7. Either lasts real time."""
+    for (path, header), fps in ((breakout[:2], 60.0), (pong, 15.0)):
+        out = tmp_path / (os.path.basename(path)[:-4] + ".gif")
+        written = recording.export(path, out)
+        delays = gif_delays(out)
+        real = (header["length"] + 1) / fps * 1000.0  # ms: every screen, the one after reset included
+        assert abs(sum(delays) - real) <= 10, (sum(delays), real)
+        assert min(delays) >= 20 and all(d % 10 == 0 for d in delays)
+        assert written == (-(-(header["length"] + 1) // 2) if fps == 60 else header["length"] + 1)
+    assert recording.gif_timing(60, 6) == (2, [3, 4, 3])
+    assert recording.gif_timing(15, 3) == (1, [7, 6, 7])
+
+
+def test_recordings_folders_are_not_committed():
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".gitignore")) as f:
+        ignored = f.read().split()
+    assert {"games/", "recordings/", "runs/", "videos/"} <= set(ignored)

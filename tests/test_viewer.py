@@ -223,7 +223,7 @@ def test_play_maps_keys_and_records_every_game(tmp_path, capsys):
     assert len(cap.steps) == 90  # Q quits before frame 90 is drawn
     image, frame, rects, panel = cap.shots[20]
     assert np.array_equal(image[:630, :480], scaled(frame, 3))
-    assert panel["bars"]["labels"][panel["bars"]["chosen"]] == "RIGHT"  # Up moves Pong's paddle up
+    assert panel["bars"]["labels"][panel["bars"]["chosen"]] == "UP"  # Up moves Pong's paddle up: ALE's RIGHT
     assert cap.steps[61:70] == [cap.steps[60]] * 9  # P paused
     (path,) = tmp_path.glob("pong-*-001.npz")
     assert "cut short" in capsys.readouterr().out
@@ -317,7 +317,7 @@ def test_bad_files_one_line_exit_2(pg_checkpoint, recordings, tmp_path, capsys):
     write_npz(tmp_path / "v2.npz", arrays, {**header, "version": 2})
     assert "version 2 is not supported" in one_line_exit_2(capsys, replay.main, [str(tmp_path / "v2.npz")])
     assert "no such file" in one_line_exit_2(capsys, replay.main, [str(tmp_path / "nothing.npz")])
-    assert "one recording" in one_line_exit_2(capsys, replay.main, [str(recordings), "--export", "x.gif"])
+    assert ".mp4 or a .gif" in one_line_exit_2(capsys, replay.main, [str(recordings), "--export", "x.avi"])
     assert "did you mean" in one_line_exit_2(capsys, play.main, ["--game", "pongg"])
 
 
@@ -355,3 +355,63 @@ def test_command_line_exits_2_in_one_line(tmp_path):
                          env={**env, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "no such file" in out.stderr, out.stderr
     assert "pygame" not in out.stdout
+
+
+# ----------------------------------------------------------------------------- small truths
+
+def test_q_bars_stand_on_an_honest_scale_from_zero():
+    """Q-values 0.559 and 0.572 are nearly alike and drawn so (min-max scaling drew them empty and
+    full); a negative one points left of the zero line; probabilities fill in proportion."""
+    starts, lengths, zero = viewer.bar_spans([0.559, 0.572], "q", 200)
+    assert zero == 0 and list(starts) == [0, 0] and list(lengths) == [195, 200]
+    starts, lengths, zero = viewer.bar_spans([-1.0, 0.5, 1.0], "q", 200)
+    assert zero == 100 and list(starts) == [0, 100, 100] and list(lengths) == [100, 50, 100]
+    starts, lengths, _ = viewer.bar_spans([-0.2, -0.1], "q", 100)
+    assert list(starts + lengths) == [100, 100] and list(lengths) == [100, 50]  # all below zero: from the right
+    assert list(viewer.bar_spans([0.25, 0.75], "prob", 100)[1]) == [25, 75]
+    assert list(viewer.bar_spans([0.0, 0.0], "q", 100)[1]) == [0, 0]
+
+
+def test_replay_names_pongs_actions_as_watch_and_play_do(pg_checkpoint, dqn_checkpoint, tmp_path):
+    """Pong's paddle moves up on RIGHT: every program calls that action UP."""
+    rng = np.random.default_rng(0)
+    header = recording.record("pong", lambda obs: int(rng.integers(6)), tmp_path / "dm.npz", preset="deepmind",
+                              max_steps=5)
+    names = replay.action_meanings(header)
+    assert names == ["NOOP", "FIRE", "UP", "DOWN", "UPFIRE", "DOWNFIRE"]
+    dqn_agent = agents.load(dqn_checkpoint)
+    session = watch.WatchSession(dqn_agent, 1, 0, False, False)
+    assert session.labels == names
+    session.close()
+    pg_agent = agents.load(pg_checkpoint)
+    session = watch.WatchSession(pg_agent, 1, 0, True, True)
+    assert session.labels == ["UP", "DOWN"] and set(session.labels) <= set(names)
+    session.close()
+    assert envs.atari.readable_action_names("ALE/Breakout-v5", ["NOOP", "FIRE", "RIGHT", "LEFT"])[2] == "RIGHT"
+
+
+def test_replay_exports_a_directory(recordings, tmp_path, capsys):
+    """The no-display hint says `--export game.mp4` for a directory too: each recording gets its own file."""
+    assert replay.main([str(recordings), "--export", str(tmp_path / "game.mp4")]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["game-game-0.mp4", "game-game-1.mp4"]
+    assert replay.main([str(recordings), "--export", str(tmp_path / "videos") + "/"]) == 0
+    assert sorted(os.listdir(tmp_path / "videos")) == ["game-0.mp4", "game-1.mp4"]
+    assert capsys.readouterr().out.count("wrote") == 4
+
+
+def test_inspect_a_shipped_agent_shows_its_curve_and_all_its_steps(tmp_path, capsys):
+    shipped = os.path.join(ROOT, "checkpoints", "pong-dqn.npz")
+    header = agents.run.checkpoint_header(shipped)
+    assert inspect_script.steps_title(header) == "2,188,417 steps (1,906,421 before its last run, 281,996 in it)"
+    assert inspect_script.curve_source(shipped) == ("shipped", os.path.join(ROOT, "checkpoints", "pong-dqn.png"))
+    out = tmp_path / "model.png"
+    assert inspect_script.main([shipped, "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "32 tiles" in captured.out and captured.err == ""
+    import matplotlib.image
+    image = matplotlib.image.imread(out)
+    assert image.shape[1] > 1.5 * image.shape[0]  # weights and the shipped curve side by side
+    alone = tmp_path / "alone.npz"
+    alone.write_bytes(open(shipped, "rb").read())
+    assert inspect_script.main([str(alone), "--out", str(tmp_path / "alone.png")]) == 0
+    assert "no learning curve: " in capsys.readouterr().err
