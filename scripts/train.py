@@ -27,7 +27,7 @@ from scripts.common import (Parser, UsageError, add_config_flags, blas_threads, 
                             fail, shown_default)
 
 AGENTS = {"pg": pg, "dqn": dqn, "ppo": ppo}
-DEFAULT_AGENT = "pg"  # what `python -m scripts.train` trains without --agent
+DEFAULT_AGENT = "ppo"  # what `python -m scripts.train` trains without --agent
 VIDEO_EVERY = 100  # default episodes between --capture-video games
 BEATS_THE_AI = ("ALE/Pong-v5",)  # games whose return is the point difference against the built-in AI
 

@@ -87,11 +87,11 @@ case(M, "--init", "/nonexistent.npz", says="no such file")
 case(M, "--init", "{corrupt}", says="not a valid .npz")
 case(M, "--init", "{dir}", says="directory")
 case(M, "--init", "{text}", says="not a valid .npz")
-case(M, "--init", "{cartpole}", says="is for CartPole-v1")
-case(M, "--game", "CartPole-v1", "--init", "{pong}", says="is for ALE/Pong-v5")
+case(M, "--agent", "pg", "--init", "{cartpole}", says="is for CartPole-v1")
+case(M, "--agent", "pg", "--game", "CartPole-v1", "--init", "{pong}", says="is for ALE/Pong-v5")
 case(M, "--agent", "dqn", "--init", "{pong}", says="is a pg checkpoint")
 case(M, "--run-dir", "{run}", says="already holds a run")
-case(M, "--init", "{pong}", "--hidden", "64", says="does not fit")
+case(M, "--agent", "pg", "--init", "{pong}", "--hidden", "64", says="does not fit")
 case(M, "--total-steps", "ten", says="--total-steps")
 case(M, "--agent", "dqn", "--game", "CartPole-v1", "--quantiles", "-1", says="quantiles")
 case(M, "--agent", "dqn", "--game", "CartPole-v1", "--eval-sticky", "maybe", says="--eval-sticky")
@@ -106,9 +106,9 @@ for agent in ("pg", "dqn", "ppo"):  # refused by every agent, not only the defau
     case(M, "--agent", agent, "--optimizer" if agent != "ppo" else "--network", "sgd", says="invalid choice")
 case(M, "--agent", "dqn", "--lr-steps", "100", "--lr-end", "0", says="lr_end must be > 0")
 case(M, "--agent", "dqn", "--lr-schedule", "0:1e-4", "--lr-steps", "100", "--lr-end", "1e-5", says="not both")
-case(M, "--lr-schedule", "0:1e-3,100:x", says="lr_schedule")
-case(M, "--lr-schedule", "100:1e-3,50:1e-4", says="increasing")
-case(M, "--batch-schedule", "0:0.5", says="batch_schedule")
+case(M, "--agent", "pg", "--lr-schedule", "0:1e-3,100:x", says="lr_schedule")
+case(M, "--agent", "pg", "--lr-schedule", "100:1e-3,50:1e-4", says="increasing")
+case(M, "--agent", "pg", "--batch-schedule", "0:0.5", says="batch_schedule")
 case(M, "--config", "/nonexistent/recipe.yml", says="no such file")
 case(M, "--config", "{unknown_key}", says="unknown key 'learning_rate' for agent dqn; did you mean lr?")
 case(M, "--config", "{bad_value}", says="lr must be a number")
@@ -230,7 +230,7 @@ def test_the_table_covers_every_script():
 # ------------------------------------------------------------------ without the optional packages
 WITHOUT = [
     ("ray", "scripts.bench", ["scale"], "pip install"),
-    ("ray", "scripts.train", ["--game", "CartPole-v1", "--workers", "2"], "needs Ray"),
+    ("ray", "scripts.train", ["--agent", "pg", "--game", "CartPole-v1", "--workers", "2"], "needs Ray"),
     ("tensorboardX", "scripts.train", ["--game", "CartPole-v1", "--tensorboard"], "--tensorboard needs tensorboardX"),
 ]
 

@@ -247,7 +247,7 @@ def test_ship_with_workers_scores_the_same_games(ray_session, cartpole_checkpoin
 def test_train_script_with_workers_saves_on_sigterm(tmp_path):
     """The command line end to end, with its own local Ray: SIGTERM stops, saves, shuts Ray down."""
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "scripts.train", "--game", "CartPole-v1", "--workers", "2",
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.train", "--agent", "pg", "--game", "CartPole-v1", "--workers", "2",
                              "--num-envs", "2", "--hidden", "16", "--batch-steps", "500", "--run-dir", str(run_dir),
                              "--quiet"], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -270,7 +270,7 @@ def test_train_script_with_workers_saves_on_sigterm(tmp_path):
 
 
 @pytest.mark.parametrize("script, argv", [
-    ("scripts.train", ["--game", "CartPole-v1", "--workers", "2"]),
+    ("scripts.train", ["--agent", "pg", "--game", "CartPole-v1", "--workers", "2"]),
     ("scripts.evaluate", ["checkpoint.npz", "--workers", "2"]),
     ("scripts.ship", ["run", "--name", "x", "--workers", "2", "--out-dir", "shipped"]),
 ])
@@ -302,7 +302,7 @@ def test_bad_worker_flags_are_one_line(argv, says, tmp_path, monkeypatch, capsys
     from scripts import train
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as stop:
-        train.main(["--game", "CartPole-v1", "--run-dir", "run", *argv])
+        train.main(["--agent", "pg", "--game", "CartPole-v1", "--run-dir", "run", *argv])
     lines = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(lines) == 1 and says in lines[0], lines
     assert os.listdir(tmp_path) == []

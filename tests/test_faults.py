@@ -15,7 +15,7 @@ from agents.run import Run, config_dict, load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # checkpoints every 0.06 s, Adam state included: writes are frequent and take a while
-TRAIN = ["--game", "CartPole-v1", "--num-envs", "2", "--hidden", "2000", "--batch-steps", "200",
+TRAIN = ["--agent", "pg", "--game", "CartPole-v1", "--num-envs", "2", "--hidden", "2000", "--batch-steps", "200",
          "--optimizer", "adam", "--checkpoint-minutes", "0.001", "--quiet"]
 
 
@@ -120,6 +120,10 @@ def test_ctrl_c_in_watch_play_and_replay_exits_0_quietly(tmp_path):
              "play": window_program(["scripts.play", "--out", "games", "--fps", "0", "--seed", "1"], tmp_path),
              "replay": window_program(["scripts.replay", "game.npz"], tmp_path)}
     time.sleep(8)  # all three in their loops: a ROM loaded, a window open, games under way
+    deadline = time.monotonic() + 90  # a loaded machine starts them slowly: wait for play's first whole game
+    games = tmp_path / "games"
+    while time.monotonic() < deadline and not (games.is_dir() and any(n.endswith(".npz") for n in os.listdir(games))):
+        time.sleep(0.5)
     for proc in procs.values():
         proc.send_signal(signal.SIGINT)
     outs = {}

@@ -104,7 +104,7 @@ def script(*args, timeout=300):
 
 def test_train_resume_and_evaluate_scripts(tmp_path):
     run_dir = tmp_path / "cp"
-    out = script("scripts.train", "--game", "CartPole-v1", "--total-steps", "4000", "--num-envs", "4",
+    out = script("scripts.train", "--agent", "pg", "--game", "CartPole-v1", "--total-steps", "4000", "--num-envs", "4",
                  "--hidden", "16", "--batch-steps", "500", "--run-dir", str(run_dir), "--quiet")
     assert out.returncode == 0, out.stderr
     _, header, _ = load_checkpoint(run_dir / "checkpoint.npz")

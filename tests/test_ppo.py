@@ -105,7 +105,8 @@ def test_first_minibatch_has_ratio_one(tmp_path):
 
 def test_ppo_learns_cartpole(tmp_path):
     """Fixed seed: 200k steps (about 10 s here), then 20 evaluation games of the sampled policy."""
-    cfg = ppo.resolved(ppo.Config(game="CartPole-v1", num_envs=4, clip=0.2, lr=1e-3, total_steps=200_000, seed=0))
+    cfg = ppo.resolved(ppo.Config(game="CartPole-v1", num_envs=4, clip=0.2, lr=1e-3, total_steps=200_000, seed=0,
+                                  epochs=4, minibatches=4))  # CleanRL's ppo.py, lr raised
     run = Run(tmp_path / "run", config_dict(cfg), {})
     ppo.train(cfg, run)
     agent = agents.load(run.checkpoint_path, seed=1)
@@ -178,7 +179,7 @@ def test_resolved_defaults_and_bad_values():
 
 def test_atari_network_acts_saves_and_loads(tmp_path):
     """A few rounds on Pong: the checkpoint rebuilds an agent that reports probabilities and values."""
-    cfg = ppo.resolved(ppo.Config(game="pong", num_envs=2, num_steps=16, total_steps=64, seed=0))
+    cfg = ppo.resolved(ppo.Config(game="pong", num_envs=2, num_steps=16, total_steps=64, seed=0, minibatches=2))
     run = Run(tmp_path / "run", config_dict(cfg), {})
     ppo.train(cfg, run)
     agent = agents.load(run.checkpoint_path)

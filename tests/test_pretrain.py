@@ -207,7 +207,7 @@ def test_pg_clone_imitates_the_teacher_and_starts_rl(demos, tmp_path, capsys):
                                               "pong", "karpathy", teacher)
     assert agree >= majority + 0.15, (agree, majority)
     run_dir = str(tmp_path / "rl")
-    code, _, err = run_script("scripts.train", ["--init", out, "--hidden", "64", "--num-envs", "2",
+    code, _, err = run_script("scripts.train", ["--agent", "pg", "--init", out, "--hidden", "64", "--num-envs", "2",
                                                 "--batch-steps", "200", "--total-steps", "400", "--quiet",
                                                 "--run-dir", run_dir], capsys)
     assert code == 0, err

@@ -16,7 +16,7 @@ def run(*args):
 
 def test_ship_exports_playing_weights_with_a_card_and_refuses_worse(tmp_path):
     run_dir, out = tmp_path / "run", tmp_path / "shipped"
-    r = run("scripts.train", "--game", "CartPole-v1", "--total-steps", "3000", "--num-envs", "4",
+    r = run("scripts.train", "--agent", "pg", "--game", "CartPole-v1", "--total-steps", "3000", "--num-envs", "4",
             "--hidden", "16", "--optimizer", "adam", "--run-dir", str(run_dir), "--quiet")
     assert r.returncode == 0, r.stderr
     r = run("scripts.train", "--resume", str(run_dir), "--total-steps", "4000", "--quiet")
@@ -103,7 +103,7 @@ def test_a_breakout_card_sets_its_score_beside_random_human_and_nature_dqn():
 
 def test_a_run_continued_with_init_ships_a_card_that_counts_all_its_training(tmp_path):
     first, second, third, out = tmp_path / "a", tmp_path / "b", tmp_path / "c", tmp_path / "shipped"
-    common = ("--game", "CartPole-v1", "--num-envs", "4", "--hidden", "16", "--optimizer", "adam", "--quiet")
+    common = ("--agent", "pg", "--game", "CartPole-v1", "--num-envs", "4", "--hidden", "16", "--optimizer", "adam", "--quiet")
     r = run("scripts.train", *common, "--total-steps", "3000", "--run-dir", str(first))
     assert r.returncode == 0, r.stderr
     r = run("scripts.ship", str(first), "--name", "cp", "--episodes", "2", "--out-dir", str(out))
@@ -166,7 +166,7 @@ def test_keep_snapshots_and_ship_average_ship_the_mean_of_the_last_saves(tmp_pat
     import numpy as np
     from agents.run import snapshot_paths
     run_dir, out = tmp_path / "run", tmp_path / "shipped"
-    r = run("scripts.train", "--game", "CartPole-v1", "--total-steps", "2000", "--num-envs", "4", "--hidden", "16",
+    r = run("scripts.train", "--agent", "pg", "--game", "CartPole-v1", "--total-steps", "2000", "--num-envs", "4", "--hidden", "16",
             "--optimizer", "adam", "--batch-steps", "500", "--keep-snapshots", "2", "--run-dir", str(run_dir), "--quiet")
     assert r.returncode == 0, r.stderr
     for total in ("3000", "4000"):  # each run's final save writes a snapshot too

@@ -186,7 +186,7 @@ def test_tensorboard_holds_the_scalars_of_the_csv_files(tmp_path, monkeypatch):
 
 
 def test_capture_video_records_evaluation_games_into_videos(tmp_path, monkeypatch, capsys):
-    assert run_main(["--game", "pong", "--num-envs", "2", "--hidden", "8", "--total-steps", "4000",
+    assert run_main(["--agent", "pg", "--game", "pong", "--num-envs", "2", "--hidden", "8", "--total-steps", "4000",
                      "--batch-steps", "500", "--capture-video", "--video-every", "1", "--run-dir", "r", "--quiet"],
                     tmp_path, monkeypatch) == 0
     videos = sorted(os.listdir(tmp_path / "r" / "videos"))
