@@ -38,7 +38,7 @@ class Config:
     preset: str = ""  # deepmind (Atari) or classic (CartPole-v1, ...); empty: by game
     sticky: bool = True  # ALE v5 sticky actions (0.25), the default protocol; False: NoFrameskip-v4
     seed: int = 0  # seeds the network, action sampling, minibatch order and the envs
-    total_steps: int = 5_000_000  # stop after this many agent steps; the learning rate anneals to 0 over them (0: no limit)
+    total_steps: int = 4_000_000  # stop after this many agent steps; the learning rate anneals to 0 over them (0: no limit)
     hours: float = 0.0  # stop after this many hours of wall clock (0: no limit)
     num_envs: int = 8  # envs stepped together (CleanRL ppo_atari: 8; ppo on CartPole: 4)
     num_steps: int = 128  # steps per env in each rollout (CleanRL: 128)
@@ -55,7 +55,8 @@ class Config:
     # (CleanRL: 4 of 256). Pong, sticky, seed 1, running mean of 100 games: -18.9 at 229k steps against
     # CleanRL's -20.3; at 600k -11.8, and -11.9 with 16 minibatches of 4 epochs, for a third more compute
     clip: float = 0.1  # surrogate clipping epsilon (CleanRL ppo_atari: 0.1; ppo on CartPole: 0.2)
-    clip_vloss: bool = True  # clip the value update around the rollout's values as well (CleanRL: on)
+    clip_vloss: bool = False  # clip the value update around the rollout's values as well (CleanRL: on). Off here:
+    # Pong, sticky, seed 1: the running mean of 100 games reached -10 at 586k steps, against 687k with it
     ent_coef: float = 0.01  # entropy bonus (CleanRL: 0.01)
     vf_coef: float = 0.5  # value loss weight (CleanRL: 0.5)
     max_grad_norm: float = 0.5  # clip the gradient's global norm (CleanRL: 0.5)
