@@ -384,6 +384,14 @@ class DQNWorker:
 
 # ----------------------------------------------------------------------------- learning
 
+class _NoClock:
+    def mark(self, name):
+        pass
+
+
+_NO_CLOCK = _NoClock()
+
+
 class Learner:
     """Online and target networks, the optimizer and the (Double) DQN update."""
 
@@ -449,10 +457,12 @@ class Learner:
             atoms, weights = q_next[np.arange(n), best], None  # (B, K)
         return (batch.returns[:, None] + batch.discounts[:, None] * atoms).astype(np.float32), weights
 
-    def update(self, batch):
+    def update(self, batch, clock=None):
         """One gradient step on a Batch; returns a metrics dict (skipped=True when NaN/inf appeared).
         A prioritized batch's importance weights scale the loss; td_errors (B,) keeps Q - target
-        for its new priorities."""
+        for its new priorities. clock: a Stopwatch to charge forward, backward and optimizer to
+        (scripts.bench dqn --vs-torch)."""
+        clock = clock or _NO_CLOCK
         k = self.cfg.quantiles
         if k:
             y, y_weights = self.quantile_targets(batch)  # (B, M), (B, M) or None
@@ -470,18 +480,22 @@ class Learner:
             self.td_errors = q_taken - y  # (B,)
         dq = np.zeros_like(q)  # only the taken actions get a gradient
         dq[rows, batch.actions] = self.loss.backward()
+        clock.mark("forward")
         self.online.backward(dq.reshape(out.shape))
+        clock.mark("backward")
         grads = [g for _, _, g in self.online.parameters()]
         norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads))
         self.online.eval()
         if not (math.isfinite(value) and math.isfinite(norm)):
             self.bad_in_a_row += 1
             self.bad_total += 1
+            clock.mark("optimizer")
             return {"loss": value, "skipped": True}
         if 0 < self.cfg.max_grad_norm < norm:  # nets.clip_grad_norm, without computing the norm twice
             for g in grads:
                 g *= self.cfg.max_grad_norm / (norm + 1e-6)
         self.opt.step()
+        clock.mark("optimizer")
         self.updates += 1
         self.bad_in_a_row = 0
         return {"loss": value, "q_mean": float(q_taken.mean()), "grad_norm": norm, "skipped": False}

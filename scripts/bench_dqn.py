@@ -31,6 +31,15 @@ def add_arguments(parser):
     parser.add_argument("--target-epsilon", type=float, default=0.0,
                         help="time Expected SARSA targets for this epsilon (with --quantiles: the mixture's atoms)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the network, the envs and sampling")
+    vs = parser.add_argument_group("--vs-torch: the act + sample + update loop of a recipe in numpy and PyTorch")
+    vs.add_argument("--vs-torch", action="store_true", help="time the loop against the same loop in PyTorch")
+    vs.add_argument("--recipe", choices=("cleanrl", "shipped", "both"), default="both",
+                    help="cleanrl: Double DQN, 1-step; shipped: the Pong agent's dueling 3-step (default both)")
+    vs.add_argument("--updates", type=int, default=300, help="updates timed per thread count (default 300)")
+    vs.add_argument("--chunk", type=int, default=25, help="updates per alternating chunk (default 25)")
+    vs.add_argument("--epsilon", type=float, default=0.01,
+                    help="exploration while learning (default 0.01, where a run spends most of its steps)")
+    vs.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="BLAS and torch threads (default 1 2)")
 
 
 def make_config(game="pong", warmup=2000, steps=1000, num_envs=1, dueling=False, seed=0, prioritized=False,
@@ -81,6 +90,17 @@ def run(cfg):
 
 
 def main(args):
+    if args.vs_torch:
+        if args.updates < 1 or args.chunk < 1 or min(args.threads) < 1 or not 0 <= args.epsilon <= 1:
+            fail("--updates, --chunk and --threads must be >= 1 and --epsilon in [0, 1]")
+        try:
+            atari = envs.atari.is_atari(envs.resolve(args.game))
+        except ValueError as e:
+            fail(str(e).splitlines()[0])
+        if not atari:
+            fail(f"--vs-torch times the Nature network on an Atari game, not {args.game}")
+        from scripts import bench_dqn_torch  # torch is imported there, and only there
+        return bench_dqn_torch.main(args)
     try:
         cfg = make_config(args.game, args.warmup, args.steps, args.num_envs, args.dueling, args.seed,
                           args.prioritized, args.quantiles, args.target_epsilon)

@@ -147,6 +147,8 @@ case(M, "pg", "--num-envs", "0", says="num_envs")
 case(M, "dqn", "--num-envs", "0", says="num_envs")
 case(M, "dqn", "--quantiles", "-1", says="quantiles")
 case(M, "dqn", "--steps", "0", says="--steps")
+case(M, "dqn", "--vs-torch", "--updates", "0", says="--updates")
+case(M, "dqn", "--vs-torch", "--game", "CartPole-v1", says="Atari")
 
 
 @pytest.mark.parametrize("module, argv, says, display", CASES)

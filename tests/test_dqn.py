@@ -17,7 +17,7 @@ import nets
 from agents import dqn
 from agents.evaluation import action_rule, evaluate, make_eval_env, play_rule
 from agents.replay import Batch
-from agents.run import Run, config_dict, load_checkpoint
+from agents.run import Run, Stopwatch, config_dict, load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -92,6 +92,12 @@ def test_play_rule_sets_the_evaluation_epsilon_of_a_dqn_agent_only():
         kind = "pg"
     with pytest.raises(ValueError, match="DQN agent"):
         play_rule(PolicyAgent(), epsilon=0.05)
+
+
+def test_update_charges_its_parts_to_a_clock():
+    learner, clock = mlp_learner(), Stopwatch()
+    learner.update(random_batch(np.random.default_rng(2)), clock)
+    assert set(clock.totals) == {"forward", "backward", "optimizer"}
 
 
 def mlp_learner(**changes):
@@ -486,3 +492,16 @@ def test_atari_quantile_network_saves_and_loads(tmp_path, quantiles):
     x = np.random.default_rng(1).random((2, 4, 84, 84), dtype=np.float32)
     np.testing.assert_array_equal(again.forward(x), model.forward(x))
     assert again.forward(x).shape == (2, 6 * quantiles)
+
+
+def test_bench_dqn_vs_torch_times_both_loops_part_by_part():
+    pytest.importorskip("torch")
+    proc = script("scripts.bench", "dqn", "--vs-torch", "--recipe", "cleanrl", "--warmup", "300", "--updates", "2",
+                  "--chunk", "1", "--threads", "1")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["bench"] == "dqn-vs-torch" and result["recipe"] == "cleanrl" and result["n_step"] == 1
+    parts = result["threads"]["1"]["ms_per_update"]
+    for side in ("numpy", "torch"):
+        assert parts[side]["forward"] > 0 and parts[side]["backward"] > 0 and parts[side]["optimizer"] > 0
+    assert result["threads"]["1"]["ratio"] > 0 and result["warmup_steps_per_s"]["torch"] > 0
+
