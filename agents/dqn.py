@@ -26,7 +26,8 @@ from agents.replay import (ReplayBuffer, SharedReplay, final_observations, make_
                            slots_per_env)
 from agents.run import EvalLog, Stopwatch, check_update, deadline, finished
 from envs.atari import frame_stack
-from nets import Adam, Conv2d, DuelingHead, Flatten, Huber, Linear, QuantileHuber, ReLU, RMSProp, Sequential
+from nets import (Adam, Conv2d, DuelingHead, Flatten, Linear, QuantileHuber, ReLU, RMSProp, Sequential,
+                  TakenActionHuber, forward_shared_input)
 
 HIDDEN_FLAGS = ()
 BROADCAST_EVERY = 50  # updates between weight broadcasts to the actors: 200 agent steps (Ape-X: 100)
@@ -406,7 +407,7 @@ class Learner:
             self.opt = Adam(self.online, lr=cfg.lr, eps=cfg.adam_eps)
         else:
             self.opt = RMSProp(self.online, lr=cfg.lr, decay=cfg.rmsprop_decay, eps=cfg.rmsprop_eps, centered=True)
-        self.loss = QuantileHuber(1.0) if cfg.quantiles else Huber(1.0)
+        self.loss = QuantileHuber(1.0) if cfg.quantiles else TakenActionHuber(1.0)
         self._inputs = {}
         self.updates = 0
         self.bad_in_a_row = 0
@@ -425,9 +426,11 @@ class Learner:
         takes (B,): chosen by the online net under Double DQN, by the target net otherwise."""
         x_next = self._input("next_obs", batch.next_obs)  # (B, *obs) float32
         k = self.cfg.quantiles
-        out = self.target.forward(x_next)
+        if self.cfg.double:  # both networks read s': their first convs share one im2col and one matmul
+            out, chooser = forward_shared_input([self.target, self.online.eval()], x_next)
+        else:
+            out = chooser = self.target.forward(x_next)
         q_next = per_action(out, k)  # (B, A) or (B, A, K)
-        chooser = self.online.eval().forward(x_next) if self.cfg.double else out
         return q_next, mean_q(chooser, k).argmax(axis=1)  # (B,)
 
     def targets(self, batch):
@@ -468,18 +471,19 @@ class Learner:
             y, y_weights = self.quantile_targets(batch)  # (B, M), (B, M) or None
         else:
             y = self.targets(batch)  # (B,)
-        rows = np.arange(len(y))
         out = self.online.train().forward(self._input("obs", batch.obs))  # (B, A) or (B, A*K)
         q = per_action(out, k)  # (B, A) or (B, A, K)
-        q_taken = q[rows, batch.actions]  # (B,) or (B, K)
         if k:  # a sample's quantile loss is its priority (Rainbow: its distributional loss)
+            rows = np.arange(len(y))
+            q_taken = q[rows, batch.actions]  # (B, K)
             value = self.loss.forward(q_taken, y, y_weights, batch.weights)
             self.td_errors = self.loss.per_sample  # (B,)
-        else:
-            value = self.loss.forward(q_taken, y, batch.weights)
-            self.td_errors = q_taken - y  # (B,)
-        dq = np.zeros_like(q)  # only the taken actions get a gradient
-        dq[rows, batch.actions] = self.loss.backward()
+            dq = np.zeros_like(q)  # only the taken actions get a gradient
+            dq[rows, batch.actions] = self.loss.backward()
+        else:  # the gather, the Huber loss and the scatter of its gradient in one loss
+            value = self.loss.forward(q, batch.actions, y, batch.weights)
+            q_taken, self.td_errors = self.loss.taken, self.loss.diff  # (B,), (B,)
+            dq = self.loss.backward()  # (B, A)
         clock.mark("forward")
         self.online.backward(dq.reshape(out.shape))
         clock.mark("backward")

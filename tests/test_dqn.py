@@ -94,6 +94,32 @@ def test_play_rule_sets_the_evaluation_epsilon_of_a_dqn_agent_only():
         play_rule(PolicyAgent(), epsilon=0.05)
 
 
+@pytest.mark.parametrize("eps", [1.0, 0.5, 0.0])
+@pytest.mark.parametrize("n", [1, 4])
+def test_random_actions_need_no_forward_and_draw_as_before(eps, n):
+    """epsilon_greedy runs the network only when some row acts greedily, and its draws from the
+    random stream (explore, then the random actions) are those of a version that always runs it:
+    the same actions, and greedy rows take the greedy action."""
+    calls = []
+
+    def greedy():
+        calls.append(1)
+        return np.arange(n) % 3
+
+    for seed in range(20):
+        rng, ref = np.random.default_rng(seed), np.random.default_rng(seed)
+        calls.clear()
+        actions = dqn.epsilon_greedy(greedy, eps, n, 6, rng)
+        if eps > 0:
+            explore = ref.random(n) < eps
+            want = np.where(explore, ref.integers(6, size=n), np.arange(n) % 3)
+            assert bool(calls) == (not explore.all())
+        else:
+            want = np.arange(n) % 3
+        np.testing.assert_array_equal(actions, want)
+        assert rng.bit_generator.state == ref.bit_generator.state
+
+
 def test_update_charges_its_parts_to_a_clock():
     learner, clock = mlp_learner(), Stopwatch()
     learner.update(random_batch(np.random.default_rng(2)), clock)
