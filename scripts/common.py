@@ -4,10 +4,12 @@ import argparse
 import contextlib
 import dataclasses
 import importlib.util
+import math
 import os
 import sys
+import time
 
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 import agents
 from agents import distributed
@@ -24,19 +26,117 @@ def fail(message, code=2):
     sys.exit(code)
 
 
+def others_cpu(since, now):
+    """Cores kept busy by other processes between two cpu_clock() readings (None without /proc/stat)."""
+    if since is None or now is None or now[2] <= since[2]:
+        return None
+    return max(0.0, ((now[0] - since[0]) - (now[1] - since[1])) / (now[2] - since[2]))
+
+
+def cpu_clock():
+    """(busy CPU seconds of the whole machine, CPU seconds of this process, wall seconds), or None
+    where /proc/stat cannot be read (not Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError):
+        return None
+    own = os.times()
+    busy = sum(ticks) - ticks[3] - ticks[4]  # steal counts as busy: another VM has the core
+    return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.monotonic()
+
+
+def usable_cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class ThreadPolicy:
+    """How many BLAS threads numpy runs with: a fixed number, or (auto) as many as the cores that
+    other processes leave free, up to `cap`, decided at start and again at every poll().
+
+    Why: with more busy threads than cores, OpenBLAS's threads wait on each other's time slices.
+    With another process busy on one of 2 cores, 2 threads made a batch-32 DQN step 4-8 times and a
+    batch-1 forward 2-60 times slower than 1 thread; 1 thread is never far from the best. Other
+    processes' load is read from /proc/stat (the machine's busy time less this process's own), over
+    POLL_SECONDS or longer between polls: a process that starts mid-run is seen at the next poll."""
+
+    BUSY = 0.25  # cores used by other processes that already count as one taken core
+    POLL_SECONDS = 2.0  # poll() looks again after this long
+    START_SECONDS = 0.1  # the first look at the machine, before anything runs
+
+    def __init__(self, fixed=None, cap=2):
+        self.auto, self.cap = fixed is None, int(cap)
+        self.cpus = usable_cpus()
+        self.threads, self.changes, self.others = None, 0, None
+        self._since = None
+        self._controller, self._limiter = ThreadpoolController(), None
+        if self.auto:
+            self._since = cpu_clock()
+            if self._since is not None:
+                time.sleep(self.START_SECONDS)
+            self._set(self._decide())
+        else:
+            self._set(int(fixed))
+
+    def _decide(self):
+        now = cpu_clock()
+        others = others_cpu(self._since, now)
+        self._since = now
+        if others is None:  # no /proc/stat: the one-minute load average, which counts this process too
+            others = max(0.0, os.getloadavg()[0] - (self.threads or 0)) if hasattr(os, "getloadavg") else 1.0
+        self.others = others
+        taken = math.ceil(others - self.BUSY) if others > self.BUSY else 0  # whole cores other processes use
+        return max(1, min(self.cap, self.cpus - taken))
+
+    def _set(self, threads):
+        if threads == self.threads:
+            return
+        self.changes += self.threads is not None
+        self.threads = threads
+        limiter = self._controller.limit(limits=threads, user_api="blas")
+        self._limiter = self._limiter or limiter  # the first one knows the limits to restore
+
+    def poll(self):
+        """With auto: look at the machine again if POLL_SECONDS have passed (safe between numpy calls
+        only: call it from the thread that runs them). Returns the threads now in use."""
+        if self.auto and self._since is not None and time.monotonic() - self._since[2] >= self.POLL_SECONDS:
+            self._set(self._decide())
+        return self.threads
+
+    def describe(self):
+        """"2", or "auto (1 now)" for the config.json record and the bench tables."""
+        return f"auto ({self.threads} now)" if self.auto else str(self.threads)
+
+    def restore(self):
+        if self._limiter is not None:
+            self._limiter.restore_original_limits()
+
+
 @contextlib.contextmanager
-def blas_threads(flag=None, default=1):
-    """`with blas_threads(args.blas_threads) as threads:` runs the command's numpy on that many BLAS
-    threads: --blas-threads, else an inherited OPENBLAS_NUM_THREADS, else `default`. Every command
-    that runs a network goes through here. With more busy threads than cores (the emulators', another
-    run's), OpenBLAS's spinning workers made a batch-8 matrix product 20x slower, and a batch-1 one on
-    a busy 2-core machine took 9 ms instead of 0.3 ms: so the default is 1."""
+def blas_threads(flag=None, default="auto"):
+    """`with blas_threads(args.blas_threads) as policy:` runs the command's numpy under a ThreadPolicy:
+    --blas-threads N, else an inherited OPENBLAS_NUM_THREADS, else `default`: a number (1 for the
+    commands that forward one observation at a time, where a second thread gains nothing) or "auto":
+    both cores on an idle 2-core machine, 1 thread as soon as another process keeps a core busy.
+    Every command that runs a network goes through here."""
     if flag is not None and flag < 1:
         raise UsageError(f"--blas-threads must be >= 1, got {flag}")
     inherited = os.environ.get("OPENBLAS_NUM_THREADS", "")
-    threads = flag or (int(inherited) if inherited.isdigit() and int(inherited) > 0 else default)
-    with threadpool_limits(threads, user_api="blas"):
-        yield threads
+    fixed = flag or (int(inherited) if inherited.isdigit() and int(inherited) > 0 else None)
+    policy = ThreadPolicy(fixed if fixed else (None if default == "auto" else int(default)))
+    try:
+        yield policy
+    finally:
+        policy.restore()
+
+
+def add_blas_threads_flag(parser, default_text):
+    parser.add_argument("--blas-threads", type=int, default=None, metavar="N",
+                        help=f"OpenBLAS threads (default: {default_text}; an inherited OPENBLAS_NUM_THREADS "
+                             f"counts as the flag)")
 
 
 def load_agent(path, seed):

@@ -17,8 +17,8 @@ from agents import distributed, dqn, ppo
 from agents import policy_gradient as pg
 from agents.run import (NETWORK_FIELDS, CheckpointError, NumericalError, Run, check_compatible, config_dict,
                         init_summary, load_checkpoint, load_run_config, network_from_checkpoint)
-from scripts.common import (Parser, UsageError, add_config_flags, blas_threads, check_workers, config_from_args,
-                            fail)
+from scripts.common import (Parser, UsageError, add_blas_threads_flag, add_config_flags, blas_threads, check_workers,
+                            config_from_args, fail)
 
 AGENTS = {"pg": pg, "dqn": dqn, "ppo": ppo}
 
@@ -38,8 +38,8 @@ def build_parser(module):
     p.add_argument("--init", metavar="CHECKPOINT", help="start from the weights of a checkpoint")
     p.add_argument("--list-games", action="store_true", help="list every game name and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--blas-threads", type=int, default=None,
-                   help="OpenBLAS threads (default: 1 for pg, whose envs use the cores; 2 for dqn)")
+    add_blas_threads_flag(p, "1 for pg, whose envs use the cores; for dqn and ppo auto: both cores of an idle "
+                             "machine, 1 while another process keeps a core busy")
     skip = ("agent",) + getattr(module, "HIDDEN_FLAGS", ())
     add_config_flags(p, module.Config, skip=skip)
     return p
@@ -149,11 +149,12 @@ def prepare(argv, first):
 
 
 def train(module, cfg, env, run_dir, init, resume, init_record, quiet, threads):
-    """Make the run dir and train in it; the exit code."""
+    """Make the run dir and train in it; the exit code. threads: the ThreadPolicy, polled every turn."""
     step = resume[1].get("step", 0) if resume else 0
     try:
         run = Run(run_dir, config_dict(cfg), env, cfg.checkpoint_minutes, keep_snapshots=cfg.keep_snapshots)
-        run.write_config(step, init_record, blas_threads=threads)
+        run.write_config(step, init_record, blas_threads=threads.describe())
+        run.between_steps = threads.poll
     except OSError as e:
         raise UsageError(f"cannot write the run dir {run_dir}: {e.strerror or e}") from None
     bar = ProgressBar(cfg.total_steps, step, quiet)
@@ -183,7 +184,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     try:
         first = first_flags(argv)
-        with blas_threads(first.blas_threads, default=1 if first.agent == "pg" else 2) as threads:
+        with blas_threads(first.blas_threads, default=1 if first.agent == "pg" else "auto") as threads:
             prepared = prepare(argv, first)
             if prepared is None:
                 list_games()
