@@ -151,6 +151,9 @@ case(M, "dqn", "--steps", "0", says="--steps")
 case(M, "dqn", "--blas-threads", "0", says="--blas-threads")
 case(M, "dqn", "--vs-torch", "--updates", "0", says="--updates")
 case(M, "dqn", "--vs-torch", "--game", "CartPole-v1", says="Atari")
+case(M, "evaluate", "{pong}", "--games", "0", says="--games")
+case(M, "evaluate", "{corrupt}", says="not a valid .npz")
+case(M, "threads", "--rounds", "0", says="--rounds")
 
 
 @pytest.mark.parametrize("module, argv, says, display", CASES)

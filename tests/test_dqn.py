@@ -531,3 +531,16 @@ def test_bench_dqn_vs_torch_times_both_loops_part_by_part():
         assert parts[side]["forward"] > 0 and parts[side]["backward"] > 0 and parts[side]["optimizer"] > 0
     assert result["threads"]["1"]["ratio"] > 0 and result["warmup_steps_per_s"]["torch"] > 0
 
+
+def test_bench_evaluate_parts_time_a_game_its_env_and_its_forwards():
+    from scripts import bench_evaluate
+    from scripts.common import ThreadPolicy
+    rng = np.random.default_rng(0)
+    model = dqn.build_q_network((4,), 2, "mlp", 8, True, rng).eval()
+    agent = dqn.QAgent(model, envs.env_spec("CartPole-v1", "classic", False), 2, 1.0, eval_epsilon=0.05)
+
+    class Args:
+        games, seed = 2, 0
+    result = bench_evaluate.measure(agent, Args, False, False, ThreadPolicy(1))
+    assert result["games"] == 2 and result["steps"] > 0 and result["threads"] == "1"
+    assert result["game_ms_per_step"] > 0 and result["act_ms"] > 0 and result["ratio"] > 0

@@ -1,9 +1,16 @@
-"""scripts.common's BLAS thread policy: what every command runs its numpy with."""
+"""scripts.common's BLAS thread policy (what every command runs its numpy with) and bench threads."""
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 from threadpoolctl import threadpool_info
 
 from scripts import common
 from scripts.common import ThreadPolicy, UsageError, blas_threads
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def blas_counts():
@@ -85,3 +92,11 @@ def test_the_machine_is_read_from_proc_stat_where_there_is_one():
     later = common.cpu_clock()
     assert common.others_cpu(now, later) is None or common.others_cpu(now, later) >= 0
 
+
+def test_bench_threads_worker_times_one_piece_of_work():
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    proc = subprocess.run([sys.executable, "-m", "scripts.bench", "threads", "--worker", "act", "--setting", "2",
+                           "--seconds", "0.2"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["ms"] > 0 and out["threads"] == "2"
