@@ -8,7 +8,7 @@ act (what evaluate, watch and versus do every step: their default is 1). Setting
 default, 1 thread, 2 threads, and 2 threads with OPENBLAS_THREAD_TIMEOUT=4 (OpenBLAS's idle
 threads sleep after 2^4 cycles instead of spinning). Rounds alternate the settings; each figure is
 the median over rounds of a run's median time. Ratios are against 1 thread in the same condition.
-The burner is a `while True: pass` process this benchmark starts and stops itself.
+The burner is a busy-loop process this benchmark starts and stops itself.
 """
 import argparse
 import json
@@ -81,9 +81,18 @@ def timed(workload, setting, seconds):
 
 # ----------------------------------------------------------------------------- the table
 
+BURNER = """
+import os
+parent = os.getppid()
+while os.getppid() == parent:  # ends by itself when the benchmark that started it is gone
+    for _ in range(100_000):
+        pass
+"""
+
+
 def start_burner():
-    """A process that keeps one core busy until stopped (stop_burner)."""
-    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    """A process that keeps one core busy until stopped (stop_burner) or its parent ends."""
+    return subprocess.Popen([sys.executable, "-c", BURNER])
 
 
 def stop_burner(proc):
