@@ -1,7 +1,8 @@
 """python -m scripts.bench evaluate [CHECKPOINT]: what scripts.evaluate costs per step, against its parts.
 
 For each of --games games, in turn: (1) the game as scripts.evaluate plays it (agents.evaluation,
-the checkpoint's own env and protocol, at the command's default thread policy or --blas-threads);
+the checkpoint's own env and protocol, at the command's default thread policy, polled every step,
+or --blas-threads);
 (2) the env alone for as many steps, with random actions; (3) the agent's act() (one batch-1
 forward and the epsilon draw), timed twice: in a loop of its own, and between env steps as a game
 calls it (the emulator then has pushed the network's weights out of the caches: the dueling head's
@@ -30,7 +31,7 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="seed of the first game")
     parser.add_argument("--no-sticky", action="store_true", help="NoFrameskip-v4 protocol instead of ALE v5's")
     parser.add_argument("--no-burner", action="store_true", help="only the machine as it is")
-    add_blas_threads_flag(parser, "1, as scripts.evaluate")
+    add_blas_threads_flag(parser, "auto, as scripts.evaluate")
 
 
 def env_only(agent, sticky, steps, seed):
@@ -84,7 +85,7 @@ def measure(agent, args, sticky, explore, policy):
     for k in range(args.games):
         env = make_eval_env(agent, sticky)
         start = time.perf_counter()
-        _, steps = play_game(agent, env, args.seed + k, explore)
+        _, steps = play_game(agent, env, args.seed + k, explore, on_step=lambda *_: policy.poll())
         game = time.perf_counter() - start
         env.close()
         policy.poll()
@@ -113,7 +114,7 @@ def main(args):
           f"load average {os.getloadavg()[0]:.1f} at start")
     results = []
     try:
-        with blas_threads(args.blas_threads, default=1) as policy:
+        with blas_threads(args.blas_threads) as policy:
             results.append({"condition": "as it is", **measure(agent, args, sticky, explore, policy)})
             if not args.no_burner:
                 burner = start_burner()

@@ -2,9 +2,9 @@
 machine as it is and with a CPU-burning process beside it.
 
 Two pieces of work, each timed in a fresh process (the default policy looks at the machine when a
-command starts, as scripts.common.blas_threads does): a DQN update (the shipped agent's recipe,
-batch 32, as scripts.train runs it: its default is auto, polled between updates) and a batch-1
-act (what evaluate, watch and versus do every step: their default is 1). Settings: the command's
+command starts, as scripts.common.blas_threads does), polling the policy after every call as the
+commands do: a DQN update (the shipped agent's recipe, batch 32, as scripts.train runs it) and a
+batch-1 act (what evaluate and ship do every step). Both commands default to auto. Settings: the command's
 default, 1 thread, 2 threads, and 2 threads with OPENBLAS_THREAD_TIMEOUT=4 (OpenBLAS's idle
 threads sleep after 2^4 cycles instead of spinning). Rounds alternate the settings; each figure is
 the median over rounds of a run's median time. Ratios are against 1 thread in the same condition.
@@ -21,7 +21,7 @@ import numpy as np
 
 from scripts.common import fail
 
-WORKLOADS = {"update": "auto", "act": 1}  # workload -> the default of the commands that do it
+WORKLOADS = {"update": "auto", "act": "auto"}  # workload -> the default of the commands that do it
 SETTINGS = ("default", "1", "2", "2 timeout")
 
 

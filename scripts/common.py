@@ -57,11 +57,13 @@ class ThreadPolicy:
     """How many BLAS threads numpy runs with: a fixed number, or (auto) as many as the cores that
     other processes leave free, up to `cap`, decided at start and again at every poll().
 
-    Why: with more busy threads than cores, OpenBLAS's threads wait on each other's time slices.
-    With another process busy on one of 2 cores, 2 threads made a batch-32 DQN step 4-8 times and a
-    batch-1 forward 2-60 times slower than 1 thread; 1 thread is never far from the best. Other
-    processes' load is read from /proc/stat (the machine's busy time less this process's own), over
-    POLL_SECONDS or longer between polls: a process that starts mid-run is seen at the next poll."""
+    Why (scripts.bench threads, 2 cores): on an idle machine 2 threads took a DQN update to 0.77 of
+    its 1-thread time and a batch-1 act to 0.71; with one CPU-burning process beside it, 2 threads
+    made the update 1.4-2.7 times slower than 1 thread, and on a machine loaded further (load
+    average 5) a batch-32 step 3-8 times and a batch-1 forward 2-60 times: OpenBLAS's threads wait
+    on each other's time slices. Other processes' load is read from /proc/stat (the machine's busy
+    time less this process's own) over the time since the last look, at most every POLL_SECONDS: a
+    process that starts mid-run is seen at the next poll."""
 
     BUSY = 0.25  # cores used by other processes that already count as one taken core
     POLL_SECONDS = 2.0  # poll() looks again after this long
@@ -118,10 +120,10 @@ class ThreadPolicy:
 @contextlib.contextmanager
 def blas_threads(flag=None, default="auto"):
     """`with blas_threads(args.blas_threads) as policy:` runs the command's numpy under a ThreadPolicy:
-    --blas-threads N, else an inherited OPENBLAS_NUM_THREADS, else `default`: a number (1 for the
-    commands that forward one observation at a time, where a second thread gains nothing) or "auto":
-    both cores on an idle 2-core machine, 1 thread as soon as another process keeps a core busy.
-    Every command that runs a network goes through here."""
+    --blas-threads N, else an inherited OPENBLAS_NUM_THREADS, else `default`: "auto" (both cores on
+    an idle 2-core machine, 1 thread as soon as another process keeps a core busy; the command polls
+    the policy between steps) or a number (1 where nothing polls it). Every command that runs a
+    network goes through here."""
     if flag is not None and flag < 1:
         raise UsageError(f"--blas-threads must be >= 1, got {flag}")
     inherited = os.environ.get("OPENBLAS_NUM_THREADS", "")
@@ -181,12 +183,14 @@ def check_scoring_flags(args):
     check_workers(args.workers, args.ray_address)
 
 
-def play_games(path, agent, args, sticky, greedy, epsilon, explore, on_game, record=None, message=None):
-    """agents.evaluation.evaluate on this process, or with --workers agents.distributed.evaluate on
-    Ray actors; a cluster that cannot be reached, or actors that keep dying, are a UsageError."""
+def play_games(path, agent, args, sticky, greedy, epsilon, explore, on_game, record=None, message=None,
+               threads=None):
+    """agents.evaluation.evaluate on this process (threads: the ThreadPolicy, polled after every
+    step), or with --workers agents.distributed.evaluate on Ray actors; a cluster that cannot be
+    reached, or actors that keep dying, are a UsageError."""
     if not args.workers:
         return evaluate(agent, args.episodes, seed=args.seed, sticky=sticky, explore=explore, on_game=on_game,
-                        record_dir=record, message=message)
+                        record_dir=record, message=message, between_steps=threads.poll if threads else None)
     try:
         return distributed.evaluate(path, agents.load, args.episodes, seed=args.seed, sticky=sticky, greedy=greedy,
                                     epsilon=epsilon, workers=args.workers, ray_address=args.ray_address,

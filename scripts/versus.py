@@ -49,7 +49,7 @@ def build_parser():
     p.add_argument("--noop-max", type=int, default=None,
                    help="idle frames before a game starts, drawn from 0..N (default 30; 0 with --human)")
     add_greedy_flag(p)
-    add_blas_threads_flag(p, "1: one observation at a time, where a second thread gains nothing")
+    add_blas_threads_flag(p, "1: one thread keeps up with the window's frame rate")
     p.add_argument("--fps", type=float, default=None,
                    help="steps per second (default 15, real time; 0: as fast as possible)")
     p.add_argument("--scale", type=int, default=3, help="zoom of the game frame (default 3)")

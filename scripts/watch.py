@@ -49,7 +49,7 @@ def build_parser():
                    help="sticky actions (default: the protocol the checkpoint was trained on)")
     add_greedy_flag(p)
     add_epsilon_flag(p)
-    add_blas_threads_flag(p, "1: one observation at a time, where a second thread gains nothing")
+    add_blas_threads_flag(p, "1: one thread keeps up with the window's frame rate")
     return p
 
 

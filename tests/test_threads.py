@@ -100,3 +100,18 @@ def test_bench_threads_worker_times_one_piece_of_work():
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["ms"] > 0 and out["threads"] == "2"
+
+
+def test_evaluation_games_poll_the_policy_after_every_step():
+    """scripts.evaluate and ship hand the policy's poll to agents.evaluation.evaluate."""
+    import numpy as np
+
+    import envs
+    from agents import dqn
+    from agents.evaluation import evaluate
+    rng = np.random.default_rng(0)
+    agent = dqn.QAgent(dqn.build_q_network((4,), 2, "mlp", 8, True, rng).eval(),
+                       envs.env_spec("CartPole-v1", "classic", False), 2, 1.0, eval_epsilon=0.05)
+    polls = []
+    summary = evaluate(agent, 2, sticky=False, between_steps=lambda: polls.append(1))
+    assert len(polls) == sum(summary["returns"]) > 0  # CartPole: one point per step
