@@ -27,7 +27,8 @@ from agents.replay import (ReplayBuffer, SharedReplay, final_observations, make_
 from agents.run import Stopwatch, check_update, deadline, finished
 from agents.schedule import parse_schedule, scheduled
 from envs.atari import frame_stack
-from nets import Adam, Conv2d, DuelingHead, Flatten, Huber, Linear, QuantileHuber, ReLU, RMSProp, Sequential
+from nets import (Adam, Conv2d, DuelingHead, Flatten, Linear, QuantileHuber, ReLU, RMSProp, Sequential,
+                  TakenActionHuber, forward_shared_input)
 
 HIDDEN_FLAGS = ()
 # the values a setting may take (its flag's choices; resolved() refuses any other)
@@ -400,6 +401,14 @@ class DQNWorker:
 
 # ----------------------------------------------------------------------------- learning
 
+class _NoClock:
+    def mark(self, name):
+        pass
+
+
+_NO_CLOCK = _NoClock()
+
+
 class Learner:
     """Online and target networks, the optimizer and the (Double) DQN update."""
 
@@ -414,7 +423,7 @@ class Learner:
             self.opt = Adam(self.online, lr=cfg.lr, eps=cfg.adam_eps)
         else:
             self.opt = RMSProp(self.online, lr=cfg.lr, decay=cfg.rmsprop_decay, eps=cfg.rmsprop_eps, centered=True)
-        self.loss = QuantileHuber(1.0) if cfg.quantiles else Huber(1.0)
+        self.loss = QuantileHuber(1.0) if cfg.quantiles else TakenActionHuber(1.0)
         self._inputs = {}
         self.updates = 0
         self.bad_in_a_row = 0
@@ -433,9 +442,11 @@ class Learner:
         takes (B,): chosen by the online net under Double DQN, by the target net otherwise."""
         x_next = self._input("next_obs", batch.next_obs)  # (B, *obs) float32
         k = self.cfg.quantiles
-        out = self.target.forward(x_next)
+        if self.cfg.double:  # both networks read s': their first convs share one im2col and one matmul
+            out, chooser = forward_shared_input([self.target, self.online.eval()], x_next)
+        else:
+            out = chooser = self.target.forward(x_next)
         q_next = per_action(out, k)  # (B, A) or (B, A, K)
-        chooser = self.online.eval().forward(x_next) if self.cfg.double else out
         return q_next, mean_q(chooser, k).argmax(axis=1)  # (B,)
 
     def targets(self, batch):
@@ -465,39 +476,46 @@ class Learner:
             atoms, weights = q_next[np.arange(n), best], None  # (B, K)
         return (batch.returns[:, None] + batch.discounts[:, None] * atoms).astype(np.float32), weights
 
-    def update(self, batch):
+    def update(self, batch, clock=None):
         """One gradient step on a Batch; returns a metrics dict (skipped=True when NaN/inf appeared).
         A prioritized batch's importance weights scale the loss; td_errors (B,) keeps Q - target
-        for its new priorities."""
+        for its new priorities. clock: a Stopwatch to charge forward, backward and optimizer to
+        (scripts.bench dqn --vs-torch)."""
+        clock = clock or _NO_CLOCK
         k = self.cfg.quantiles
         if k:
             y, y_weights = self.quantile_targets(batch)  # (B, M), (B, M) or None
         else:
             y = self.targets(batch)  # (B,)
-        rows = np.arange(len(y))
         out = self.online.train().forward(self._input("obs", batch.obs))  # (B, A) or (B, A*K)
         q = per_action(out, k)  # (B, A) or (B, A, K)
-        q_taken = q[rows, batch.actions]  # (B,) or (B, K)
         if k:  # a sample's quantile loss is its priority (Rainbow: its distributional loss)
+            rows = np.arange(len(y))
+            q_taken = q[rows, batch.actions]  # (B, K)
             value = self.loss.forward(q_taken, y, y_weights, batch.weights)
             self.td_errors = self.loss.per_sample  # (B,)
-        else:
-            value = self.loss.forward(q_taken, y, batch.weights)
-            self.td_errors = q_taken - y  # (B,)
-        dq = np.zeros_like(q)  # only the taken actions get a gradient
-        dq[rows, batch.actions] = self.loss.backward()
+            dq = np.zeros_like(q)  # only the taken actions get a gradient
+            dq[rows, batch.actions] = self.loss.backward()
+        else:  # the gather, the Huber loss and the scatter of its gradient in one loss
+            value = self.loss.forward(q, batch.actions, y, batch.weights)
+            q_taken, self.td_errors = self.loss.taken, self.loss.diff  # (B,), (B,)
+            dq = self.loss.backward()  # (B, A)
+        clock.mark("forward")
         self.online.backward(dq.reshape(out.shape))
+        clock.mark("backward")
         grads = [g for _, _, g in self.online.parameters()]
         norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads))
         self.online.eval()
         if not (math.isfinite(value) and math.isfinite(norm)):
             self.bad_in_a_row += 1
             self.bad_total += 1
+            clock.mark("optimizer")
             return {"loss": value, "skipped": True}
         if 0 < self.cfg.max_grad_norm < norm:  # nets.clip_grad_norm, without computing the norm twice
             for g in grads:
                 g *= self.cfg.max_grad_norm / (norm + 1e-6)
         self.opt.step()
+        clock.mark("optimizer")
         self.updates += 1
         self.bad_in_a_row = 0
         return {"loss": value, "q_mean": float(q_taken.mean()), "grad_norm": norm, "skipped": False}

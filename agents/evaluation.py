@@ -69,11 +69,13 @@ def action_rule(agent, explore):
 
 
 def evaluate(agent, episodes, seed=0, sticky=True, explore=False, on_game=None, record_dir=None,
-             message=None):
+             message=None, between_steps=None):
     """Play `episodes` games with seeds seed, seed+1, ...; returns a summary dict.
 
-    on_game(index, return, length) is called after each game. record_dir: save each game there; a
-    recording that cannot be written is reported through message(text) and the games go on."""
+    on_game(index, return, length) is called after each game, between_steps() after every step
+    (scripts: the BLAS thread policy's poll). record_dir: save each game there; a recording that
+    cannot be written is reported through message(text) and the games go on."""
+    on_step = None if between_steps is None else (lambda obs, action, info, reward: between_steps())
     returns, lengths = [], []
     for k in range(episodes):
         recorder = None
@@ -81,7 +83,7 @@ def evaluate(agent, episodes, seed=0, sticky=True, explore=False, on_game=None, 
             recorder = Recorder(player=os.path.basename(agent.path))
         env = make_eval_env(agent, sticky, recorder=recorder)
         try:
-            ret, length = play_game(agent, env, seed + k, explore)
+            ret, length = play_game(agent, env, seed + k, explore, on_step=on_step)
             if recorder is not None:
                 path = os.path.join(record_dir, f"game-{seed + k:06d}.npz")
                 try:

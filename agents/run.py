@@ -206,6 +206,7 @@ class Run:
         self.checkpoint_seconds = float(checkpoint_minutes) * 60.0
         self.keep_snapshots = int(keep_snapshots)  # playing weights kept from the last saves (0: none)
         self.message = message or (lambda text: print(text, file=sys.stderr))
+        self.between_steps = None  # called by due() at every turn of the loop (scripts: the BLAS thread policy)
         self.returns = deque(maxlen=100)
         self.step = 0
         self.episode = 0
@@ -391,6 +392,10 @@ class Run:
 
     # ------------------------------------------------------------------ checkpoints
     def due(self):
+        """Is a checkpoint due? Every training loop asks once per turn, between its numpy calls, so
+        between_steps gets its turn here too."""
+        if self.between_steps is not None:
+            self.between_steps()
         return self.stop_requested or time.monotonic() - self.last_checkpoint >= self.checkpoint_seconds
 
     def save(self, models, header, extra_arrays=None, final=False):

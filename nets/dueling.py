@@ -61,8 +61,12 @@ class DuelingHead(Layer):
 
     def _stream_forward(self, x, s):
         p = self.params
-        h = np.maximum(x @ p[f"W{s}1"] + p[f"b{s}1"], 0)  # (N, hidden)
-        return h, h @ p[f"W{s}2"] + p[f"b{s}2"]  # (N, hidden), (N, out)
+        h = x @ p[f"W{s}1"]  # (N, hidden)
+        h += p[f"b{s}1"]
+        np.maximum(h, 0, out=h)  # in place: no temporaries of the batch's size
+        out = h @ p[f"W{s}2"]  # (N, out)
+        out += p[f"b{s}2"]
+        return h, out
 
     def _stream_backward(self, x, h, dout, s):
         p, g = self.params, self.grads

@@ -94,7 +94,9 @@ class Linear(Layer):
         W, b = self.params["W"], self.params["b"]
         if not self.sparse_input:
             self.x = x.astype(self.dtype, copy=False)  # (N, in)
-            return self.x @ W + b  # (N, out)
+            y = self.x @ W  # (N, out)
+            y += b  # in place: one temporary fewer
+            return y
         y = np.empty((x.shape[0], self.out_features), self.dtype)  # (N, out)
         self.blocks = []
         for start in range(0, x.shape[0], self.block_rows):
@@ -142,6 +144,9 @@ class Flatten(Layer):
 
 class ReLU(Layer):
     def forward(self, x):
+        if not self.training:  # no backward to come: one pass, no mask (DQN's target and acting forwards)
+            self.mask = None
+            return np.maximum(x, 0, dtype=x.dtype)
         self.mask = x > 0
         return x * self.mask
 

@@ -47,6 +47,33 @@ class Huber:
         return d / self.diff.size
 
 
+class TakenActionHuber(Huber):
+    """DQN's TD loss: Huber on the values of the taken actions only, the gather and the scatter
+    included. forward(q (B, A), actions (B,), target (B,), weights=None) gives the same number as
+    Huber().forward(q[rows, actions], target, weights); backward() gives dq (B, A), zero except at
+    the taken actions, in an array reused by the next call. After forward, taken (B,) holds the taken
+    actions' values and diff (B,) their TD errors, taken - target."""
+
+    def __init__(self, delta=1.0):
+        super().__init__(delta)
+        self._dq = None
+
+    def forward(self, q, actions, target, weights=None):
+        if q.ndim != 2 or np.shape(actions) != q.shape[:1]:
+            raise ValueError(f"TakenActionHuber: q (B, A) and actions (B,) needed, got {q.shape}, {np.shape(actions)}")
+        self.rows, self.actions = np.arange(len(q)), np.asarray(actions)
+        self.taken = q[self.rows, self.actions]  # (B,)
+        if self._dq is None or self._dq.shape != q.shape or self._dq.dtype != q.dtype:
+            self._dq = np.zeros_like(q)
+        return super().forward(self.taken, target, weights)
+
+    def backward(self):
+        dq = self._dq  # (B, A): zero everywhere but the taken actions, which are all overwritten
+        dq.fill(0)
+        dq[self.rows, self.actions] = super().backward()
+        return dq
+
+
 class QuantileHuber:
     """QR-DQN's quantile regression loss (Dabney et al. 2018), kappa = delta.
 

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 
+from nets.conv import Conv2d, shared_input_forward
 from nets.layers import Layer
 from nets.npzfile import read_npz, versions, write_npz
 
@@ -93,6 +94,23 @@ class Sequential(Layer):
     def __repr__(self):
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
         return f"Sequential(\n  {inner}\n)"
+
+
+def forward_shared_input(models, x):
+    """[model.forward(x) for model in models], the same numbers, with the first layers sharing their
+    work when they are Conv2d layers of one shape and every model is in eval mode (no backward to
+    come: the shared layers cache nothing): one im2col and one matmul (nets.conv). Double DQN's
+    target and online networks both read s'."""
+    firsts = [m.layers[0] if isinstance(m, Sequential) and m.layers and not m.training else None for m in models]
+    if len(models) < 2 or not all(isinstance(f, Conv2d) and f.config() == firsts[0].config()
+                                  and f.dtype == firsts[0].dtype for f in firsts):
+        return [m.forward(x) for m in models]
+    outs = []
+    for model, y in zip(models, shared_input_forward(firsts, x)):
+        for layer in model.layers[1:]:
+            y = layer.forward(y)
+        outs.append(y)
+    return outs
 
 
 class Parallel(Sequential):

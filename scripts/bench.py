@@ -13,8 +13,13 @@ SUBCOMMANDS = {
     "nets": ("scripts.bench_nets", "numpy networks (MLP, Nature-DQN) against PyTorch when importable"),
     "pg": ("scripts.bench_pg", "policy-gradient training steps/s next to the raw steps/s of its envs"),
     "envs": ("scripts.bench_envs", "agent steps/s: raw ALE, each preset, make_vector with 1-8 envs"),
-    "dqn": ("scripts.bench_dqn", "DQN training steps/s on Pong with learning on, and where the time goes"),
+    "dqn": ("scripts.bench_dqn", "DQN training steps/s on Pong with learning on, and where the time goes; "
+                                 "--vs-torch: the loop beside the same loop in PyTorch"),
     "ppo": ("scripts.bench_ppo", "PPO's rollout + update loop: steps/s beside its envs alone and beside PyTorch"),
+    "threads": ("scripts.bench_threads", "the default BLAS thread policy against 1 and 2 threads, with and without "
+                                         "a CPU-burning process beside it"),
+    "evaluate": ("scripts.bench_evaluate", "scripts.evaluate's time per step against its env alone plus one "
+                                           "batch-1 act per step, with and without a CPU-burning process"),
     "scale": ("scripts.bench_scale", "PG rollout steps/s on 1, 2, 4 Ray actors next to one process; broadcast ms"),
 }
 

@@ -15,7 +15,7 @@ import warnings
 import envs
 from agents import dqn
 from agents.run import Run, Stopwatch, config_dict
-from scripts.common import UsageError, blas_threads, fail
+from scripts.common import UsageError, add_blas_threads_flag, blas_threads, fail
 
 PARTS = ("act", "env", "replay_add", "replay_sample", "update", "eval", "other")
 
@@ -31,6 +31,16 @@ def add_arguments(parser):
     parser.add_argument("--target-epsilon", type=float, default=0.0,
                         help="time Expected SARSA targets for this epsilon (with --quantiles: the mixture's atoms)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the network, the envs and sampling")
+    add_blas_threads_flag(parser, "auto, as scripts.train runs dqn; --vs-torch sets its own, --threads")
+    vs = parser.add_argument_group("--vs-torch: the act + sample + update loop of a recipe in numpy and PyTorch")
+    vs.add_argument("--vs-torch", action="store_true", help="time the loop against the same loop in PyTorch")
+    vs.add_argument("--recipe", choices=("cleanrl", "shipped", "both"), default="both",
+                    help="cleanrl: Double DQN, 1-step; shipped: the Pong agent's dueling 3-step (default both)")
+    vs.add_argument("--updates", type=int, default=300, help="updates timed per thread count (default 300)")
+    vs.add_argument("--chunk", type=int, default=25, help="updates per alternating chunk (default 25)")
+    vs.add_argument("--epsilon", type=float, default=0.01,
+                    help="exploration while learning (default 0.01, where a run spends most of its steps)")
+    vs.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="BLAS and torch threads (default 1 2)")
 
 
 def make_config(game="pong", warmup=2000, steps=1000, num_envs=1, dueling=False, seed=0, prioritized=False,
@@ -45,8 +55,9 @@ def make_config(game="pong", warmup=2000, steps=1000, num_envs=1, dueling=False,
                                    log_every=warmup, checkpoint_minutes=1e6))
 
 
-def run(cfg):
-    """Train a make_config() Config for its warm-up and timed steps; return the rows."""
+def run(cfg, between_steps=None):
+    """Train a make_config() Config for its warm-up and timed steps; return the rows. between_steps:
+    the thread policy's poll, as scripts.train gives it."""
     clock = Stopwatch()
     marks = {}
 
@@ -60,6 +71,7 @@ def run(cfg):
         the_run = Run(os.path.join(folder, "run"), config_dict(cfg), spec, cfg.checkpoint_minutes,
                       message=lambda text: None)
         the_run.write_config()
+        the_run.between_steps = between_steps
         learner = dqn.train(cfg, the_run, callback=on_event, stopwatch=clock)
     # the loop's own time only: setup (envs, networks) and the final checkpoint are left out
     step0, before = marks["start"]
@@ -81,16 +93,28 @@ def run(cfg):
 
 
 def main(args):
+    if args.vs_torch:
+        if args.updates < 1 or args.chunk < 1 or min(args.threads) < 1 or not 0 <= args.epsilon <= 1:
+            fail("--updates, --chunk and --threads must be >= 1 and --epsilon in [0, 1]")
+        try:
+            atari = envs.atari.is_atari(envs.resolve(args.game))
+        except ValueError as e:
+            fail(str(e).splitlines()[0])
+        if not atari:
+            fail(f"--vs-torch times the Nature network on an Atari game, not {args.game}")
+        from scripts import bench_dqn_torch  # torch is imported there, and only there
+        return bench_dqn_torch.main(args)
     try:
         cfg = make_config(args.game, args.warmup, args.steps, args.num_envs, args.dueling, args.seed,
                           args.prioritized, args.quantiles, args.target_epsilon)
     except ValueError as e:  # a bad flag value or an unknown game: one line, exit 2
         fail(str(e).splitlines()[0])
     try:
-        with blas_threads(default=2) as threads:  # as scripts.train runs dqn
+        with blas_threads(args.blas_threads) as threads:  # as scripts.train runs dqn
             print(f"DQN on {args.game}: {args.warmup} warm-up steps, then {args.steps} with learning on "
-                  f"({threads} BLAS threads; shared machine: trust the split)")
-            rows = run(cfg)
+                  f"(BLAS threads {threads.describe()}; shared machine: trust the split)")
+            rows = run(cfg, threads.poll)
+            threads_used = threads.describe()
     except UsageError as e:
         fail(str(e))
     for row in rows:
@@ -100,6 +124,6 @@ def main(args):
             print(f"  {row['name']:<32} {row['ms_per_step']:>8.3f} ms/step  {100 * row['share']:5.1f} %")
         else:
             print(f"  {row['name']:<32} {row['ms']:>8.3f} ms")
-    print(json.dumps({"bench": "dqn", "prioritized": bool(args.prioritized), "quantiles": args.quantiles,
-                      "target_epsilon": args.target_epsilon, "rows": rows}))
+    print(json.dumps({"bench": "dqn", "blas_threads": threads_used, "prioritized": bool(args.prioritized),
+                      "quantiles": args.quantiles, "target_epsilon": args.target_epsilon, "rows": rows}))
     return 0

@@ -15,6 +15,7 @@ import numpy as np
 from threadpoolctl import threadpool_info
 
 import nets
+from scripts.common import UsageError, add_blas_threads_flag, blas_threads, fail
 
 # the speed targets for numpy/PyTorch (time ratios), by row name
 TARGETS = {"mlp fwd+bwd b4096": 1.0, "dqn fwd b1": 1.0, "dqn fwd b32": 1.5, "dqn fwd+bwd b32": 1.0,
@@ -26,7 +27,8 @@ def add_arguments(parser):
     parser.add_argument("--no-torch", action="store_true", help="time numpy only, even if PyTorch is importable")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
     parser.add_argument("--torch-threads", type=int, default=2,
-                        help="PyTorch threads (on a busy machine compare 1 against OPENBLAS_NUM_THREADS=1)")
+                        help="PyTorch threads (on a busy machine compare 1 against --blas-threads 1)")
+    add_blas_threads_flag(parser, "as many as --torch-threads, so both sides run alike")
 
 
 def mlp(rng):
@@ -196,7 +198,12 @@ def main(args):
     print(f"nets bench: numpy {np.__version__}, {os.cpu_count()} cpus, load average {load:.2f} at start"
           + (" (busy machine: absolute times are noisy, ratios less so)" if load > 0.5 else ""))
     print(blas_description())
-    rows, gemm, flops = run(args.repeats, not args.no_torch, args.seed, args.torch_threads)
+    try:
+        with blas_threads(args.blas_threads or args.torch_threads) as threads:
+            print(f"numpy with {threads.threads} BLAS threads")
+            rows, gemm, flops = run(args.repeats, not args.no_torch, args.seed, args.torch_threads)
+    except UsageError as e:
+        fail(str(e))
     have_torch = rows[0]["torch_ms"] is not None
     if have_torch:
         import torch

@@ -16,7 +16,7 @@ import numpy as np
 import envs
 from agents import policy_gradient as pg
 from agents.run import Run, config_dict
-from scripts.common import UsageError, blas_threads, fail
+from scripts.common import UsageError, add_blas_threads_flag, blas_threads, fail
 
 
 def add_arguments(parser):
@@ -25,6 +25,7 @@ def add_arguments(parser):
     parser.add_argument("--steps", type=int, default=40_000, help="agent steps timed per row")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-steps", type=int, default=None, help="steps per update (default: the agent's)")
+    add_blas_threads_flag(parser, "1, as scripts.train runs pg")
 
 
 def raw_env_speed(cfg, steps):
@@ -74,7 +75,7 @@ def main(args):
     if args.steps < cfg.batch_steps:
         fail(f"--steps {args.steps} is less than one update's batch ({cfg.batch_steps} steps)")
     try:
-        with blas_threads(default=1):  # as scripts.train runs pg
+        with blas_threads(args.blas_threads, default=1):  # as scripts.train runs pg
             raw = raw_env_speed(cfg, args.steps)
             train = training_speed(cfg, args.steps)
     except UsageError as e:

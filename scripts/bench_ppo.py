@@ -4,7 +4,7 @@ Three measurements in one run, on the same vector env settings: (1) the envs alo
 (2) agents.ppo.train for --rounds rounds after one warm-up round (rollout and update seconds come
 from its metrics); (3) where torch is importable, the same loop written with torch (same network
 shape, rollout length, epochs, minibatches, Adam, gradient clipping; GAE is the project's numpy
-function in both), at as many torch threads as OPENBLAS_NUM_THREADS. The last row is the
+function in both), with as many torch threads as numpy has BLAS threads (--blas-threads). The last row is the
 numpy/torch time ratio per training step (below 1: numpy is faster). Trust ratios, not seconds.
 """
 import json
@@ -16,7 +16,7 @@ import warnings
 
 import numpy as np
 
-from scripts.common import fail
+from scripts.common import UsageError, add_blas_threads_flag, blas_threads, fail
 
 
 def add_arguments(parser):
@@ -28,6 +28,7 @@ def add_arguments(parser):
     parser.add_argument("--epochs", type=int, default=4, help="passes over each rollout (default 4)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch loop")
     parser.add_argument("--seed", type=int, default=0)
+    add_blas_threads_flag(parser, "auto, decided once at the start; torch gets as many threads")
 
 
 def make_config(args):
@@ -165,7 +166,15 @@ def main(args):
         cfg = make_config(args)
     except ValueError as e:
         fail(str(e).splitlines()[0])
-    threads = int(os.environ.get("OPENBLAS_NUM_THREADS", "0") or 0) or os.cpu_count()
+    try:
+        with blas_threads(args.blas_threads) as policy:  # decided once: the two loops run at the same count
+            return compare(cfg, args, policy.threads)
+    except UsageError as e:
+        fail(str(e))
+
+
+def compare(cfg, args, threads):
+    """The three measurements at `threads` BLAS (and torch) threads; prints the rows and the JSON line."""
     print(f"PPO on {cfg.game} ({cfg.network} network, {cfg.num_envs} envs x {cfg.num_steps} steps, {cfg.epochs} "
           f"epochs of {cfg.minibatches} minibatches), {args.rounds} rounds timed; BLAS threads {threads}")
     rows = [{"name": "envs alone, random actions", "steps_per_s": round(env_steps_per_second(cfg), 1)}]

@@ -18,7 +18,7 @@ import numpy as np
 from agents import policy_gradient as pg
 from agents.distributed import Fleet, start_ray
 from agents.policy_gradient import PGWorker
-from scripts.common import UsageError, blas_threads, fail
+from scripts.common import UsageError, add_blas_threads_flag, blas_threads, fail
 
 
 def add_arguments(parser):
@@ -29,6 +29,7 @@ def add_arguments(parser):
     parser.add_argument("--broadcasts", type=int, default=10, help="weight broadcasts timed per row")
     parser.add_argument("--ray-address", default="", help="join this Ray cluster (default: a local Ray)")
     parser.add_argument("--seed", type=int, default=0)
+    add_blas_threads_flag(parser, "1, as scripts.train runs pg")
 
 
 def in_process_speed(cfg, steps, per_call):
@@ -82,7 +83,8 @@ def main(args):
     cfg = pg.resolved(pg.Config(game=args.game, num_envs=args.num_envs, seed=args.seed))
     per_call = 4 * args.num_envs * 25  # about 100 vector steps per call
     try:
-        with blas_threads(default=1):  # as scripts.train runs pg, and as each actor has (agents/distributed.py)
+        # 1 thread, as scripts.train runs pg and as each actor has (agents/distributed.py)
+        with blas_threads(args.blas_threads, default=1):
             speed, state = in_process_speed(cfg, args.steps, per_call)
     except UsageError as e:
         fail(str(e))

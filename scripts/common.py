@@ -8,13 +8,15 @@ import functools
 import importlib.util
 import inspect
 import io
+import math
 import os
 import sys
 import tempfile
 import textwrap
+import time
 import tokenize
 
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 import agents
 from agents import distributed
@@ -31,19 +33,119 @@ def fail(message, code=2):
     sys.exit(code)
 
 
+def others_cpu(since, now):
+    """Cores kept busy by other processes between two cpu_clock() readings (None without /proc/stat)."""
+    if since is None or now is None or now[2] <= since[2]:
+        return None
+    return max(0.0, ((now[0] - since[0]) - (now[1] - since[1])) / (now[2] - since[2]))
+
+
+def cpu_clock():
+    """(busy CPU seconds of the whole machine, CPU seconds of this process, wall seconds), or None
+    where /proc/stat cannot be read (not Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError):
+        return None
+    own = os.times()
+    busy = sum(ticks) - ticks[3] - ticks[4]  # steal counts as busy: another VM has the core
+    return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.monotonic()
+
+
+def usable_cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class ThreadPolicy:
+    """How many BLAS threads numpy runs with: a fixed number, or (auto) as many as the cores that
+    other processes leave free, up to `cap`, decided at start and again at every poll().
+
+    Why (scripts.bench threads, 2 cores): on an idle machine 2 threads took a DQN update to 0.77 of
+    its 1-thread time and a batch-1 act to 0.71; with one CPU-burning process beside it, 2 threads
+    made the update 1.4-2.7 times slower than 1 thread, and on a machine loaded further (load
+    average 5) a batch-32 step 3-8 times and a batch-1 forward 2-60 times: OpenBLAS's threads wait
+    on each other's time slices. Other processes' load is read from /proc/stat (the machine's busy
+    time less this process's own) over the time since the last look, at most every POLL_SECONDS: a
+    process that starts mid-run is seen at the next poll."""
+
+    BUSY = 0.25  # cores used by other processes that already count as one taken core
+    POLL_SECONDS = 2.0  # poll() looks again after this long
+    START_SECONDS = 0.1  # the first look at the machine, before anything runs
+
+    def __init__(self, fixed=None, cap=2):
+        self.auto, self.cap = fixed is None, int(cap)
+        self.cpus = usable_cpus()
+        self.threads, self.changes, self.others = None, 0, None
+        self._since = None
+        self._controller, self._limiter = ThreadpoolController(), None
+        if self.auto:
+            self._since = cpu_clock()
+            if self._since is not None:
+                time.sleep(self.START_SECONDS)
+            self._set(self._decide())
+        else:
+            self._set(int(fixed))
+
+    def _decide(self):
+        now = cpu_clock()
+        others = others_cpu(self._since, now)
+        self._since = now
+        if others is None:  # no /proc/stat: the one-minute load average, which counts this process too
+            others = max(0.0, os.getloadavg()[0] - (self.threads or 0)) if hasattr(os, "getloadavg") else 1.0
+        self.others = others
+        taken = math.ceil(others - self.BUSY) if others > self.BUSY else 0  # whole cores other processes use
+        return max(1, min(self.cap, self.cpus - taken))
+
+    def _set(self, threads):
+        if threads == self.threads:
+            return
+        self.changes += self.threads is not None
+        self.threads = threads
+        limiter = self._controller.limit(limits=threads, user_api="blas")
+        self._limiter = self._limiter or limiter  # the first one knows the limits to restore
+
+    def poll(self):
+        """With auto: look at the machine again if POLL_SECONDS have passed (safe between numpy calls
+        only: call it from the thread that runs them). Returns the threads now in use."""
+        if self.auto and self._since is not None and time.monotonic() - self._since[2] >= self.POLL_SECONDS:
+            self._set(self._decide())
+        return self.threads
+
+    def describe(self):
+        """"2", or "auto (1 now)" for the config.json record and the bench tables."""
+        return f"auto ({self.threads} now)" if self.auto else str(self.threads)
+
+    def restore(self):
+        if self._limiter is not None:
+            self._limiter.restore_original_limits()
+
+
 @contextlib.contextmanager
-def blas_threads(flag=None, default=1):
-    """`with blas_threads(args.blas_threads) as threads:` runs the command's numpy on that many BLAS
-    threads: --blas-threads, else an inherited OPENBLAS_NUM_THREADS, else `default`. Every command
-    that runs a network goes through here. With more busy threads than cores (the emulators', another
-    run's), OpenBLAS's spinning workers made a batch-8 matrix product 20x slower, and a batch-1 one on
-    a busy 2-core machine took 9 ms instead of 0.3 ms: so the default is 1."""
+def blas_threads(flag=None, default="auto"):
+    """`with blas_threads(args.blas_threads) as policy:` runs the command's numpy under a ThreadPolicy:
+    --blas-threads N, else an inherited OPENBLAS_NUM_THREADS, else `default`: "auto" (both cores on
+    an idle 2-core machine, 1 thread as soon as another process keeps a core busy; the command polls
+    the policy between steps) or a number (1 where nothing polls it). Every command that runs a
+    network goes through here."""
     if flag is not None and flag < 1:
         raise UsageError(f"--blas-threads must be >= 1, got {flag}")
     inherited = os.environ.get("OPENBLAS_NUM_THREADS", "")
-    threads = flag or (int(inherited) if inherited.isdigit() and int(inherited) > 0 else default)
-    with threadpool_limits(threads, user_api="blas"):
-        yield threads
+    fixed = flag or (int(inherited) if inherited.isdigit() and int(inherited) > 0 else None)
+    policy = ThreadPolicy(fixed if fixed else (None if default == "auto" else int(default)))
+    try:
+        yield policy
+    finally:
+        policy.restore()
+
+
+def add_blas_threads_flag(parser, default_text):
+    parser.add_argument("--blas-threads", type=int, default=None, metavar="N",
+                        help=f"OpenBLAS threads (default: {default_text}; an inherited OPENBLAS_NUM_THREADS "
+                             f"counts as the flag)")
 
 
 def load_agent(path, seed):
@@ -88,12 +190,14 @@ def check_scoring_flags(args):
     check_workers(args.workers, args.ray_address)
 
 
-def play_games(path, agent, args, sticky, greedy, epsilon, explore, on_game, record=None, message=None):
-    """agents.evaluation.evaluate on this process, or with --workers agents.distributed.evaluate on
-    Ray actors; a cluster that cannot be reached, or actors that keep dying, are a UsageError."""
+def play_games(path, agent, args, sticky, greedy, epsilon, explore, on_game, record=None, message=None,
+               threads=None):
+    """agents.evaluation.evaluate on this process (threads: the ThreadPolicy, polled after every
+    step), or with --workers agents.distributed.evaluate on Ray actors; a cluster that cannot be
+    reached, or actors that keep dying, are a UsageError."""
     if not args.workers:
         return evaluate(agent, args.episodes, seed=args.seed, sticky=sticky, explore=explore, on_game=on_game,
-                        record_dir=record, message=message)
+                        record_dir=record, message=message, between_steps=threads.poll if threads else None)
     try:
         return distributed.evaluate(path, agents.load, args.episodes, seed=args.seed, sticky=sticky, greedy=greedy,
                                     epsilon=epsilon, workers=args.workers, ray_address=args.ray_address,

@@ -7,9 +7,9 @@ import sys
 
 from agents.evaluation import action_rule
 from envs import env_spec
-from scripts.common import (Parser, UsageError, add_epsilon_flag, add_greedy_flag, add_worker_flags, blas_threads,
-                            check_record_dir, check_scoring_flags, fail, load_agent, play_games,
-                            play_rule_from_flags, writable_folder)
+from scripts.common import (Parser, UsageError, add_blas_threads_flag, add_epsilon_flag, add_greedy_flag,
+                            add_worker_flags, blas_threads, check_record_dir, check_scoring_flags, fail, load_agent,
+                            play_games, play_rule_from_flags, writable_folder)
 
 
 def build_parser():
@@ -23,6 +23,7 @@ def build_parser():
     add_greedy_flag(p)
     add_epsilon_flag(p)
     add_worker_flags(p, "games")
+    add_blas_threads_flag(p, "auto: both cores of an idle machine, 1 while another process keeps a core busy")
     return p
 
 
@@ -44,9 +45,10 @@ def main(argv=None):
         print(f"game {k + 1:3d}  seed {args.seed + k:6d}  return {ret:7.1f}  length {length:6d}", flush=True)
 
     try:
-        with blas_threads():
+        with blas_threads(args.blas_threads) as threads:
             summary = play_games(args.checkpoint, agent, args, not args.no_sticky, args.greedy, args.epsilon,
-                                 explore, row, record=args.record, message=lambda text: print(text, file=sys.stderr))
+                                 explore, row, record=args.record, message=lambda text: print(text, file=sys.stderr),
+                                 threads=threads)
     except UsageError as e:
         fail(str(e))
     protocol = env_spec(agent.env["env_id"], agent.env["preset"], not args.no_sticky)["protocol"]

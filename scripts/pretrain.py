@@ -11,7 +11,8 @@ import sys
 
 from agents import pretrain
 from envs.recording import RecordingError
-from scripts.common import Parser, UsageError, add_config_flags, blas_threads, config_from_args, fail
+from scripts.common import (Parser, UsageError, add_blas_threads_flag, add_config_flags, blas_threads, config_from_args,
+                            fail)
 
 
 def build_parser(config_cls):
@@ -21,8 +22,7 @@ def build_parser(config_cls):
     p.add_argument("--out", required=True, metavar="CHECKPOINT", help="where to write the checkpoint (.npz)")
     p.add_argument("--agent", choices=list(pretrain.AGENTS), default="pg",
                    help="which agent to pretrain (default pg; ppo: its policy head, the value is left to RL)")
-    p.add_argument("--blas-threads", type=int, default=None,
-                   help="OpenBLAS threads (default 1: more threads than free cores spin and slow down)")
+    add_blas_threads_flag(p, "1: more threads than free cores wait on each other's time slices")
     p.add_argument("--quiet", action="store_true", help="only the last line")
     add_config_flags(p, config_cls, skip=("agent",))
     return p
@@ -78,7 +78,7 @@ def main(argv=None):
              f"  val {percent(row['val_accuracy'])}  {row['seconds']:.1f} s")
 
     try:  # every recording's header is read before the first (slow) replay: bad input fails at once
-        with blas_threads(args.blas_threads):
+        with blas_threads(args.blas_threads, default=1):
             summary = pretrain.pretrain(cfg, args.sources, args.out, on_recording, on_epoch)
     except UsageError as e:
         fail(str(e))

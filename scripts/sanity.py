@@ -51,7 +51,8 @@ def shared_flags(defaults):
     shared.add_argument("--epochs", type=count, default=default(None), help="override each task's epochs")
     shared.add_argument("--seed", type=int, default=default(None), help="training seed (default 0)")
     shared.add_argument("--blas-threads", type=count, default=default(None),
-                        help="OpenBLAS threads (default 1: more threads than free cores spin and slow down)")
+                        help="OpenBLAS threads (default 1: more threads than free cores wait on each other's "
+                             "time slices)")
     shared.add_argument("--quiet", action="store_true", default=default(False), help="no per-epoch lines")
     return shared
 
@@ -165,7 +166,7 @@ def run(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        with blas_threads(args.blas_threads):
+        with blas_threads(args.blas_threads, default=1):
             return run(args)
     except UsageError as e:
         fail(str(e))

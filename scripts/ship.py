@@ -15,8 +15,8 @@ from agents.evaluation import action_rule, play_rule
 from agents.run import CheckpointError, read_run_record
 from agents.ship import CHECKPOINTS, Staged, comparison, play_rules, shipped_scores
 from envs import env_spec
-from scripts.common import (Parser, UsageError, add_worker_flags, blas_threads, check_scoring_flags, fail,
-                            load_agent, play_games)
+from scripts.common import (Parser, UsageError, add_blas_threads_flag, add_worker_flags, blas_threads,
+                            check_scoring_flags, fail, load_agent, play_games)
 
 
 def build_parser():
@@ -30,6 +30,7 @@ def build_parser():
     p.add_argument("--out-dir", default=CHECKPOINTS, help="where to ship (default checkpoints/)")
     p.add_argument("--force", action="store_true", help="ship even if not better than the shipped one")
     add_worker_flags(p, "evaluation games, as scripts.evaluate --workers does")
+    add_blas_threads_flag(p, "auto: both cores of an idle machine, 1 while another process keeps a core busy")
     p.add_argument("--average", type=int, default=1, metavar="K",
                    help="ship the mean weights of the run's last K saves: checkpoint.npz and the K-1 snapshots "
                         "before it (train with --keep-snapshots; default 1: the checkpoint alone)")
@@ -68,7 +69,7 @@ def main(argv=None):
     # and at SB3_EPSILON, not greedy: its greedy games can stall (Breakout waits for a FIRE until
     # ALE's 108,000-frame cap); `scripts.evaluate --greedy` has them
     results, trained = [], agent.env.get("protocol")
-    with blas_threads():
+    with blas_threads(args.blas_threads) as threads:
         for sticky in ([True, False] if args.no_sticky or trained == "v4-nosticky" else [True]):
             for greedy, epsilon in play_rules(agent):
                 # a freshly seeded agent for each row, as `scripts.evaluate --seed` starts with: each JSON
@@ -76,7 +77,8 @@ def main(argv=None):
                 fresh = load_agent(staged.path, args.seed)
                 explore = play_rule(fresh, greedy, epsilon)
                 try:
-                    summary = play_games(staged.path, fresh, args, sticky, greedy, epsilon, explore, row)
+                    summary = play_games(staged.path, fresh, args, sticky, greedy, epsilon, explore, row,
+                                         threads=threads)
                 except UsageError as e:  # no cluster, or actors that keep dying: nothing is shipped
                     staged.drop()
                     fail(str(e))

@@ -23,8 +23,8 @@ from agents import policy_gradient as pg
 from agents.recipes import read_recipe, recipe_changes
 from agents.run import (NETWORK_FIELDS, CheckpointError, NumericalError, Run, check_compatible, config_dict,
                         home_relative, init_summary, load_checkpoint, load_run_config, network_from_checkpoint)
-from scripts.common import (Parser, UsageError, add_config_flags, blas_threads, check_workers, config_from_args,
-                            fail, shown_default)
+from scripts.common import (Parser, UsageError, add_blas_threads_flag, add_config_flags, blas_threads, check_workers,
+                            config_from_args, fail, shown_default)
 
 AGENTS = {"pg": pg, "dqn": dqn, "ppo": ppo}
 DEFAULT_AGENT = "ppo"  # what `python -m scripts.train` trains without --agent
@@ -57,8 +57,8 @@ def add_run_flags(p):
                    help="record one evaluation game every --video-every episodes into videos/ as mp4 (Atari)")
     p.add_argument("--video-every", type=int, default=None, metavar="N",
                    help=f"episodes between recorded games with --capture-video (default {VIDEO_EVERY})")
-    p.add_argument("--blas-threads", type=int, default=None,
-                   help="OpenBLAS threads (default: 1 for pg, whose envs use the cores; 2 for the others)")
+    add_blas_threads_flag(p, "1 for pg, whose envs use the cores; for dqn and ppo auto: both cores of an idle "
+                             "machine, 1 while another process keeps a core busy")
 
 
 def build_parser(module):
@@ -362,7 +362,8 @@ def train(p, threads):
     try:
         run = Run(run_dir, config_dict(cfg), p["env"], cfg.checkpoint_minutes, keep_snapshots=cfg.keep_snapshots,
                   tensorboard=p["tensorboard"], video_every=p["video_every"])
-        run.write_config(step, p["init_record"], blas_threads=threads, started_with=p["started_with"])
+        run.write_config(step, p["init_record"], blas_threads=threads.describe(), started_with=p["started_with"])
+        run.between_steps = threads.poll
     except OSError as e:
         raise UsageError(f"cannot write the run dir {run_dir}: {e.strerror or e}") from None
     say(f"run dir: {run.dir}")  # before the bar, on a line of its own
@@ -406,7 +407,7 @@ def main(argv=None):
         if {"-h", "--help"} & set(argv) and not (first.resume or first.config or "--agent" in " ".join(argv)):
             print(overview_help())
             return 0
-        with blas_threads(first.blas_threads, default=1 if first.agent == "pg" else 2) as threads:
+        with blas_threads(first.blas_threads, default=1 if first.agent == "pg" else "auto") as threads:
             prepared = prepare(argv, first)
             if prepared is None:
                 list_games()

@@ -21,8 +21,8 @@ import time
 from agents.evaluation import play_rule
 from envs.versus import ACTION_MEANINGS, VersusUnavailable, require
 from envs.versus_match import AgentPlayer, Match, match_stem, round_robin, side_seed, summary
-from scripts.common import (Parser, UsageError, add_greedy_flag, blas_threads, check_folder, check_window,
-                            check_window_flags, fail, load_agent)
+from scripts.common import (Parser, UsageError, add_blas_threads_flag, add_greedy_flag, blas_threads, check_folder,
+                            check_window, check_window_flags, fail, load_agent)
 from scripts.play import action_for
 from scripts.viewer import NoDisplayError, Viewer, run
 from scripts.watch import action_bars, network_view, shipped_checkpoint
@@ -49,6 +49,7 @@ def build_parser():
     p.add_argument("--noop-max", type=int, default=None,
                    help="idle frames before a game starts, drawn from 0..N (default 30; 0 with --human)")
     add_greedy_flag(p)
+    add_blas_threads_flag(p, "1: one thread keeps up with the window's frame rate")
     p.add_argument("--fps", type=float, default=None,
                    help="steps per second (default 15, real time; 0: as fast as possible)")
     p.add_argument("--scale", type=int, default=3, help="zoom of the game frame (default 3)")
@@ -252,7 +253,7 @@ def main(argv=None, *, max_frames=None, keys=None, on_frame=None):
         except VersusUnavailable as e:
             raise UsageError(str(e)) from None
         noop_max = args.noop_max if args.noop_max is not None else (0 if args.human else 30)
-        with blas_threads():
+        with blas_threads(args.blas_threads, default=1):
             if args.round_robin:
                 player = lambda path, side: load_player(path, side, args.seed, args.greedy)  # noqa: E731
                 matches = round_robin(args.checkpoints, player, args.games or 5, args.seed, noop_max, args.max_steps,

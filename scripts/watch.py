@@ -25,9 +25,9 @@ from agents.ship import scores_in
 from envs.atari import readable_action_names
 from envs.recording import Recorder
 from nets import CheckpointError
-from scripts.common import (Parser, UsageError, add_epsilon_flag, add_greedy_flag, blas_threads, check_record_dir,
-                            check_window, check_window_flags, fail, load_agent, parse_bool, play_rule_from_flags,
-                            quietly_interrupted)
+from scripts.common import (Parser, UsageError, add_blas_threads_flag, add_epsilon_flag, add_greedy_flag, blas_threads,
+                            check_record_dir, check_window, check_window_flags, fail, load_agent, parse_bool,
+                            play_rule_from_flags, quietly_interrupted)
 from scripts.viewer import NoDisplayError, Viewer, run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -50,6 +50,7 @@ def build_parser():
                    help="sticky actions (default: the protocol the checkpoint was trained on)")
     add_greedy_flag(p)
     add_epsilon_flag(p)
+    add_blas_threads_flag(p, "1: one thread keeps up with the window's frame rate")
     return p
 
 
@@ -228,7 +229,7 @@ def main(argv=None, *, max_frames=None, keys=None, on_frame=None):
         print(f"game {k + 1:3d}  seed {seed:6d}  return {ret:7.1f}  length {length:6d}", flush=True)
 
     sticky = args.sticky if args.sticky is not None else agent.env.get("repeat_action_probability", 0.0) > 0
-    with blas_threads():
+    with blas_threads(args.blas_threads, default=1):
         session = WatchSession(agent, args.episodes, args.seed, sticky, explore, args.record,
                                recording=bool(args.record), on_game=row)
         scale = args.scale or (3 if session.atari else 1)

@@ -17,7 +17,7 @@ import nets
 from agents import dqn
 from agents.evaluation import action_rule, evaluate, make_eval_env, play_rule
 from agents.replay import Batch
-from agents.run import Run, config_dict, load_checkpoint
+from agents.run import Run, Stopwatch, config_dict, load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -92,6 +92,38 @@ def test_play_rule_sets_the_evaluation_epsilon_of_a_dqn_agent_only():
         kind = "pg"
     with pytest.raises(ValueError, match="DQN agent"):
         play_rule(PolicyAgent(), epsilon=0.05)
+
+
+@pytest.mark.parametrize("eps", [1.0, 0.5, 0.0])
+@pytest.mark.parametrize("n", [1, 4])
+def test_random_actions_need_no_forward_and_draw_as_before(eps, n):
+    """epsilon_greedy runs the network only when some row acts greedily, and its draws from the
+    random stream (explore, then the random actions) are those of a version that always runs it:
+    the same actions, and greedy rows take the greedy action."""
+    calls = []
+
+    def greedy():
+        calls.append(1)
+        return np.arange(n) % 3
+
+    for seed in range(20):
+        rng, ref = np.random.default_rng(seed), np.random.default_rng(seed)
+        calls.clear()
+        actions = dqn.epsilon_greedy(greedy, eps, n, 6, rng)
+        if eps > 0:
+            explore = ref.random(n) < eps
+            want = np.where(explore, ref.integers(6, size=n), np.arange(n) % 3)
+            assert bool(calls) == (not explore.all())
+        else:
+            want = np.arange(n) % 3
+        np.testing.assert_array_equal(actions, want)
+        assert rng.bit_generator.state == ref.bit_generator.state
+
+
+def test_update_charges_its_parts_to_a_clock():
+    learner, clock = mlp_learner(), Stopwatch()
+    learner.update(random_batch(np.random.default_rng(2)), clock)
+    assert set(clock.totals) == {"forward", "backward", "optimizer"}
 
 
 def mlp_learner(**changes):
@@ -341,14 +373,14 @@ def test_train_resume_and_evaluate_scripts(tmp_path):
     assert os.path.exists(os.path.join(run_dir, "replay.npz"))
     first = load_checkpoint(os.path.join(run_dir, "checkpoint.npz"))[1]
     assert first["step"] == 20000
-    # Resumed as a user would, without --agent: the run's own agent picks the BLAS threads (2 for
+    # Resumed as a user would, without --agent: the run's own agent picks the BLAS threads (auto for
     # DQN), not --agent's default (pg: 1), which once halved a resumed Atari DQN run's speed.
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
     proc = script("scripts.train", "--resume", run_dir, "--total-steps", "40000", "--quiet", env=env)
     assert "refilling" not in proc.stderr  # the saved buffer was used
     with open(os.path.join(run_dir, "config.json")) as f:
         record = json.load(f)
-    assert record["resumes"][-1]["blas_threads"] == "2" and record["config"]["agent"] == "dqn"
+    assert record["resumes"][-1]["blas_threads"].startswith("auto") and record["config"]["agent"] == "dqn"
     header = load_checkpoint(os.path.join(run_dir, "checkpoint.npz"))[1]
     assert header["step"] == 40000 and header["updates"] > first["updates"]
     steps = [int(r["step"]) for r in read_csv(os.path.join(run_dir, "progress.csv"))]
@@ -497,3 +529,29 @@ def test_atari_quantile_network_saves_and_loads(tmp_path, quantiles):
     x = np.random.default_rng(1).random((2, 4, 84, 84), dtype=np.float32)
     np.testing.assert_array_equal(again.forward(x), model.forward(x))
     assert again.forward(x).shape == (2, 6 * quantiles)
+
+
+def test_bench_dqn_vs_torch_times_both_loops_part_by_part():
+    pytest.importorskip("torch")
+    proc = script("scripts.bench", "dqn", "--vs-torch", "--recipe", "cleanrl", "--warmup", "300", "--updates", "2",
+                  "--chunk", "1", "--threads", "1")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["bench"] == "dqn-vs-torch" and result["recipe"] == "cleanrl" and result["n_step"] == 1
+    parts = result["threads"]["1"]["ms_per_update"]
+    for side in ("numpy", "torch"):
+        assert parts[side]["forward"] > 0 and parts[side]["backward"] > 0 and parts[side]["optimizer"] > 0
+    assert result["threads"]["1"]["ratio"] > 0 and result["warmup_steps_per_s"]["torch"] > 0
+
+
+def test_bench_evaluate_parts_time_a_game_its_env_and_its_forwards():
+    from scripts import bench_evaluate
+    from scripts.common import ThreadPolicy
+    rng = np.random.default_rng(0)
+    model = dqn.build_q_network((4,), 2, "mlp", 8, True, rng).eval()
+    agent = dqn.QAgent(model, envs.env_spec("CartPole-v1", "classic", False), 2, 1.0, eval_epsilon=0.05)
+
+    class Args:
+        games, seed = 2, 0
+    result = bench_evaluate.measure(agent, Args, False, False, ThreadPolicy(1))
+    assert result["games"] == 2 and result["steps"] > 0 and result["threads"] == "1"
+    assert result["game_ms_per_step"] > 0 and result["act_ms"] > 0 and result["ratio"] > 0

@@ -150,3 +150,68 @@ def test_conv_input_layouts_give_the_same_result(channels, padding, layout):
     np.testing.assert_allclose(layer.backward(dy), dx_ref, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(layer.grads["W"], dw_ref, rtol=1e-10, atol=1e-12)
     np.testing.assert_array_equal(x, x_before)  # the input itself is never written
+
+
+# ---- the large-columns path and the shared-input forward (DQN's speed-ups): the same numbers ------
+
+@pytest.mark.parametrize("n,c,h,w,out,kernel,stride,padding", [(5, 4, 20, 20, 3, 8, 4, 0), (3, 3, 9, 8, 5, 3, 2, 1)])
+def test_conv_in_pieces_gives_the_same_numbers(monkeypatch, n, c, h, w, out, kernel, stride, padding):
+    """Columns larger than WHOLE_BYTES go a few images at a time (CHUNK_BYTES): the same output, bit
+    for bit, and the same gradients, as all at once."""
+    rng = np.random.default_rng(7)
+    layer = nets.Conv2d(c, out, kernel, stride, padding, rng=rng)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    dy = rng.standard_normal(layer.output_shape(x.shape)).astype(np.float32)
+    whole = layer.forward(x).copy()
+    dx_whole, dw_whole = layer.backward(dy).copy(), layer.grads["W"].copy()
+    monkeypatch.setattr(nets.conv, "WHOLE_BYTES", 0)
+    for chunk in (1, 3000, 10 ** 9):  # one image, a few, all of them per piece
+        monkeypatch.setattr(nets.conv, "CHUNK_BYTES", chunk)
+        np.testing.assert_array_equal(layer.forward(x), whole)
+        np.testing.assert_array_equal(layer.backward(dy), dx_whole)
+        np.testing.assert_array_equal(layer.grads["W"], dw_whole)
+
+
+def nature_trunk(rng, dueling=False):
+    from agents.dqn import build_q_network
+    return build_q_network((4, 36, 36), 5, "nature", 16, dueling, rng)
+
+
+@pytest.mark.parametrize("dueling", [False, True])
+def test_shared_input_forward_equals_separate_forwards(dueling):
+    """Double DQN's target and online networks on one s': one im2col and one matmul for both first
+    convs, and every output the same, bit for bit, as two separate forwards (pieces included)."""
+    rng = np.random.default_rng(3)
+    a, b = nature_trunk(rng, dueling).eval(), nature_trunk(rng, dueling).eval()
+    x = rng.random((6, 4, 36, 36), dtype=np.float32)
+    shared = nets.forward_shared_input([a, b], x)
+    np.testing.assert_array_equal(shared[0], a.forward(x))
+    np.testing.assert_array_equal(shared[1], b.forward(x))
+    firsts = nets.conv.shared_input_forward([a.layers[0], b.layers[0]], x)
+    np.testing.assert_array_equal(firsts[1], b.layers[0].forward(x))
+
+
+def test_shared_input_forward_falls_back_and_refuses_mismatched_convs():
+    rng = np.random.default_rng(4)
+    mlps = [nets.Sequential(nets.Linear(3, 4, rng=rng), nets.ReLU()) for _ in range(2)]
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    for out, model in zip(nets.forward_shared_input(mlps, x), mlps):
+        np.testing.assert_array_equal(out, model.forward(x))
+    trained = [nature_trunk(rng), nature_trunk(rng)]  # in training mode: a backward may come, so no sharing
+    x4 = rng.random((2, 4, 36, 36), dtype=np.float32)
+    for out, model in zip(nets.forward_shared_input(trained, x4), trained):
+        np.testing.assert_array_equal(out, model.forward(x4))
+    with pytest.raises(ValueError, match="same configuration"):
+        nets.conv.shared_input_forward([nets.Conv2d(4, 3, 3, rng=rng), nets.Conv2d(4, 3, 3, stride=2, rng=rng)],
+                                       rng.standard_normal((1, 4, 8, 8)).astype(np.float32))
+
+
+def test_relu_in_eval_mode_gives_the_training_values_and_no_backward():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 3, 5, 5)).astype(np.float32).transpose(0, 2, 3, 1)  # a strided view too
+    relu = nets.ReLU()
+    trained = relu.forward(x)
+    relu.training = False
+    np.testing.assert_array_equal(relu.forward(x), trained)
+    with pytest.raises(TypeError):
+        relu.backward(np.ones_like(x))  # no mask kept in eval mode: a backward there is a mistake

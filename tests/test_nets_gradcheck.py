@@ -323,3 +323,34 @@ def test_bce_with_logits(weighted):
     logits, target = rng.standard_normal((5, 3)) * 3, rng.uniform(0, 1, (5, 3))
     kwargs = {"weights": rng.uniform(0, 2, (5, 3))} if weighted else {}
     check_loss(nets.BCEWithLogits(), logits, target, **kwargs)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_taken_action_huber_is_huber_on_the_gathered_values(weighted):
+    """The fused loss against its unfused formula: gather q[rows, actions], nets.Huber, scatter the
+    gradient into zeros; the same value, gradient and TD errors, also on a second call with other
+    actions (the reused gradient array keeps nothing of the first)."""
+    rng = np.random.default_rng(11)
+    fused = nets.TakenActionHuber(1.0)
+    for _ in range(2):
+        q = (3 * rng.standard_normal((9, 4))).astype(np.float32)  # both Huber regions
+        actions, target = rng.integers(4, size=9), rng.standard_normal(9).astype(np.float32)
+        weights = rng.random(9).astype(np.float32) if weighted else None
+        plain, rows = nets.Huber(1.0), np.arange(9)
+        want = plain.forward(q[rows, actions], target, weights)
+        dq_want = np.zeros_like(q)
+        dq_want[rows, actions] = plain.backward()
+        assert fused.forward(q, actions, target, weights) == want
+        np.testing.assert_array_equal(fused.backward(), dq_want)
+        np.testing.assert_array_equal(fused.diff, q[rows, actions] - target)
+        np.testing.assert_array_equal(fused.taken, q[rows, actions])
+    with pytest.raises(ValueError, match="actions"):
+        fused.forward(q, actions[:3], target)
+
+
+def test_taken_action_huber_gradient():
+    rng = rng_for(23)
+    q = rng.standard_normal((6, 3)) * 2
+    actions, target = rng.integers(3, size=6), rng.standard_normal(6)
+    check_loss(nets.TakenActionHuber(1.0), q, actions, target)
+    check_loss(nets.TakenActionHuber(1.0), q, actions, target, weights=rng.uniform(0.1, 1.0, 6))
