@@ -115,17 +115,20 @@ class Recorder:
         kwargs = dict(self.env.spec.kwargs)
         kwargs.pop("render_mode", None)  # how it was shown changes nothing in the emulator
         rap = float(kwargs.get("repeat_action_probability", 0.25))
-        arrays = {"actions": np.asarray(self.actions, np.uint8),      # (L,)
-                  "rewards": np.asarray(self.rewards, np.float64),    # (L,)
-                  "screen_crc32": np.asarray(self.crcs, np.uint32)}   # (L+1,)
+        # A Ctrl-C can land between the appends of one step: keep only whole steps.
+        n = min(len(self.actions), len(self.rewards), len(self.crcs) - 1)
+        arrays = {"actions": np.asarray(self.actions[:n], np.uint8),      # (L,)
+                  "rewards": np.asarray(self.rewards[:n], np.float64),    # (L,)
+                  "screen_crc32": np.asarray(self.crcs[:n + 1], np.uint32)}   # (L+1,)
         header = {
             "format": FORMAT, "version": VERSION,
             "env_id": self.env.spec.id, "env_kwargs": kwargs,
             "preset": self.spec.get("preset") if self.spec else None, "spec": self.spec,
             "protocol": self.spec.get("protocol") if self.spec else ("v5-sticky" if rap > 0 else "v4-nosticky"),
             "sticky": rap > 0, "repeat_action_probability": rap, "seed": self.seed, "player": self.player,
-            "length": self.length, "return": float(np.sum(arrays["rewards"])),
-            "ended_at": self.ended_at, "end": self.end,
+            "length": n, "return": float(np.sum(arrays["rewards"])),
+            "ended_at": self.ended_at if self.ended_at is not None and self.ended_at <= n else None,
+            "end": self.end if self.ended_at is not None and self.ended_at <= n else None,
             "frames": self.frames, "frame_shape": list(SCREEN_SHAPE),
         }
         if self.frames:  # copy() so the game can go on after a save

@@ -194,7 +194,7 @@ def test_failed_recording_write_is_reported_and_games_go_on(tmp_path, monkeypatc
     monkeypatch.setattr(recording.Recorder, "save", full_disk)
     messages = []
     from agents import evaluation
-    monkeypatch.setattr(evaluation, "play_game", lambda agent, env, seed, explore: (
+    monkeypatch.setattr(evaluation, "play_game", lambda agent, env, seed, explore, on_step=None: (
         env.reset(seed=seed), env.step(0), (-1.0, 1))[-1])
     summary = evaluate(agent, 2, record_dir=str(tmp_path / "games"), message=messages.append)
     assert summary["episodes"] == 2

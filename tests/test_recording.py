@@ -130,6 +130,20 @@ def test_every_game_after_the_first_replays_alone(tmp_path):
     assert sum(1 for _ in replay(tmp_path / "second.npz")) == 61
 
 
+def test_a_step_cut_by_ctrl_c_is_left_out_and_the_rest_replays(tmp_path):
+    """Ctrl-C can land between the appends of one step (action logged, screen not yet)."""
+    rec = Recorder()
+    env = envs.make("pong", "karpathy", recorder=rec)
+    env.reset(seed=4)
+    for _ in range(30):
+        env.step(1)
+    rec.actions.append(1)  # the interrupted step: its action got in, its reward and screen did not
+    header = rec.save(tmp_path / "cut.npz")
+    env.close()
+    assert header["length"] == 30 and header["end"] is None
+    assert sum(1 for _ in replay(tmp_path / "cut.npz")) == 31
+
+
 def test_recording_is_small(tmp_path):
     # 2,000 emulator steps without frames (Pong through the deepmind preset, frameskip=1)
     rec = Recorder()
