@@ -63,26 +63,62 @@ def milestones(progress_path, levels=(-10.0, 0.0, 10.0, 18.0)):
     return out
 
 
-def plot_against_time(out_path, runs, title=""):
-    """Running mean (last 100 episodes) against wall-clock minutes, one line per (label, progress.csv)."""
+def value_at(cols, key, x):
+    """The running mean of the last episode that ended at or before x (in column `key`: "step" or
+    "wall_seconds"), or None if none had."""
+    best = None
+    for at, mean in zip(cols.get(key, []), cols.get("running_mean", [])):
+        if at > x:
+            break
+        best = mean
+    return best
+
+
+def at_equal(runs, points=4):
+    """Runs compared at equal agent steps and at equal wall clock: {"steps": [{"step": s, label: mean,
+    ...}], "minutes": [{"minutes": m, label: mean, ...}]} at `points` evenly spaced marks up to the
+    shortest run's end (its last finished episode). runs: [(label, progress.csv)]."""
+    cols = {label: read_progress(path) for label, path in runs}
+    out = {}
+    for key, name, scale in (("step", "steps", 1.0), ("wall_seconds", "minutes", 60.0)):
+        ends = [c[key][-1] for c in cols.values() if c.get(key)]
+        if len(ends) < len(cols):  # a run with no finished episode has no curve to compare
+            out[name] = []
+            continue
+        end = min(ends)
+        rows = []
+        for k in range(1, points + 1):
+            x = end * k / points
+            row = {name[:-1] if name == "steps" else name: round(x / scale, 1) if scale != 1 else int(x)}
+            for label, c in cols.items():
+                v = value_at(c, key, x)
+                row[label] = None if v is None else round(v, 2)
+            rows.append(row)
+        out[name] = rows
+    return out
+
+
+def compare_figure(runs, title=""):
+    """A matplotlib figure of two panels: the running mean (last 100 episodes) of each (label,
+    progress.csv) against agent steps and against wall-clock minutes. The caller saves and closes it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
     for label, path in runs:
         cols = read_progress(path)
-        if cols.get("episode"):
-            minutes = [s / 60.0 for s in cols["wall_seconds"]]
-            ax.plot(minutes, cols["running_mean"], label=f"{label}: running mean (100)")
-    ax.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
-    ax.set_xlabel("wall-clock minutes")
-    ax.set_ylabel("return")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+        if not cols.get("episode"):
+            continue
+        axes[0].plot([s / 1e6 for s in cols["step"]], cols["running_mean"], label=label)
+        axes[1].plot([s / 60.0 for s in cols["wall_seconds"]], cols["running_mean"], label=label)
+    for ax, xlabel in zip(axes, ("agent steps (millions)", "wall-clock minutes")):
+        ax.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("running mean of the last 100 games")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
-    tmp = f"{out_path}.tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, out_path)
+    return fig

@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import platform
 import re
 import signal
 import sys
@@ -30,6 +31,33 @@ AGENT_FORMAT_VERSION = 1
 PROGRESS_FIELDS = ["step", "episode", "return", "length", "running_mean", "wall_seconds"]
 EVAL_FIELDS = ["step", "mean_return", "std_return", "episodes", "wall_seconds"]
 PACKAGES = ("grok-arcade", "gymnasium", "ale-py")  # whose versions checkpoints and run dirs record
+
+
+def machine():
+    """What the run trained on, for config.json and the card: {"cpu": model name, "cores": CPUs this
+    process may use, "cpus": CPUs in the machine, "system": "Linux x86_64"}."""
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return {"cpu": cpu or "unknown", "cores": cores, "cpus": os.cpu_count() or cores,
+            "system": f"{platform.system()} {platform.machine()}"}
+
+
+def machine_text(record):
+    """'a 2-core CPU machine (AMD EPYC 7B13)' from a config.json's "machine", or None without one."""
+    if not isinstance(record, dict) or not isinstance(record.get("cores"), int):
+        return None
+    return f"a {record['cores']}-core CPU machine ({record.get('cpu', 'unknown')})"
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
@@ -251,7 +279,8 @@ class Run:
         now = time.strftime("%Y-%m-%dT%H:%M:%S")
         threads = str(blas_threads) if blas_threads is not None else os.environ.get("OPENBLAS_NUM_THREADS")
         record = {"config": self.config, "env": self.env, "versions": versions(*PACKAGES),
-                  "command": sys.argv, "blas_threads": threads, "started": now, "resumes": []}
+                  "command": sys.argv, "blas_threads": threads, "machine": machine(), "started": now,
+                  "resumes": []}
         if init is not None:
             record["init"] = init
         record.update(started_with or {})
@@ -260,14 +289,15 @@ class Run:
                 old = json.load(f)
             if isinstance(old, dict) and isinstance(old.get("command"), list):
                 record["command"], record["started"] = old["command"], old.get("started", now)
-                record["blas_threads"] = old.get("blas_threads")
+                record["blas_threads"], record["machine"] = old.get("blas_threads"), old.get("machine")
                 if isinstance(old.get("init"), dict):
                     record["init"] = old["init"]
                 for key in started_with or {}:
                     if key in old:
                         record[key] = old[key]
                 record["resumes"] = list(old.get("resumes", [])) + [
-                    {"command": sys.argv, "blas_threads": threads, "at": now, "step": int(step)}]
+                    {"command": sys.argv, "blas_threads": threads, "machine": machine(), "at": now,
+                     "step": int(step)}]
         except (OSError, ValueError):
             pass
         write_text_atomic(os.path.join(self.dir, "config.json"), json.dumps(record, indent=2) + "\n")

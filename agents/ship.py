@@ -11,7 +11,7 @@ import shutil
 import tempfile
 
 from agents.evaluation import REFERENCE_SCORES, human_normalized
-from agents.run import CheckpointError, checkpoint_header, export_for_playing, snapshot_paths
+from agents.run import CheckpointError, checkpoint_header, export_for_playing, machine_text, snapshot_paths
 from nets.data import sha256_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -150,6 +150,13 @@ def averaged(header):
             "Izmailov et al. 2018); the evaluation below is of those mean weights.")
 
 
+def where(config):
+    """The machine and BLAS threads config.json recorded, as the card says them."""
+    text = machine_text(config.get("machine")) or "a machine its config.json does not describe"
+    threads = config.get("blas_threads")
+    return f"{text}, BLAS threads {threads}" if threads else text
+
+
 def card(name, config, header, results, curve_name, seed, workers=0, scored=None, earlier=None):
     """The markdown card; earlier: the --init checkpoint's own commands (earlier_commands)."""
     def shell(argv):
@@ -172,8 +179,8 @@ def card(name, config, header, results, curve_name, seed, workers=0, scored=None
     lines = [f"# {name}", "",
              f"Agent `{header['agent']}` on `{header['env']['env_id']}` (preset `{header['env']['preset']}`), "
              f"trained for {steps:,} agent steps and {episodes:,} episodes in "
-             f"{seconds / 3600:.2f} hours ({seconds:,.0f} s) of wall clock on a 2-core CPU "
-             f"machine.{trained}{averaged(header)}", "",
+             f"{seconds / 3600:.2f} hours ({seconds:,.0f} s) of wall clock on {where(config)}."
+             f"{trained}{averaged(header)}", "",
              "## How it was trained", "", "```bash", command, "```", "",
              "Settings (from the run's config.json):", "", "```json",
              compact_json(config.get("config", {})), "```", "",

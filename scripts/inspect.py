@@ -1,5 +1,10 @@
 """Pictures of what an agent learned: python -m scripts.inspect CHECKPOINT --out model.png.
 
+Runs side by side: python -m scripts.inspect RUN --compare OTHER_RUN [--out curves.png] prints when
+each run's running mean (last 100 games) first reached -10, 0, +10 and +18 (steps, games, wall-clock
+minutes), then every run's running mean at equal agent steps and at equal wall clock, from their
+progress.csv; --out draws both curves. `RUN --milestones` prints the first table for one run.
+
 Draws the first layer's weights as a grid of images: for a policy on Karpathy's preset each of the
 hidden units' 6400 input weights as an 80x80 tile (as in "Pong from Pixels"); on the deepmind
 preset the units' weights as the 4 stacked 84x84 frames side by side; for DQN's conv net every
@@ -9,12 +14,14 @@ progress.csv (and eval.csv) when the checkpoint sits in one, else a shipped agen
 (checkpoints/<name>.png beside checkpoints/<name>.npz); without either it says why there is none.
 The title counts every step behind the weights, those of the file an --init run started from too.
 """
+import csv
+import json
 import os
 import sys
 
 import numpy as np
 
-from agents.curve import read_progress
+from agents.curve import at_equal, compare_figure, milestones, read_progress
 from agents.run import CheckpointError, load_checkpoint
 from nets.npzfile import atomic_write
 from scripts.common import Parser, UsageError, cannot_write, fail
@@ -24,10 +31,99 @@ GAP = 1  # pixels of NaN (drawn as the background) between tiles
 
 def build_parser():
     p = Parser(prog="python -m scripts.inspect", description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint", help="an agent checkpoint (.npz)")
-    p.add_argument("--out", default="model.png", help="the picture to write (.png, .pdf or .svg; default model.png)")
+    p.add_argument("checkpoint", help="an agent checkpoint (.npz); with --compare or --milestones a run dir "
+                                      "(or the checkpoint in one)")
+    p.add_argument("--out", default=None, help="the picture to write (.png, .pdf or .svg; default model.png; "
+                                              "with --compare only when given)")
     p.add_argument("--units", type=int, default=0, help="draw only the first N units or filters (default all)")
+    p.add_argument("--compare", action="append", default=[], metavar="RUN",
+                   help="another run dir to set beside the first, at equal steps and equal wall clock (repeat it "
+                        "for more)")
+    p.add_argument("--milestones", action="store_true",
+                   help="print when the run's running mean first reached each of --levels")
+    p.add_argument("--label", action="append", default=[], metavar="NAME",
+                   help="the runs' names in the tables and the picture, in order (default: their folder names)")
+    p.add_argument("--levels", default="-10,0,10,18", help="running-mean levels of the milestone table "
+                                                            "(default -10,0,10,18)")
     return p
+
+
+def run_progress(path):
+    """progress.csv of a run dir, or of the run dir a checkpoint sits in; UsageError otherwise."""
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    progress = os.path.join(folder, "progress.csv")
+    if not os.path.exists(progress):
+        raise UsageError(f"{path}: not a run dir (no progress.csv in {folder})")
+    try:
+        read_progress(progress)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UsageError(f"{progress}: cannot read it ({e})") from None
+    return progress
+
+
+def parse_levels(text):
+    try:
+        levels = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--levels {text}: give numbers separated by commas, e.g. -10,0,10,18") from None
+    if not levels:
+        raise UsageError("--levels: give at least one level")
+    return levels
+
+
+def compare_runs(args):
+    """--compare / --milestones: tables on stdout (last line JSON), the picture with --out."""
+    paths = [args.checkpoint, *args.compare]
+    progress = [run_progress(p) for p in paths]
+    if len(args.label) > len(paths):
+        raise UsageError(f"--label given {len(args.label)} times for {len(paths)} runs")
+    labels = args.label + [os.path.basename(os.path.dirname(p)) for p in progress[len(args.label):]]
+    if len(set(labels)) < len(labels):
+        raise UsageError(f"two runs have the same name ({', '.join(labels)}): name them with --label")
+    levels = parse_levels(args.levels)
+    if args.out is not None:
+        check_out(args.out)
+    width = max(len(x) for x in labels)
+    found = {label: milestones(p, levels) for label, p in zip(labels, progress)}
+    print("first time the running mean (last 100 games) reached each level: steps, games, wall-clock minutes")
+    print(" " * width + "".join(f"  {level:>+29g}" for level in levels))
+    for label, rows in found.items():
+        cells = [("not reached" if r["step"] is None else f"{r['step']:,} / {r['episode']:,} / {r['minutes']:g} min")
+                 for r in rows]
+        print(f"{label:<{width}}" + "".join(f"  {c:>29}" for c in cells))
+    result = {"milestones": found}
+    if args.compare:
+        runs = list(zip(labels, progress))
+        table = at_equal(runs)
+        for name, unit in (("steps", "step"), ("minutes", "minutes")):
+            print(f"\nrunning mean at equal {'agent steps' if name == 'steps' else 'wall clock (minutes)'}:")
+            print(f"{unit:>12}" + "".join(f"  {label:>{max(8, len(label))}}" for label in labels))
+            for row in table[name]:
+                x = f"{row[unit]:,}" if unit == "step" else f"{row[unit]:g}"
+                print(f"{x:>12}" + "".join(f"  {'-' if row[label] is None else format(row[label], '+.2f'):>{max(8, len(label))}}"
+                                           for label in labels))
+        result.update(table)
+        if args.out is not None:
+            import matplotlib.pyplot as plt
+            fig = compare_figure(runs, title="running mean of the last 100 games")
+            try:
+                with atomic_write(args.out) as f:
+                    fig.savefig(f, format=os.path.splitext(args.out)[1][1:].lower())
+            except OSError as e:
+                raise cannot_write("--out", args.out, e) from None
+            finally:
+                plt.close(fig)
+            print(f"\nwrote {args.out}")
+    print(json.dumps(result))
+    return 0
+
+
+def check_out(out):
+    if os.path.splitext(out)[1].lower() not in (".png", ".pdf", ".svg"):
+        raise UsageError(f"--out {out}: write a .png, .pdf or .svg")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise UsageError(f"--out {out}: no such directory {folder}")
 
 
 def first_layer_tiles(models, header):
@@ -160,13 +256,12 @@ def draw(models, header, checkpoint, out_path, units=0):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        if args.compare or args.milestones:
+            return compare_runs(args)
+        args.out = args.out or "model.png"
         if args.units < 0:
             raise UsageError(f"--units must be >= 0, got {args.units}")
-        if os.path.splitext(args.out)[1].lower() not in (".png", ".pdf", ".svg"):
-            raise UsageError(f"--out {args.out}: write a .png, .pdf or .svg")
-        folder = os.path.dirname(os.path.abspath(args.out))
-        if not os.path.isdir(folder):
-            raise UsageError(f"--out {args.out}: no such directory {folder}")
+        check_out(args.out)
         try:
             models, header, _ = load_checkpoint(args.checkpoint)
         except CheckpointError as e:

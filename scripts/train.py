@@ -22,7 +22,8 @@ from agents import distributed, dqn, ppo
 from agents import policy_gradient as pg
 from agents.recipes import read_recipe, recipe_changes
 from agents.run import (NETWORK_FIELDS, CheckpointError, NumericalError, Run, check_compatible, config_dict,
-                        home_relative, init_summary, load_checkpoint, load_run_config, network_from_checkpoint)
+                        home_relative, init_summary, load_checkpoint, load_run_config, machine, machine_text,
+                        network_from_checkpoint)
 from scripts.common import (Parser, UsageError, add_blas_threads_flag, add_config_flags, blas_threads, check_workers,
                             config_from_args, fail, shown_default)
 
@@ -368,6 +369,7 @@ def train(p, threads):
         raise UsageError(f"cannot write the run dir {run_dir}: {e.strerror or e}") from None
     say(f"run dir: {run.dir}")  # before the bar, on a line of its own
     say(f"{cfg.agent} on {p['env']['env_id']} ({p['env']['preset']}, {p['env']['protocol']}), {plan(cfg)}")
+    say(f"on {machine_text(machine())}, BLAS threads {threads.describe()} (recorded in config.json)")
     bar = ProgressBar(cfg.total_steps, cfg.hours, step, p["quiet"], p["env"]["env_id"])
     run.message = bar.write
     try:

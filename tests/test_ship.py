@@ -36,6 +36,8 @@ def test_ship_exports_playing_weights_with_a_card_and_refuses_worse(tmp_path):
     stopped = json.loads((run_dir / "config.json").read_text())["resumes"][0]["step"]
     assert stopped >= 3000 and f"# then, after a stop at step {stopped:,}:\n" in text
     assert (out / "cp.png").exists()
+    recorded = json.loads((run_dir / "config.json").read_text())["machine"]  # what ship says it trained on
+    assert recorded["cores"] >= 1 and f"a {recorded['cores']}-core CPU machine ({recorded['cpu']})" in text
     # the same agent again is not better: refused, nothing changed
     before = (out / "cp.npz").read_bytes()
     r = run("scripts.ship", str(run_dir), "--name", "cp", "--episodes", "2", "--out-dir", str(out),
