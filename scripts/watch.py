@@ -1,9 +1,9 @@
 """Watch an agent play in a window: python -m scripts.watch [CHECKPOINT] [--episodes N] [--fps F] [--seed S] [--record DIR].
 
-With no CHECKPOINT it plays the best shipped Pong agent: of checkpoints/pong-pg.npz and
-checkpoints/pong-dqn.npz, the one whose model card (checkpoints/<name>.md) reports the higher mean
+With no CHECKPOINT it plays the best shipped Pong agent: of checkpoints/pong-ppo.npz, pong-pg.npz
+and pong-dqn.npz, the one whose model card (checkpoints/<name>.md) reports the higher mean
 return on the protocol it trained on, the one it is watched on (a card without scripts.ship's
-evaluation JSON: its "mean return: X"); without cards, pong-pg first. Game k is seeded seed+k and the agent acts
+evaluation JSON: its "mean return: X"); without cards, in that order. Game k is seeded seed+k and the agent acts
 as in scripts.evaluate (policy gradient samples and DQN is epsilon-greedy at the evaluation epsilon,
 unless --greedy or --epsilon), on the protocol it was trained on unless --sticky says otherwise.
 
@@ -31,10 +31,10 @@ from scripts.common import (Parser, UsageError, add_blas_threads_flag, add_epsil
 from scripts.viewer import NoDisplayError, Viewer, run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHIPPED = ("pong-pg", "pong-dqn")  # preference order when the model cards do not decide
+SHIPPED = ("pong-ppo", "pong-pg", "pong-dqn")  # preference order when the model cards do not decide
 DEFAULT_RECORD_DIR = "recordings"
-TRAIN_HINT = ("train one with `python -m scripts.train --game pong --run-dir runs/pong-pg`, then "
-              "`python -m scripts.watch runs/pong-pg/checkpoint.npz`")
+TRAIN_HINT = ("train one with `python -m scripts.train --run-dir runs/pong-ppo`, then "
+              "`python -m scripts.watch runs/pong-ppo/checkpoint.npz`")
 
 
 def build_parser():
@@ -82,7 +82,8 @@ def shipped_checkpoint(folder=None):
     folder = pathlib.Path(folder) if folder is not None else ROOT / "checkpoints"
     found = [name for name in SHIPPED if (folder / f"{name}.npz").is_file()]
     if not found:
-        raise UsageError(f"no shipped checkpoint yet ({folder}/{SHIPPED[0]}.npz or {SHIPPED[1]}.npz): {TRAIN_HINT}")
+        raise UsageError(f"no shipped checkpoint yet (none of {', '.join(f'{n}.npz' for n in SHIPPED)} in {folder}): "
+                         f"{TRAIN_HINT}")
     means = {name: model_card_mean(folder / f"{name}.md", trained_protocol(folder / f"{name}.npz")) for name in found}
     best = max(found, key=lambda name: -np.inf if means[name] is None else means[name])  # ties: SHIPPED order
     return str(folder / f"{best}.npz")

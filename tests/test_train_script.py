@@ -99,6 +99,15 @@ def test_each_shipped_agent_has_its_recipe(name):
     assert scheduled(schedule, cfg.total_steps, cfg.lr) == shipped["lr"]  # the last learning rate shipped
 
 
+def test_the_main_job_is_the_pong_ppo_recipe():
+    """`python -m scripts.train` with no flags trains what hyperparams/pong-ppo.yml writes out."""
+    settings = read_recipe(os.path.join(ROOT, "hyperparams", "pong-ppo.yml"))
+    module = AGENTS[settings["agent"]]
+    recipe = module.resolved(dataclasses.replace(module.Config(), **recipe_changes(module.Config, settings, "pong-ppo")))
+    assert module is AGENTS[train.DEFAULT_AGENT] and dataclasses.asdict(recipe) == dataclasses.asdict(
+        module.resolved(module.Config()))
+
+
 def test_a_recipe_flags_over_it_and_a_run_config_json_starts_a_sibling(tmp_path, monkeypatch):
     (tmp_path / "r.yml").write_text("agent: dqn\ngame: CartPole-v1\nlr: 1e-3\nlearning_starts: 100\n"
                                     "buffer_size: 400\nlr_schedule: {0: 1e-3, 100: 5e-4}\n")

@@ -324,7 +324,7 @@ def test_bad_files_one_line_exit_2(pg_checkpoint, recordings, tmp_path, capsys):
 def test_shipped_checkpoint_choice(tmp_path, pg_checkpoint, monkeypatch, capsys):
     monkeypatch.setattr(watch, "ROOT", tmp_path)
     message = one_line_exit_2(capsys, watch.main, [])
-    assert "no shipped checkpoint yet" in message and "scripts.train --game pong" in message
+    assert "no shipped checkpoint yet" in message and "scripts.train --run-dir" in message
     folder = tmp_path / "checkpoints"
     folder.mkdir()
     for name in ("pong-pg", "pong-dqn"):
@@ -345,6 +345,11 @@ def test_shipped_checkpoint_choice(tmp_path, pg_checkpoint, monkeypatch, capsys)
     assert watch.shipped_checkpoint().endswith("pong-dqn.npz")  # 8.0 without sticky beats 0.67 with
     (folder / "pong-dqn.md").write_text("\n".join([row.format("v5-sticky", 5.0), row.format("v4-nosticky", 0.5)]))
     assert watch.shipped_checkpoint().endswith("pong-pg.npz")  # 0.5 loses, though its sticky row is higher
+    (folder / "pong-ppo.npz").write_bytes(open(pg_checkpoint, "rb").read())
+    (folder / "pong-ppo.md").write_text(row.format("v5-sticky", 18.5))
+    assert watch.shipped_checkpoint().endswith("pong-ppo.npz")  # a third shipped agent, better than both
+    (folder / "pong-ppo.md").unlink()
+    assert watch.shipped_checkpoint().endswith("pong-pg.npz")  # no card: it never wins on a number
     (folder / "pong-dqn.npz").write_bytes(b"not a checkpoint")
     assert watch.trained_protocol(folder / "pong-dqn.npz") is None
 
