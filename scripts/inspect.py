@@ -3,7 +3,8 @@
 Runs side by side: python -m scripts.inspect RUN --compare OTHER_RUN [--out curves.png] prints when
 each run's running mean (last 100 games) first reached -10, 0, +10 and +18 (steps, games, wall-clock
 minutes), then every run's running mean at equal agent steps and at equal wall clock, from their
-progress.csv; --out draws both curves. `RUN --milestones` prints the first table for one run.
+progress.csv; --out draws the curves against steps and against minutes. `RUN --milestones` prints
+the first table (and with --out draws the curve) of one run.
 
 Draws the first layer's weights as a grid of images: for a policy on Karpathy's preset each of the
 hidden units' 6400 input weights as an 80x80 tile (as in "Pong from Pixels"); on the deepmind
@@ -34,7 +35,7 @@ def build_parser():
     p.add_argument("checkpoint", help="an agent checkpoint (.npz); with --compare or --milestones a run dir "
                                       "(or the checkpoint in one)")
     p.add_argument("--out", default=None, help="the picture to write (.png, .pdf or .svg; default model.png; "
-                                              "with --compare only when given)")
+                                              "with --compare or --milestones only when given)")
     p.add_argument("--units", type=int, default=0, help="draw only the first N units or filters (default all)")
     p.add_argument("--compare", action="append", default=[], metavar="RUN",
                    help="another run dir to set beside the first, at equal steps and equal wall clock (repeat it "
@@ -93,8 +94,7 @@ def compare_runs(args):
         print(f"{label:<{width}}" + "".join(f"  {c:>29}" for c in cells))
     result = {"milestones": found}
     if args.compare:
-        runs = list(zip(labels, progress))
-        table = at_equal(runs)
+        table = at_equal(list(zip(labels, progress)))
         for name, unit in (("steps", "step"), ("minutes", "minutes")):
             print(f"\nrunning mean at equal {'agent steps' if name == 'steps' else 'wall clock (minutes)'}:")
             print(f"{unit:>12}" + "".join(f"  {label:>{max(8, len(label))}}" for label in labels))
@@ -103,17 +103,17 @@ def compare_runs(args):
                 print(f"{x:>12}" + "".join(f"  {'-' if row[label] is None else format(row[label], '+.2f'):>{max(8, len(label))}}"
                                            for label in labels))
         result.update(table)
-        if args.out is not None:
-            import matplotlib.pyplot as plt
-            fig = compare_figure(runs, title="running mean of the last 100 games")
-            try:
-                with atomic_write(args.out) as f:
-                    fig.savefig(f, format=os.path.splitext(args.out)[1][1:].lower())
-            except OSError as e:
-                raise cannot_write("--out", args.out, e) from None
-            finally:
-                plt.close(fig)
-            print(f"\nwrote {args.out}")
+    if args.out is not None:
+        import matplotlib.pyplot as plt
+        fig = compare_figure(list(zip(labels, progress)), title="running mean of the last 100 games")
+        try:
+            with atomic_write(args.out) as f:
+                fig.savefig(f, format=os.path.splitext(args.out)[1][1:].lower())
+        except OSError as e:
+            raise cannot_write("--out", args.out, e) from None
+        finally:
+            plt.close(fig)
+        print(f"\nwrote {args.out}")
     print(json.dumps(result))
     return 0
 
