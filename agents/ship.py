@@ -10,8 +10,10 @@ import re
 import shutil
 import tempfile
 
+from agents.curve import compare_figure, milestones
 from agents.evaluation import REFERENCE_SCORES, human_normalized
-from agents.run import CheckpointError, checkpoint_header, export_for_playing, machine_text, snapshot_paths
+from agents.run import (CheckpointError, checkpoint_header, export_for_playing, machine_text, read_run_record,
+                        snapshot_paths)
 from nets.data import sha256_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,10 +159,56 @@ def where(config):
     return f"{text}, BLAS threads {threads}" if threads else text
 
 
-def card(name, config, header, results, curve_name, seed, workers=0, scored=None, earlier=None):
+def milestone_lines(progress, continued=False):
+    """The card's table of when the running mean of 100 games first reached -10, 0, +10 and +18."""
+    rows = milestones(progress)
+    which = "its last run (the one continued from the `--init` weights)" if continued else "the run"
+    lines = ["## Time to a winning agent", "",
+             f"When the running mean of the last 100 training games first reached each level, in {which}; "
+             "`python -m scripts.inspect RUN_DIR --milestones` prints it:", "",
+             "| running mean | agent steps | games | wall clock |", "|---|---|---|---|"]
+    for r in rows:
+        if r["step"] is None:
+            lines.append(f"| {r['level']:+g} | not reached | | |")
+        else:
+            lines.append(f"| {r['level']:+g} | {r['step']:,} | {r['episode']:,} | {r['minutes']:g} min |")
+    return lines + [""]
+
+
+def train_command(argv):
+    """A recorded sys.argv as the command to type, with the home directory written ~ (no machine's
+    home on a card)."""
+    home = os.path.expanduser("~")
+    args = [("~" + a[len(home):]) if home not in ("", "/") and a.startswith(home + os.sep) else a for a in argv[1:]]
+    return " ".join(["python", "-m", "scripts.train", *args])
+
+
+def draw_curves(path, runs):
+    """The card's picture: the running mean of each (label, progress.csv) against agent steps and
+    against wall-clock minutes (agents.curve.compare_figure)."""
+    import matplotlib.pyplot as plt
+    fig = compare_figure(runs, title="running mean of the last 100 training games")
+    try:
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+
+
+def compared_lines(compare):
+    """Under the curve: the command of each run drawn beside the shipped one (from its config.json)."""
+    if not compare:
+        return []
+    lines = ["Beside it on the picture, each trained alone on the same machine:", ""]
+    for label, record in compare:
+        lines.append(f"- {label}: `{train_command(record.get('command', []))}`")
+    return lines + [""]
+
+
+def card(name, config, header, results, curve_name, seed, workers=0, scored=None, earlier=None, progress=None,
+         compare=()):
     """The markdown card; earlier: the --init checkpoint's own commands (earlier_commands)."""
     def shell(argv):
-        return " ".join(["python", "-m", "scripts.train", *argv[1:]])
+        return train_command(argv)
     def stop(r):
         return f"# then, after a stop at step {r['step']:,}:" if "step" in r else "# then, after a stop:"
     command = "\n".join([shell(config.get("command", []))] +
@@ -196,7 +244,9 @@ def card(name, config, header, results, curve_name, seed, workers=0, scored=None
     for r in results:
         lines += ["```json", json.dumps(r), "```", ""]
     lines += references(header["env"]["env_id"], scored or results[:1])
-    lines += ["## Learning curve", "", f"![learning curve]({curve_name})", ""]
+    if progress and os.path.exists(progress):
+        lines += milestone_lines(progress, bool(init))
+    lines += ["## Learning curve", "", f"![learning curve]({curve_name})", ""] + compared_lines(compare)
     if init:
         lines[-1:-1] = ["", "The curve is of the last run, the one continued from the `--init` weights."]
     return "\n".join(lines)
@@ -208,8 +258,9 @@ class Staged:
     """A run's playing weights exported into a temporary folder inside out_dir, published (moved in
     place with the card and the curve) or dropped; `header` is the exported file's header."""
 
-    def __init__(self, run_dir, config, out_dir, name, average=1):
+    def __init__(self, run_dir, config, out_dir, name, average=1, compare=()):
         self.run_dir, self.config, self.out_dir, self.name = run_dir, config, out_dir, name
+        self.compare = list(compare)  # [(label, run dir)] drawn beside the run on the card's curve
         src = os.path.join(run_dir, "checkpoint.npz")
         snapshots = averaged_with(run_dir, src, average)
         os.makedirs(out_dir, exist_ok=True)
@@ -231,14 +282,16 @@ class Staged:
         earlier = earlier_commands(init) if init else None  # before the new file replaces the --init one
         self.header["env"] = env
         curve_name = f"{self.name}.png"
-        curve_src = os.path.join(self.run_dir, "curve.png")
-        if os.path.exists(curve_src):
-            shutil.copyfile(curve_src, os.path.join(self.tmp, curve_name))
+        progress = os.path.join(self.run_dir, "progress.csv")
+        if os.path.exists(progress):  # against steps and wall-clock minutes, beside the compared runs
+            draw_curves(os.path.join(self.tmp, curve_name), [(self.name, progress)] + [
+                (label, os.path.join(d, "progress.csv")) for label, d in self.compare])
             os.replace(os.path.join(self.tmp, curve_name), os.path.join(self.out_dir, curve_name))
         os.replace(self.path, os.path.join(self.out_dir, f"{self.name}.npz"))
         scored = [r for r in results if r["protocol"] == protocol]
         with open(os.path.join(self.tmp, "card.md"), "w") as f:
-            f.write(card(self.name, self.config, self.header, results, curve_name, seed, workers, scored, earlier))
+            f.write(card(self.name, self.config, self.header, results, curve_name, seed, workers, scored, earlier,
+                         progress=progress, compare=[(label, read_run_record(d)) for label, d in self.compare]))
         os.replace(os.path.join(self.tmp, "card.md"), self.card_path)
         self.drop()
 

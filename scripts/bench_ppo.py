@@ -16,6 +16,9 @@ import warnings
 
 import numpy as np
 
+import envs
+from agents import ppo
+from agents.run import Run, config_dict
 from scripts.common import UsageError, add_blas_threads_flag, blas_threads, fail
 
 
@@ -25,14 +28,14 @@ def add_arguments(parser):
     parser.add_argument("--rounds", type=int, default=4, help="rounds timed after a warm-up round (default 4)")
     parser.add_argument("--num-envs", type=int, default=8, help="envs stepped together (default 8)")
     parser.add_argument("--num-steps", type=int, default=128, help="steps per env in a rollout (default 128)")
-    parser.add_argument("--epochs", type=int, default=4, help="passes over each rollout (default 4)")
+    parser.add_argument("--epochs", type=int, default=ppo.Config.epochs,
+                        help=f"passes over each rollout (default {ppo.Config.epochs}, the agent's)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch loop")
     parser.add_argument("--seed", type=int, default=0)
     add_blas_threads_flag(parser, "auto, decided once at the start; torch gets as many threads")
 
 
 def make_config(args):
-    from agents import ppo
     if args.rounds < 1:
         raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
     per_round = args.num_envs * args.num_steps
@@ -42,7 +45,6 @@ def make_config(args):
 
 
 def env_steps_per_second(cfg, seconds=3.0):
-    import envs
     venv = envs.make_vector(cfg.game, cfg.preset, cfg.num_envs, sticky=cfg.sticky, training=False)
     rng = np.random.default_rng(0)
     venv.reset(seed=0)
@@ -58,8 +60,6 @@ def env_steps_per_second(cfg, seconds=3.0):
 
 def numpy_loop(cfg):
     """(seconds per training step, rollout share) of agents.ppo.train, the warm-up round left out."""
-    from agents import ppo
-    from agents.run import Run, config_dict
     rows = []
     with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a curve with no finished games
@@ -101,8 +101,6 @@ def torch_network(torch, obs_shape, n_actions, network, hidden):
 def torch_loop(cfg, rounds, threads):
     """The same rollout + update in PyTorch; (seconds per training step, rollout and update shares)."""
     import torch
-    import envs
-    from agents import ppo
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     venv = envs.make_vector(cfg.game, cfg.preset, cfg.num_envs, sticky=cfg.sticky, training=False)

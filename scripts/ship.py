@@ -2,7 +2,8 @@
 
 Exports the run's checkpoint with only what playing needs (float32 policy or online Q-network),
 evaluates it on --episodes fresh games with scripts.evaluate's protocol, and writes
-checkpoints/<name>.npz, <name>.md (the card: agents/ship.py) and <name>.png (the learning curve).
+checkpoints/<name>.npz, <name>.md (the card: agents/ship.py) and <name>.png (the learning curve
+against agent steps and wall-clock minutes, with --compare beside other runs).
 It refuses, exit 1, unless the new agent scores better than the card of the one already shipped, on
 the protocol the agent trained on (--force overrides).
 """
@@ -31,6 +32,9 @@ def build_parser():
     p.add_argument("--force", action="store_true", help="ship even if not better than the shipped one")
     add_worker_flags(p, "evaluation games, as scripts.evaluate --workers does")
     add_blas_threads_flag(p, "auto: both cores of an idle machine, 1 while another process keeps a core busy")
+    p.add_argument("--compare", action="append", default=[], metavar="RUN_DIR",
+                   help="another run dir drawn beside this one on the card's curve (against steps and wall-clock "
+                        "minutes), named by its folder, its command under the picture; repeat for more")
     p.add_argument("--average", type=int, default=1, metavar="K",
                    help="ship the mean weights of the run's last K saves: checkpoint.npz and the K-1 snapshots "
                         "before it (train with --keep-snapshots; default 1: the checkpoint alone)")
@@ -44,8 +48,17 @@ def stage(args):
         raise UsageError(f"--name {args.name!r}: use lower-case letters, digits, - and _")
     if not os.path.isfile(os.path.join(args.run_dir, "checkpoint.npz")):
         raise UsageError(f"{args.run_dir}: not a run dir with a checkpoint.npz")
+    compare = []
+    for other in args.compare:
+        if not os.path.isfile(os.path.join(other, "progress.csv")):
+            raise UsageError(f"--compare {other}: not a run dir (no progress.csv)")
+        try:
+            read_run_record(other)
+        except ValueError as e:
+            raise UsageError(f"--compare {e}") from None
+        compare.append((os.path.basename(os.path.normpath(other)), other))
     try:
-        return Staged(args.run_dir, read_run_record(args.run_dir), args.out_dir, args.name, args.average)
+        return Staged(args.run_dir, read_run_record(args.run_dir), args.out_dir, args.name, args.average, compare)
     except (CheckpointError, ValueError) as e:
         raise UsageError(str(e).splitlines()[0]) from None
     except OSError as e:  # --out-dir unwritable, or a disk that filled up

@@ -161,6 +161,9 @@ case(M, "/nonexistent.npz", "--out", "x.png", says="no such file")
 case(M, "{corrupt}", "--out", "x.png", says="not a valid .npz")
 case(M, "{dir}", "--out", "x.png", says="directory")
 case(M, "{pong}", "--out", "/proc/model.png", says="--out /proc/model.png: cannot write")
+case(M, "{dir}", "--milestones", says="not a run dir")
+case(M, "{run}", "--compare", "{dir}", says="not a run dir")
+case(M, "{run}", "--milestones", "--levels", "high", says="--levels high")
 M = "scripts.sanity"
 case(M, "chess", says="invalid choice")
 case(M, "digits", "--data-dir", "/nonexistent/data", says="/nonexistent/data")
@@ -174,6 +177,7 @@ case(M, "/nonexistent/run", "--name", "x", says="not a run dir")
 case(M, "{run}", "--name", "Bad Name!", says="--name")
 case(M, "{run}", says="--name")
 case(M, "{run}", "--name", "x", "--episodes", "0", says="--episodes")
+case(M, "{run}", "--name", "x", "--compare", "{dir}", says="--compare")
 case(M, "{run}", "--name", "x", "--episodes", "1", "--out-dir", "/proc/shipped",
      says="--out-dir /proc/shipped: cannot write")
 M = "scripts.pretrain"

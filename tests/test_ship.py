@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -21,7 +22,9 @@ def test_ship_exports_playing_weights_with_a_card_and_refuses_worse(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run("scripts.train", "--resume", str(run_dir), "--total-steps", "4000", "--quiet")
     assert r.returncode == 0, r.stderr
-    r = run("scripts.ship", str(run_dir), "--name", "cp", "--episodes", "2", "--out-dir", str(out))
+    shutil.copytree(run_dir, tmp_path / "other")  # a run to draw beside it
+    r = run("scripts.ship", str(run_dir), "--name", "cp", "--episodes", "2", "--out-dir", str(out),
+            "--compare", str(tmp_path / "other"))
     assert r.returncode == 0, r.stderr
     results = [json.loads(line) for line in r.stdout.strip().splitlines()]
     assert [x["actions"] for x in results] == ["sampled", "greedy"]  # a PG agent is scored both ways
@@ -36,6 +39,8 @@ def test_ship_exports_playing_weights_with_a_card_and_refuses_worse(tmp_path):
     stopped = json.loads((run_dir / "config.json").read_text())["resumes"][0]["step"]
     assert stopped >= 3000 and f"# then, after a stop at step {stopped:,}:\n" in text
     assert (out / "cp.png").exists()
+    assert "Beside it on the picture" in text and "- other: `python -m scripts.train --agent pg" in text
+    assert "| running mean | agent steps | games | wall clock |" in text  # time to each level, from progress.csv
     recorded = json.loads((run_dir / "config.json").read_text())["machine"]  # what ship says it trained on
     assert recorded["cores"] >= 1 and f"a {recorded['cores']}-core CPU machine ({recorded['cpu']})" in text
     # the same agent again is not better: refused, nothing changed
