@@ -7,6 +7,7 @@ shape, rollout length, epochs, minibatches, Adam, gradient clipping; GAE is the 
 function in both), with as many torch threads as numpy has BLAS threads (--blas-threads). The last row is the
 numpy/torch time ratio per training step (below 1: numpy is faster). Trust ratios, not seconds.
 """
+import importlib.util
 import json
 import math
 import os
@@ -181,9 +182,7 @@ def compare(cfg, args, threads):
                  "rollout_ms_per_step": round(1e3 * rollout, 3), "update_ms_per_step": round(1e3 * update, 3)})
     torch_total = None
     if not args.no_torch:
-        try:
-            import torch  # noqa: F401  optional: only this comparison needs it
-        except ImportError:
+        if importlib.util.find_spec("torch") is None:  # optional: only this comparison needs it
             print("  (torch is not installed: no PyTorch comparison)")
         else:
             torch_total, t_rollout, t_update = torch_loop(cfg, args.rounds, threads)
