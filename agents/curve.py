@@ -80,7 +80,9 @@ def at_equal(runs, points=4):
     shortest run's end (its last finished episode). runs: [(label, progress.csv)]."""
     cols = {label: read_progress(path) for label, path in runs}
     out = {}
-    for key, name, scale in (("step", "steps", 1.0), ("wall_seconds", "minutes", 60.0)):
+    marks = {"steps": ("step", "step", int),  # table: (progress.csv column, row key, how the mark is shown)
+             "minutes": ("wall_seconds", "minutes", lambda seconds: round(seconds / 60, 1))}
+    for name, (key, unit, shown) in marks.items():
         ends = [c[key][-1] for c in cols.values() if c.get(key)]
         if len(ends) < len(cols):  # a run with no finished episode has no curve to compare
             out[name] = []
@@ -89,7 +91,7 @@ def at_equal(runs, points=4):
         rows = []
         for k in range(1, points + 1):
             x = end * k / points
-            row = {name[:-1] if name == "steps" else name: round(x / scale, 1) if scale != 1 else int(x)}
+            row = {unit: shown(x)}
             for label, c in cols.items():
                 v = value_at(c, key, x)
                 row[label] = None if v is None else round(v, 2)

@@ -33,6 +33,14 @@ EVAL_FIELDS = ["step", "mean_return", "std_return", "episodes", "wall_seconds"]
 PACKAGES = ("grok-arcade", "gymnasium", "ale-py")  # whose versions checkpoints and run dirs record
 
 
+def usable_cpus():
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def machine():
     """What the run trained on, for config.json and the card: {"cpu": model name, "cores": CPUs this
     process may use, "cpus": CPUs in the machine, "system": "Linux x86_64"}."""
@@ -45,10 +53,7 @@ def machine():
                     break
     except OSError:
         pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
+    cores = usable_cpus()
     return {"cpu": cpu or "unknown", "cores": cores, "cpus": os.cpu_count() or cores,
             "system": f"{platform.system()} {platform.machine()}"}
 

@@ -12,8 +12,8 @@ import tempfile
 
 from agents.curve import compare_figure, milestones
 from agents.evaluation import REFERENCE_SCORES, human_normalized
-from agents.run import (CheckpointError, checkpoint_header, export_for_playing, machine_text, read_run_record,
-                        snapshot_paths)
+from agents.run import (CheckpointError, checkpoint_header, export_for_playing, home_relative, machine_text,
+                        read_run_record, snapshot_paths)
 from nets.data import sha256_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -178,9 +178,8 @@ def milestone_lines(progress, continued=False):
 def train_command(argv):
     """A recorded sys.argv as the command to type, with the home directory written ~ (no machine's
     home on a card)."""
-    home = os.path.expanduser("~")
-    args = [("~" + a[len(home):]) if home not in ("", "/") and a.startswith(home + os.sep) else a for a in argv[1:]]
-    return " ".join(["python", "-m", "scripts.train", *args])
+    home = os.path.expanduser("~") + os.sep
+    return " ".join(["python", "-m", "scripts.train", *(home_relative(a) if a.startswith(home) else a for a in argv[1:])])
 
 
 def draw_curves(path, runs):

@@ -91,22 +91,29 @@ class Conv2d(Layer):
         return n, self.out_channels, conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
 
     def forward(self, x):
-        check_input(self, x, 4, self.in_channels, axis=1)
-        n, c, h, w = x.shape
-        _, o, ho, wo = self.output_shape(x.shape)
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        # NHWC inside: every kernel row of a window is then kw*C contiguous numbers, which makes the
-        # im2col copy below 3 to 20 times faster than NCHW's (C, kh, kw) order.
-        xp = self._padded_nhwc(x)  # (N, Hp, Wp, C)
-        s = xp.strides
-        windows = as_strided(xp, (n, ho, wo, kh, kw, c), (s[0], sh * s[1], sw * s[2], s[1], s[2], s[3]))
-        cols = self.buffers.get("cols", (n * ho * wo, kh * kw * c), self.dtype)  # (N*Ho*Wo, kh*kw*C)
+        windows, cols, (n, o, ho, wo) = self._windows(x)
         self.cols, self.x_shape = cols, x.shape
         y = im2col_matmul(windows, cols, self._weight_matrix())  # (N*Ho*Wo, out)
         y += self.params["b"]
         # The NCHW result is a view of the NHWC matmul output: no copy here, and the next conv's
         # NHWC transpose of it is a plain contiguous read.
         return y.reshape(n, ho, wo, o).transpose(0, 3, 1, 2)  # (N, out, Ho, Wo)
+
+    def _windows(self, x):
+        """x (N, C, H, W) -> (windows (N, Ho, Wo, kh, kw, C) strided view, the reused im2col buffer
+        (N*Ho*Wo, kh*kw*C), the output shape (N, out, Ho, Wo)); ValueError if x does not fit."""
+        check_input(self, x, 4, self.in_channels, axis=1)
+        n, c, h, w = x.shape
+        out_shape = self.output_shape(x.shape)
+        _, _, ho, wo = out_shape
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        # NHWC inside: every kernel row of a window is then kw*C contiguous numbers, which makes the
+        # im2col copy 3 to 20 times faster than NCHW's (C, kh, kw) order.
+        xp = self._padded_nhwc(x)  # (N, Hp, Wp, C)
+        s = xp.strides
+        windows = as_strided(xp, (n, ho, wo, kh, kw, c), (s[0], sh * s[1], sw * s[2], s[1], s[2], s[3]))
+        cols = self.buffers.get("cols", (n * ho * wo, kh * kw * c), self.dtype)  # (N*Ho*Wo, kh*kw*C)
+        return windows, cols, out_shape
 
     def _padded_nhwc(self, x):
         """x (N, C, H, W) as a zero-padded NHWC array (a reused buffer, or x's own memory)."""
@@ -194,14 +201,7 @@ def shared_input_forward(layers, x):
     if any(type(layer) is not Conv2d or layer.config() != first.config() or layer.dtype != first.dtype
            for layer in layers):
         raise ValueError("shared_input_forward needs Conv2d layers of the same configuration and dtype")
-    check_input(first, x, 4, first.in_channels, axis=1)
-    n, c, h, w = x.shape
-    _, o, ho, wo = first.output_shape(x.shape)
-    (kh, kw), (sh, sw) = first.kernel_size, first.stride
-    xp = first._padded_nhwc(x)  # (N, Hp, Wp, C)
-    s = xp.strides
-    windows = as_strided(xp, (n, ho, wo, kh, kw, c), (s[0], sh * s[1], sw * s[2], s[1], s[2], s[3]))
-    cols = first.buffers.get("cols", (n * ho * wo, kh * kw * c), first.dtype)  # (N*Ho*Wo, kh*kw*C)
+    windows, cols, (n, o, ho, wo) = first._windows(x)
     weights = np.concatenate([layer._weight_matrix() for layer in layers], axis=1)  # (kh*kw*C, L*out)
     y = im2col_matmul(windows, cols, weights)  # (N*Ho*Wo, L*out)
     y += np.concatenate([layer.params["b"] for layer in layers])

@@ -21,6 +21,7 @@ from threadpoolctl import ThreadpoolController
 import agents
 from agents import distributed
 from agents.evaluation import evaluate, play_rule
+from agents.run import usable_cpus
 from scripts.viewer import NoDisplayError, check_display
 
 
@@ -51,13 +52,6 @@ def cpu_clock():
     own = os.times()
     busy = sum(ticks) - ticks[3] - ticks[4]  # steal counts as busy: another VM has the core
     return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.monotonic()
-
-
-def usable_cpus():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 class ThreadPolicy:
