@@ -6,6 +6,10 @@ its parameters). numpy and PyTorch (2 threads, when importable) run the same net
 same weights and the same work: the DQN's first conv computes no input gradient in either, and
 the MLP's backward computes the input gradient in both (nets.Linear always returns dx).
 Each row's two timings are interleaved, so a busy machine slows both alike: trust the ratios.
+
+--layers adds where the batch-32 forward's time goes, layer by layer: each numpy layer's forward,
+for a conv the matmul alone on columns made ready beforehand (what im2col costs is the difference),
+and PyTorch's same layer.
 """
 import json
 import os
@@ -28,6 +32,8 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
     parser.add_argument("--torch-threads", type=int, default=2,
                         help="PyTorch threads (on a busy machine compare 1 against --blas-threads 1)")
+    parser.add_argument("--layers", action="store_true",
+                        help="also time the Nature-DQN forward at batch 32 layer by layer (numpy, its matmul alone, PyTorch)")
     add_blas_threads_flag(parser, "as many as --torch-threads, so both sides run alike")
 
 
@@ -81,17 +87,21 @@ def median_ms(fn, repeats):
     return 1e3 * float(np.median([_sample(fn, inner) for _ in range(repeats)]))
 
 
-def time_pair(np_fn, torch_fn, repeats):
-    """Medians (ms) of numpy and PyTorch, their samples interleaved so background load hits both."""
-    np_inner = _inner_count(np_fn)
-    torch_inner = _inner_count(torch_fn) if torch_fn else 0
-    np_times, torch_times = [], []
+def time_interleaved(fns, repeats):
+    """Medians (ms) of each function (None for a None), their samples interleaved so background load
+    hits all alike."""
+    inners = [_inner_count(fn) if fn else 0 for fn in fns]
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        np_times.append(_sample(np_fn, np_inner))
-        if torch_fn:
-            torch_times.append(_sample(torch_fn, torch_inner))
-    np_ms = 1e3 * float(np.median(np_times))
-    return np_ms, (1e3 * float(np.median(torch_times)) if torch_fn else None)
+        for fn, inner, samples in zip(fns, inners, times):
+            if fn:
+                samples.append(_sample(fn, inner))
+    return [1e3 * float(np.median(samples)) if samples else None for samples in times]
+
+
+def time_pair(np_fn, torch_fn, repeats):
+    """Medians (ms) of numpy and PyTorch (None without it), interleaved."""
+    return tuple(time_interleaved([np_fn, torch_fn], repeats))
 
 
 def numpy_cases(seed):
@@ -173,6 +183,73 @@ def torch_cases(numpy_nets, threads=2):
     return cases, torch.__version__
 
 
+def layer_rows(repeats, seed, torch_threads, use_torch=True):
+    """The Nature-DQN forward at batch 32, one row per layer: numpy's forward, for a conv its matmul
+    alone (columns already copied), and PyTorch's same layer on the same input (None without torch)."""
+    rng = np.random.default_rng(seed)
+    dqn = nature_dqn(rng).eval()
+    torch = None
+    if use_torch:
+        try:
+            import torch
+            torch.set_num_threads(torch_threads)
+        except ImportError:
+            pass
+    x = rng.random((32, 4, 84, 84), dtype=np.float32)
+    rows = []
+    for i, layer in enumerate(dqn.layers):
+        name = f"{i} {type(layer).__name__}"
+        if isinstance(layer, nets.Conv2d):
+            (kh, kw), stride = layer.kernel_size, layer.stride
+            name += f" {layer.in_channels}->{layer.out_channels} {kh}x{kw}/{stride[0]}"
+        np_ms, gemm_ms, torch_ms = time_interleaved(
+            [lambda: layer.forward(x), matmul_alone(layer, x), torch and torch_twin(torch, layer, x)], repeats)
+        rows.append({"layer": name, "numpy_ms": round(np_ms, 3), "gemm_ms": None if gemm_ms is None else round(gemm_ms, 3),
+                     "torch_ms": None if torch_ms is None else round(torch_ms, 3)})
+        x = layer.forward(x)
+    return rows
+
+
+def matmul_alone(layer, x):
+    """A Conv2d's im2col matmul on its columns copied beforehand, as a function (None for other layers)."""
+    if not isinstance(layer, nets.Conv2d):
+        return None
+    windows, cols, _ = layer._windows(x)
+    cols = cols.copy()  # its own: the layer's forward reuses the buffer
+    np.copyto(cols.reshape(windows.shape), windows)
+    w = layer._weight_matrix()
+    return lambda: cols @ w
+
+
+def torch_twin(torch, layer, x):
+    """The same layer in PyTorch applied to x, as a function (None for a layer it lacks)."""
+    kind = type(layer).__name__
+    if kind == "Conv2d":
+        twin = torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride)
+    elif kind == "Linear":
+        twin = torch.nn.Linear(*layer.params["W"].shape)
+    elif kind in ("ReLU", "Flatten"):
+        twin = getattr(torch.nn, kind)()
+    else:
+        return None
+    tx = torch.from_numpy(np.ascontiguousarray(x))
+
+    def run():
+        with torch.no_grad():
+            twin(tx)
+    return run
+
+
+def print_layer_rows(rows):
+    print("\nthe dqn fwd b32 row, layer by layer (matmul: the conv's matmul alone, its columns ready)")
+    print(f"{'layer':<26}{'numpy ms':>10}{'matmul ms':>11}{'torch ms':>10}{'ratio':>8}")
+    for r in rows:
+        gemm = f"{r['gemm_ms']:.2f}" if r["gemm_ms"] is not None else "-"
+        torch_ms = f"{r['torch_ms']:.2f}" if r["torch_ms"] is not None else "-"
+        ratio = f"{r['numpy_ms'] / r['torch_ms']:.2f}" if r["torch_ms"] else "-"
+        print(f"{r['layer']:<26}{r['numpy_ms']:>10.2f}{gemm:>11}{torch_ms:>10}{ratio:>8}")
+
+
 def blas_description():
     parts = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} x{i.get('num_threads')}"
              for i in threadpool_info() if i.get("user_api") == "blas"]
@@ -202,6 +279,7 @@ def main(args):
         with blas_threads(args.blas_threads or args.torch_threads) as threads:
             print(f"numpy with {threads.threads} BLAS threads")
             rows, gemm, flops = run(args.repeats, not args.no_torch, args.seed, args.torch_threads)
+            layers = layer_rows(args.repeats, args.seed, args.torch_threads, not args.no_torch) if args.layers else None
     except UsageError as e:
         fail(str(e))
     have_torch = rows[0]["torch_ms"] is not None
@@ -223,6 +301,8 @@ def main(args):
     if have_torch:
         line += f", PyTorch {flops / (step['torch_ms'] * 1e-3) / 1e9:.0f} GFLOP/s"
     print(line)
+    if layers:
+        print_layer_rows(layers)
     print(json.dumps({"bench": "nets", "rows": rows, "gemm_gflops": round(gemm, 1),
-                      "dqn_step_gflops": round(step_gflops, 1)}))
+                      "dqn_step_gflops": round(step_gflops, 1), **({"layers": layers} if layers else {})}))
     return 0
