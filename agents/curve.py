@@ -47,15 +47,17 @@ def plot_progress(progress_path, out_path, title="", others=(), label="this run"
     os.replace(tmp, out_path)
 
 
-def milestones(progress_path, levels=(-10.0, 0.0, 10.0, 18.0)):
-    """The first time the running mean (last 100 episodes) reached each level: [{level, step, episode,
-    minutes}] with None for a level never reached, as progress.csv recorded it."""
+def milestones(progress_path, levels=(-10.0, 0.0, 10.0, 18.0), window=100):
+    """The first time the running mean of the last 100 episodes reached each level: [{level, step,
+    episode, minutes}] with None for a level never reached, as progress.csv recorded it. Only rows
+    from the window-th episode on count: before that the mean is of fewer games (a cloned policy's
+    first game alone would "reach" +10)."""
     cols = read_progress(progress_path)
     out = []
     for level in levels:
         row = {"level": level, "step": None, "episode": None, "minutes": None}
         for i, mean in enumerate(cols.get("running_mean", [])):
-            if mean >= level:
+            if cols["episode"][i] >= window and mean >= level:
                 row.update(step=int(cols["step"][i]), episode=int(cols["episode"][i]),
                            minutes=round(cols["wall_seconds"][i] / 60.0, 1))
                 break

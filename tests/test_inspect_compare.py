@@ -8,10 +8,10 @@ from scripts import inspect
 HEADER = "step,episode,return,length,running_mean,wall_seconds\n"
 
 
-def write_run(folder, rows):
-    """rows: (step, running_mean, wall_seconds); one game per row."""
+def write_run(folder, rows, first_episode=100):
+    """rows: (step, running_mean, wall_seconds); one game per row, numbered from first_episode."""
     folder.mkdir()
-    lines = [f"{step},{i + 1},{mean:.0f},1000,{mean:.4f},{secs}" for i, (step, mean, secs) in enumerate(rows)]
+    lines = [f"{step},{first_episode + i},{mean:.0f},1000,{mean:.4f},{secs}" for i, (step, mean, secs) in enumerate(rows)]
     (folder / "progress.csv").write_text(HEADER + "\n".join(lines) + "\n")
     return folder
 
@@ -35,7 +35,17 @@ def test_milestones_are_the_first_game_at_or_above_each_level(two_runs, capsys):
     assert inspect.main([str(fast), "--milestones"]) == 0
     found = last_json(capsys)["milestones"]["fast"]
     assert [(r["level"], r["step"], r["episode"], r["minutes"]) for r in found] == [
-        (-10, 300_000, 3, 5.0), (0, 400_000, 4, 6.7), (10, None, None, None), (18, None, None, None)]
+        (-10, 300_000, 102, 5.0), (0, 400_000, 103, 6.7), (10, None, None, None), (18, None, None, None)]
+
+
+def test_milestones_wait_for_a_full_window_of_games(tmp_path, capsys):
+    """A clone's first games can score well: a mean of 3 games is no running mean of 100."""
+    clone = write_run(tmp_path / "clone", [(5_000, 12, 1), (10_000, 11, 2), (15_000, -5, 3), (500_000, -3, 60),
+                                           (600_000, 1, 70)], first_episode=98)
+    assert inspect.main([str(clone), "--milestones"]) == 0
+    found = last_json(capsys)["milestones"]["clone"]
+    assert [(r["level"], r["step"], r["episode"]) for r in found] == [
+        (-10, 15_000, 100), (0, 600_000, 102), (10, None, None), (18, None, None)]
 
 
 def test_compare_at_equal_steps_and_equal_wall_clock(two_runs, tmp_path, capsys):
