@@ -215,8 +215,7 @@ def matmul_alone(layer, x):
     if not isinstance(layer, nets.Conv2d):
         return None
     windows, cols, _ = layer._windows(x)
-    cols = cols.copy()  # its own: the layer's forward reuses the buffer
-    np.copyto(cols.reshape(windows.shape), windows)
+    cols = np.ascontiguousarray(windows).reshape(cols.shape)  # its own copy: the layer reuses its buffer
     w = layer._weight_matrix()
     return lambda: cols @ w
 
