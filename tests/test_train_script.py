@@ -78,7 +78,14 @@ def test_list_games_lists_what_the_agents_play_and_survives_head():
 
 # ----------------------------------------------------------------------------- recipes
 
-@pytest.mark.parametrize("name", ["pong-pg", "pong-dqn", "breakout-dqn", "pong-ppo", "breakout-ppo"])
+SHIPPED = sorted(os.path.basename(p)[:-len(".npz")] for p in glob.glob(os.path.join(ROOT, "checkpoints", "*.npz")))
+
+
+def test_every_shipped_agent_is_in_the_recipe_test():
+    assert {"pong-pg", "pong-dqn", "breakout-dqn", "pong-ppo", "breakout-ppo"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_each_shipped_agent_has_its_recipe(name):
     """hyperparams/<name>.yml resolves to the shipped file's settings, network and protocol, and runs
     as many steps as the file holds, those of the file an --init run started from included."""
