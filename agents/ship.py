@@ -80,7 +80,7 @@ def comparison(results, old_scores, trained):
 
 
 def references(env_id, scored):
-    """Markdown lines setting the agent's scores (results on one protocol) beside the published ones,
+    """Markdown lines setting the agent's scores (result rows) beside the published ones,
     [] for other games."""
     ref = REFERENCE_SCORES.get(env_id)
     if ref is None:
@@ -240,8 +240,7 @@ def card(name, config, header, results, curve_name, seed, workers=0, scored=None
              "final exploration)"
              + (". With workers each game draws its random actions from its own seed, so it differs from the "
                 "same game played without them" if workers else "") + ":", ""]
-    for r in results:
-        lines += ["```json", json.dumps(r), "```", ""]
+    lines += ["```json"] + [json.dumps(r) for r in results] + ["```", ""]
     lines += references(header["env"]["env_id"], scored or results[:1])
     if progress and os.path.exists(progress):
         lines += milestone_lines(progress, bool(init))
@@ -287,7 +286,10 @@ class Staged:
                 (label, os.path.join(d, "progress.csv")) for label, d in self.compare])
             os.replace(os.path.join(self.tmp, curve_name), os.path.join(self.out_dir, curve_name))
         os.replace(self.path, os.path.join(self.out_dir, f"{self.name}.npz"))
+        # the compared protocol's rows, then the headline (first) row of each other protocol
         scored = [r for r in results if r["protocol"] == protocol]
+        scored += [r for i, r in enumerate(results) if r["protocol"] != protocol
+                   and all(o["protocol"] != r["protocol"] for o in results[:i])]
         with open(os.path.join(self.tmp, "card.md"), "w") as f:
             f.write(card(self.name, self.config, self.header, results, curve_name, seed, workers, scored, earlier,
                          progress=progress, compare=[(label, read_run_record(d)) for label, d in self.compare]))

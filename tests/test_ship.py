@@ -41,6 +41,7 @@ def test_ship_exports_playing_weights_with_a_card_and_refuses_worse(tmp_path):
     assert (out / "cp.png").exists()
     assert "Beside it on the picture" in text and "- other: `python -m scripts.train --agent pg" in text
     assert "| running mean | agent steps | games | wall clock |" in text  # time to each level, from progress.csv
+    assert "```json\n" + "\n".join(r.stdout.strip().splitlines()) + "\n```" in text  # every row in one block
     recorded = json.loads((run_dir / "config.json").read_text())["machine"]  # what ship says it trained on
     assert recorded["cores"] >= 1 and f"a {recorded['cores']}-core CPU machine ({recorded['cpu']})" in text
     # the same agent again is not better: refused, nothing changed
