@@ -14,6 +14,12 @@ CASES = [  # n, c, h, w, out, kernel, stride, padding
     (1, 4, 20, 20, 3, 8, 4, 0),  # the Nature-DQN first layer's kernel and stride
     (2, 5, 9, 9, 4, 3, 3, 1),
     (2, 2, 10, 11, 3, 2, 3, 1),  # kernel smaller than the stride: some inputs get no gradient
+    # kernels of whole strides: by space to depth where the stride divides the unpadded input
+    (2, 3, 8, 9, 4, (4, 3), (2, 3), 0),
+    (3, 8, 10, 10, 5, 4, 2, 0),
+    (2, 3, 11, 9, 4, 4, 2, 1),  # by im2col: padding, sizes the stride does not divide
+    (2, 3, 10, 13, 4, 6, 3, 0),
+    (3, 16, 20, 20, 5, 4, 2, 0),  # more than 8 channels
 ]
 TOL = {np.float32: dict(rtol=1e-4, atol=1e-4), np.float64: dict(rtol=1e-10, atol=1e-10)}
 
@@ -154,7 +160,7 @@ def test_conv_input_layouts_give_the_same_result(channels, padding, layout):
 
 # ---- the large-columns path and the shared-input forward (DQN's speed-ups): the same numbers ------
 
-@pytest.mark.parametrize("n,c,h,w,out,kernel,stride,padding", [(5, 4, 20, 20, 3, 8, 4, 0), (3, 3, 9, 8, 5, 3, 2, 1)])
+@pytest.mark.parametrize("n,c,h,w,out,kernel,stride,padding", [(5, 4, 22, 22, 3, 8, 4, 0), (3, 3, 9, 8, 5, 3, 2, 1)])
 def test_conv_in_pieces_gives_the_same_numbers(monkeypatch, n, c, h, w, out, kernel, stride, padding):
     """Columns larger than WHOLE_BYTES go a few images at a time (CHUNK_BYTES): the same output, bit
     for bit, and the same gradients, as all at once."""
@@ -170,6 +176,27 @@ def test_conv_in_pieces_gives_the_same_numbers(monkeypatch, n, c, h, w, out, ker
         np.testing.assert_array_equal(layer.forward(x), whole)
         np.testing.assert_array_equal(layer.backward(dy), dx_whole)
         np.testing.assert_array_equal(layer.grads["W"], dw_whole)
+
+
+@pytest.mark.parametrize("out", [16, 32])
+def test_atari_first_layer_goes_by_space_to_depth_and_agrees_with_im2col(out):
+    """The frames layer (8x8 stride 4 on 84x84) takes the space-to-depth path on a contiguous batch;
+    the same numbers as im2col, which it takes on a batch whose rows are not contiguous."""
+    rng = np.random.default_rng(11)
+    layer = nets.Conv2d(4, out, 8, 4, input_grad=True, rng=rng)
+    x = rng.random((3, 4, 84, 84), dtype=np.float32)
+    dy = rng.standard_normal((3, out, 20, 20)).astype(np.float32)
+    fast = layer.forward(x).copy()
+    assert layer.blocked
+    dx_fast, dw_fast, db_fast = layer.backward(dy).copy(), layer.grads["W"].copy(), layer.grads["b"].copy()
+    columns_apart = np.empty((3, 4, 84, 84, 2), np.float32)[..., 0]  # the same numbers, every other float
+    columns_apart[...] = x
+    slow = layer.forward(columns_apart)
+    assert not layer.blocked
+    np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx_fast, layer.backward(dy), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw_fast, layer.grads["W"], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(db_fast, layer.grads["b"], rtol=1e-5, atol=1e-4)
 
 
 def nature_trunk(rng, dueling=False):
