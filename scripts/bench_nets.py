@@ -211,9 +211,15 @@ def layer_rows(repeats, seed, torch_threads, use_torch=True):
 
 
 def matmul_alone(layer, x):
-    """A Conv2d's im2col matmul on its columns copied beforehand, as a function (None for other layers)."""
+    """A Conv2d's matmuls on its input rows copied beforehand, as a function (None for other layers):
+    the shifted matmuls of space to depth where the layer takes that path, else im2col's one."""
     if not isinstance(layer, nets.Conv2d):
         return None
+    rows = layer._block_rows(x)
+    if rows is not None:
+        rows, blocks = rows.copy(), layer._weight_blocks().copy()  # their own: the layer reuses its buffers
+        offsets, buffers = layer._offsets(layer._grid(x.shape)[1]), nets.conv._Buffers()
+        return lambda: nets.conv.shifted_matmul(rows, blocks, offsets, buffers)
     windows, cols, _ = layer._windows(x)
     cols = np.ascontiguousarray(windows).reshape(cols.shape)  # its own copy: the layer reuses its buffer
     w = layer._weight_matrix()
@@ -240,7 +246,7 @@ def torch_twin(torch, layer, x):
 
 
 def print_layer_rows(rows):
-    print("\nthe dqn fwd b32 row, layer by layer (matmul: the conv's matmul alone, its columns ready)")
+    print("\nthe dqn fwd b32 row, layer by layer (matmul: the conv's matmuls alone, its input rows ready)")
     print(f"{'layer':<26}{'numpy ms':>10}{'matmul ms':>11}{'torch ms':>10}{'ratio':>8}")
     for r in rows:
         gemm = f"{r['gemm_ms']:.2f}" if r["gemm_ms"] is not None else "-"
