@@ -158,6 +158,28 @@ def test_conv_input_layouts_give_the_same_result(channels, padding, layout):
     np.testing.assert_array_equal(x, x_before)  # the input itself is never written
 
 
+@pytest.mark.parametrize("layout", ["nchw", "every other image", "every other channel", "nhwc memory"])
+def test_space_to_depth_reads_any_layout_with_contiguous_rows(layout):
+    """Space to depth reads pixels a block row at a time: batches and channels may be strided views
+    (taken that way), rows that are not contiguous go by im2col; every one agrees with the reference."""
+    rng = np.random.default_rng(8)
+    layer = nets.Conv2d(3, 4, 4, stride=2, rng=rng, dtype=np.float64)
+    x = rng.standard_normal((4, 6, 8, 10))
+    x = {"nchw": x[:2, :3], "every other image": x[::2, :3], "every other channel": x[:2, ::2],
+         "nhwc memory": np.ascontiguousarray(x[:2, :3].transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)}[layout]
+    x_before = x.copy()
+    y = layer.forward(x)
+    assert layer.blocked == (layout != "nhwc memory")
+    W, b = layer.params["W"], layer.params["b"]
+    np.testing.assert_allclose(y, conv2d_reference(x, W, b, 2, 0), rtol=1e-10, atol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    dx_ref, dw_ref, db_ref = conv2d_reference_backward(x, W, dy, 2, 0)
+    np.testing.assert_allclose(layer.backward(dy), dx_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.grads["W"], dw_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.grads["b"], db_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(x, x_before)
+
+
 # ---- the large-columns path and the shared-input forward (DQN's speed-ups): the same numbers ------
 
 @pytest.mark.parametrize("n,c,h,w,out,kernel,stride,padding", [(5, 4, 22, 22, 3, 8, 4, 0), (3, 3, 9, 8, 5, 3, 2, 1)])
