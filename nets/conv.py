@@ -2,11 +2,12 @@
 
 Fast paths (Conv2d):
 - Space to depth, for a kernel of whole strides on an unpadded input of few channels that the
-  stride divides (the Atari torsos' first layer, 8x8 stride 4 on 84x84 frames): each stride x stride block of pixels becomes
-  one row of numbers, in one copy straight from NCHW, and the convolution turns into a stride-1 one
-  of (kh/stride) x (kw/stride) blocks. Over the flattened rows each kernel block reads one
-  contiguous stretch, so the convolution is a few matmuls on shifted views of the same array, with
-  no im2col copy (the outputs that would wrap past a row's end are computed and dropped).
+  stride divides (the Atari torsos' first layer, 8x8 stride 4 on 84x84 frames): each stride x
+  stride block of pixels becomes one row of numbers, in one copy straight from NCHW, and the
+  convolution turns into a stride-1 one of (kh/stride) x (kw/stride) blocks. Over the flattened
+  rows each kernel block reads one contiguous stretch, so the convolution is a few matmuls on
+  shifted views of the same array, with no im2col copy (the outputs that would wrap past a row's
+  end are computed and dropped).
 - im2col otherwise: inside the layer the batch is NHWC, im2col columns are in (kh, kw, C) order and
   the whole convolution is one matmul. col2im in backward adds one slice per kernel offset, grouped
   by stride phase.
@@ -109,11 +110,7 @@ class Conv2d(Layer):
         self.blocked = rows is not None
         if self.blocked:
             self.cols, self.x_shape = rows, x.shape
-            (n, o, ho, wo), (r, q) = self.output_shape(x.shape), self._grid(x.shape)
-            y = shifted_matmul(rows, self._weight_blocks(), self._offsets(q), self.buffers)  # (N*R*Q, out)
-            y += self.params["b"]
-            # Outputs on the whole (R, Q) grid of blocks; the valid (Ho, Wo) corner, seen as NCHW.
-            return y.reshape(n, r, q, o)[:, :ho, :wo].transpose(0, 3, 1, 2)  # (N, out, Ho, Wo)
+            return blocks_forward([self], rows, x.shape)[0]
         windows, cols, (n, o, ho, wo) = self._windows(x)
         self.cols, self.x_shape = cols, x.shape
         y = im2col_matmul(windows, cols, self._weight_matrix())  # (N*Ho*Wo, out)
@@ -271,6 +268,19 @@ class Conv2d(Layer):
         return dx.reshape(n, c, h, w)
 
 
+def blocks_forward(layers, rows, x_shape):
+    """Conv2d layers of one configuration on the same space-to-depth rows (_block_rows of an input
+    of x_shape): one shifted_matmul with their weight blocks side by side. Returns their outputs
+    (N, out, Ho, Wo): the valid corner of the (R, Q) grid of blocks, NCHW views of one array."""
+    first = layers[0]
+    (n, o, ho, wo), (r, q) = first.output_shape(x_shape), first._grid(x_shape)
+    blocks = np.concatenate([layer._weight_blocks() for layer in layers], axis=2)  # (a*b, K, L*out)
+    y = shifted_matmul(rows, blocks, first._offsets(q), first.buffers)  # (N*R*Q, L*out)
+    y += np.concatenate([layer.params["b"] for layer in layers])
+    y = y.reshape(n, r, q, len(layers), o)[:, :ho, :wo]
+    return [y[:, :, :, i].transpose(0, 3, 1, 2) for i in range(len(layers))]  # L x (N, out, Ho, Wo)
+
+
 def shifted_matmul(rows, blocks, offsets, buffers):
     """y[i] = sum_k rows[i + offsets[k]] @ blocks[k]: a stride-1 convolution over flattened rows,
     one matmul per kernel block on a shifted view. rows (M, K), blocks (len(offsets), K, out),
@@ -323,12 +333,7 @@ def shared_input_forward(layers, x):
         raise ValueError("shared_input_forward needs Conv2d layers of the same configuration and dtype")
     rows = first._block_rows(x)
     if rows is not None:
-        (n, o, ho, wo), (r, q) = first.output_shape(x.shape), first._grid(x.shape)
-        blocks = np.concatenate([layer._weight_blocks() for layer in layers], axis=2)  # (a*b, K, L*out)
-        y = shifted_matmul(rows, blocks, first._offsets(q), first.buffers)  # (N*R*Q, L*out)
-        y += np.concatenate([layer.params["b"] for layer in layers])
-        y = y.reshape(n, r, q, len(layers), o)[:, :ho, :wo]
-        return [y[:, :, :, i].transpose(0, 3, 1, 2) for i in range(len(layers))]  # L x (N, out, Ho, Wo)
+        return blocks_forward(layers, rows, x.shape)
     windows, cols, (n, o, ho, wo) = first._windows(x)
     weights = np.concatenate([layer._weight_matrix() for layer in layers], axis=1)  # (kh*kw*C, L*out)
     y = im2col_matmul(windows, cols, weights)  # (N*Ho*Wo, L*out)
