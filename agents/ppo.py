@@ -60,6 +60,8 @@ class Config:
     clip_vloss: bool = False  # clip the value update around the rollout's values as well (CleanRL: on). Off here:
     # Pong, sticky, seed 1: the running mean of 100 games reached -10 at 586k steps, against 687k with it
     ent_coef: float = 0.01  # entropy bonus (CleanRL: 0.01)
+    anneal_ent: bool = False  # anneal the entropy bonus linearly to 0 over total_steps, as the learning rate
+    # (CleanRL keeps it): a late policy as sharp as its most likely action
     vf_coef: float = 0.5  # value loss weight (CleanRL: 0.5)
     max_grad_norm: float = 0.5  # clip the gradient's global norm (CleanRL: 0.5)
     norm_adv: bool = True  # normalize advantages in each minibatch (CleanRL)
@@ -289,17 +291,20 @@ class Learner:
         self.bad_in_a_row = 0
         self.bad_total = 0
 
+    def annealed(self, value, on, step):
+        """value, annealed linearly to 0 over total_steps when on; step: the agent steps before this
+        round's rollout, so the first round uses value (CleanRL's frac = 1 - (update - 1) / num_updates)."""
+        if not on or not self.cfg.total_steps:
+            return value
+        return value * max(1.0 - step / self.cfg.total_steps, 0.0)
+
     def lr_at(self, step):
-        """lr, annealed linearly to 0 over total_steps; step: the agent steps before this round's
-        rollout, so the first round learns at lr (CleanRL's frac = 1 - (update - 1) / num_updates)."""
-        if not self.cfg.anneal_lr or not self.cfg.total_steps:
-            return self.cfg.lr
-        return self.cfg.lr * max(1.0 - step / self.cfg.total_steps, 0.0)
+        return self.annealed(self.cfg.lr, self.cfg.anneal_lr, step)
 
     def minibatch_step(self, obs, actions, logp, adv, returns, values):
         """One gradient step; returns stats, or None when the loss or gradient was NaN/inf (skipped)."""
         out = self.model.train().forward(network_input(obs, self.obs_scale))  # (B, A+1)
-        loss, dout, stats = ppo_loss(out, actions, logp, adv, returns, values, self.cfg)
+        loss, dout, stats = ppo_loss(out, actions, logp, adv, returns, values, self.loss_cfg)
         self.model.backward(dout)
         grads = [g for _, _, g in self.model.parameters()]
         norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads))
@@ -318,6 +323,7 @@ class Learner:
         """epochs passes of shuffled minibatches over the rollout; returns the mean stats."""
         cfg = self.cfg
         self.opt.lr = self.lr_at(step)
+        self.loss_cfg = dataclasses.replace(cfg, ent_coef=self.annealed(cfg.ent_coef, cfg.anneal_ent, step))
         n = ro.actions.size
         obs = ro.obs.reshape(n, *ro.obs.shape[2:])  # (T*N, ...)
         flat = [a.reshape(n) for a in (ro.actions, ro.logp, adv, returns, ro.values)]
@@ -344,7 +350,7 @@ class Learner:
         metrics = {k: v / max(count, 1) for k, v in totals.items()}
         var = float(np.var(flat[3]))
         metrics["explained_variance"] = float("nan") if var == 0 else 1.0 - float(np.var(flat[3] - flat[4])) / var
-        metrics.update(lr=self.opt.lr, epochs=epochs_done, updates=self.updates)
+        metrics.update(lr=self.opt.lr, ent_coef=self.loss_cfg.ent_coef, epochs=epochs_done, updates=self.updates)
         return metrics
 
     def restore(self, models, header, rest):

@@ -1,4 +1,5 @@
 """PPO: GAE and the clipped objective by hand, learning CartPole, exact resume, the agent on Atari."""
+import csv
 import json
 import os
 import subprocess
@@ -101,6 +102,32 @@ def test_first_minibatch_has_ratio_one(tmp_path):
     assert len(seen) == 2
     np.testing.assert_allclose(seen[0], 1.0, atol=1e-5)
     assert np.abs(seen[1] - 1.0).max() > 1e-4  # the second epoch's policy has moved on
+
+
+@pytest.mark.parametrize("anneal_ent", [False, True])
+def test_entropy_bonus_anneals_with_the_learning_rate(tmp_path, anneal_ent):
+    """anneal_ent: each round's loss sees ent_coef * (1 - steps so far / total_steps), as the learning
+    rate; off (CleanRL's way), every round sees ent_coef itself. metrics.csv logs the coefficient."""
+    cfg = ppo.resolved(ppo.Config(game="CartPole-v1", num_envs=2, num_steps=16, minibatches=1, epochs=1,
+                                  total_steps=128, ent_coef=0.02, anneal_ent=anneal_ent, seed=3))
+    seen = []
+    original = ppo.ppo_loss
+
+    def spy(*args):
+        seen.append(args[-1].ent_coef)
+        return original(*args)
+
+    ppo.ppo_loss = spy
+    try:
+        run = Run(tmp_path / "run", config_dict(cfg), {})
+        ppo.train(cfg, run)
+    finally:
+        ppo.ppo_loss = original
+    expected = [0.02 * (1 - 32 * k / 128) if anneal_ent else 0.02 for k in range(4)]  # 32 steps a round
+    assert seen == pytest.approx(expected, rel=1e-12)
+    with open(run.metrics_path) as f:
+        logged = [float(row["ent_coef"]) for row in csv.DictReader(f)]
+    assert logged == pytest.approx(expected, rel=1e-5)
 
 
 def test_ppo_learns_cartpole(tmp_path):
