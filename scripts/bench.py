@@ -46,6 +46,7 @@ def main(argv=None):
     chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = make_parser(chosen if chosen in SUBCOMMANDS else None)
     args = parser.parse_args(argv)
+    args.argv = list(argv)  # a benchmark may run itself again in a child process (--kernel)
     if args.command is None:
         parser.error(f"choose a subcommand: {', '.join(SUBCOMMANDS)}")
     return importlib.import_module(SUBCOMMANDS[args.command][0]).main(args)

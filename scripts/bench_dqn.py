@@ -15,7 +15,7 @@ import warnings
 import envs
 from agents import dqn
 from agents.run import Run, Stopwatch, config_dict
-from scripts.common import UsageError, add_blas_threads_flag, blas_threads, fail
+from scripts.common import UsageError, add_blas_threads_flag, add_kernel_flag, blas_threads, fail
 
 PARTS = ("act", "env", "replay_add", "replay_sample", "update", "eval", "other")
 
@@ -41,6 +41,7 @@ def add_arguments(parser):
     vs.add_argument("--epsilon", type=float, default=0.01,
                     help="exploration while learning (default 0.01, where a run spends most of its steps)")
     vs.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="BLAS and torch threads (default 1 2)")
+    add_kernel_flag(vs)
 
 
 def make_config(game="pong", warmup=2000, steps=1000, num_envs=1, dueling=False, seed=0, prioritized=False,

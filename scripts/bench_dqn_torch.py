@@ -11,6 +11,8 @@ actions (timed: the warm-up row), then learn one update every train_freq steps a
 Chunks of the two loops alternate, at 1 thread and then at 2 (threadpoolctl for OpenBLAS,
 torch.set_num_threads for torch), so a busy machine slows both alike. Each part's figure is its
 median over the chunks, in ms per update; the ratio is numpy's median chunk time over torch's.
+Where the environment pins OpenBLAS's kernel (OPENBLAS_CORETYPE), the whole measurement runs again
+with OpenBLAS's own choice for this CPU (--kernel): torch always picks its own.
 """
 import json
 import os
@@ -23,6 +25,7 @@ import envs
 from agents import dqn
 from agents.replay import final_observations, make_buffer
 from agents.run import Stopwatch
+from scripts.common import blas_kernel, kernel_runs
 
 PARTS = ("act", "env", "replay_add", "sample", "forward", "backward", "optimizer", "other")
 
@@ -227,18 +230,29 @@ def print_result(r):
 
 
 def main(args):
-    """Run --recipe (or both) and print the parts, the ratios and one JSON line per recipe."""
+    """Run --recipe (or both) at each --kernel and print the parts, the ratios and one JSON line per
+    recipe and kernel."""
     try:
         import torch
     except ImportError:
         print("bench dqn --vs-torch needs PyTorch (pip install torch, CPU build); it is used only here")
         return 2
     names = list(RECIPES) if args.recipe == "both" else [args.recipe]
-    print(f"DQN loop, numpy against PyTorch {torch.__version__} on {args.game}: {args.warmup} warm-up steps, then "
-          f"{args.updates} updates per thread count in chunks of {args.chunk}; load average "
-          f"{os.getloadavg()[0]:.1f} at start (trust the ratios, not the times)")
-    for name in names:
-        r = time_recipe(name, args, torch)
-        print_result(r)
-        print(json.dumps({"bench": "dqn-vs-torch", **r}))
-    return 0
+
+    def run():
+        blas = blas_kernel()
+        print(f"DQN loop, numpy against PyTorch {torch.__version__} on {args.game}: {args.warmup} warm-up steps, then "
+              f"{args.updates} updates per thread count in chunks of {args.chunk}; OpenBLAS kernel {blas['kernel']}; "
+              f"load average {os.getloadavg()[0]:.1f} at start (trust the ratios, not the times)")
+        results = []
+        for name in names:
+            r = {"bench": "dqn-vs-torch", **time_recipe(name, args, torch), "blas": blas}
+            print_result(r)
+            print(json.dumps(r), flush=True)
+            results.append(r)
+        return results
+
+    def summary(r):
+        return f"{r['recipe']} numpy/torch " + ", ".join(
+            f"{t['ratio']:.2f} at {threads} thread{'s' if int(threads) > 1 else ''}" for threads, t in r["threads"].items())
+    return kernel_runs(args, run, summary)

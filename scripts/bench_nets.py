@@ -19,7 +19,7 @@ import numpy as np
 from threadpoolctl import threadpool_info
 
 import nets
-from scripts.common import UsageError, add_blas_threads_flag, blas_threads, fail
+from scripts.common import UsageError, add_blas_threads_flag, add_kernel_flag, blas_kernel, blas_threads, fail, kernel_runs
 
 # the speed targets for numpy/PyTorch (time ratios), by row name
 TARGETS = {"mlp fwd+bwd b4096": 1.0, "dqn fwd b1": 1.0, "dqn fwd b32": 1.5, "dqn fwd+bwd b32": 1.0,
@@ -35,6 +35,7 @@ def add_arguments(parser):
     parser.add_argument("--layers", action="store_true",
                         help="also time the Nature-DQN forward at batch 32 layer by layer (numpy, its matmul alone, PyTorch)")
     add_blas_threads_flag(parser, "as many as --torch-threads, so both sides run alike")
+    add_kernel_flag(parser)
 
 
 def mlp(rng):
@@ -275,7 +276,8 @@ def run(repeats=15, use_torch=True, seed=0, torch_threads=2):
     return rows, gemm_gflops(repeats), flops
 
 
-def main(args):
+def measure(args):
+    """The rows (and --layers) at the kernel this process has; prints them and returns [the JSON result]."""
     load = os.getloadavg()[0]
     print(f"nets bench: numpy {np.__version__}, {os.cpu_count()} cpus, load average {load:.2f} at start"
           + (" (busy machine: absolute times are noisy, ratios less so)" if load > 0.5 else ""))
@@ -308,6 +310,19 @@ def main(args):
     print(line)
     if layers:
         print_layer_rows(layers)
-    print(json.dumps({"bench": "nets", "rows": rows, "gemm_gflops": round(gemm, 1),
-                      "dqn_step_gflops": round(step_gflops, 1), **({"layers": layers} if layers else {})}))
-    return 0
+    result = {"bench": "nets", "rows": rows, "gemm_gflops": round(gemm, 1),
+              "dqn_step_gflops": round(step_gflops, 1), **({"layers": layers} if layers else {}),
+              "blas": blas_kernel()}
+    print(json.dumps(result), flush=True)
+    return [result]
+
+
+def summary(r):
+    """A result's figures in one line, for the side-by-side of --kernel both."""
+    step = next(row for row in r["rows"] if row["name"] == "dqn fwd+bwd b32")
+    text = f"GEMM 2048x2048 {r['gemm_gflops']:.0f} GFLOP/s, dqn fwd+bwd b32 {r['dqn_step_gflops']:.0f} GFLOP/s"
+    return text + (f", numpy/torch {step['ratio']:.2f}" if step["ratio"] else "")
+
+
+def main(args):
+    return kernel_runs(args, lambda: measure(args), summary)

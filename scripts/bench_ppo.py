@@ -6,6 +6,8 @@ from its metrics); (3) where torch is importable, the same loop written with tor
 shape, rollout length, epochs, minibatches, Adam, gradient clipping; GAE is the project's numpy
 function in both), with as many torch threads as numpy has BLAS threads (--blas-threads). The last row is the
 numpy/torch time ratio per training step (below 1: numpy is faster). Trust ratios, not seconds.
+Where the environment pins OpenBLAS's kernel (OPENBLAS_CORETYPE), it all runs again with OpenBLAS's
+own choice for this CPU (--kernel).
 """
 import importlib.util
 import json
@@ -20,7 +22,7 @@ import numpy as np
 import envs
 from agents import ppo
 from agents.run import Run, config_dict
-from scripts.common import UsageError, add_blas_threads_flag, blas_threads, fail
+from scripts.common import UsageError, add_blas_threads_flag, add_kernel_flag, blas_kernel, blas_threads, fail, kernel_runs
 
 
 def add_arguments(parser):
@@ -34,6 +36,7 @@ def add_arguments(parser):
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch loop")
     parser.add_argument("--seed", type=int, default=0)
     add_blas_threads_flag(parser, "auto, decided once at the start; torch gets as many threads")
+    add_kernel_flag(parser)
 
 
 def make_config(args):
@@ -165,17 +168,27 @@ def main(args):
         cfg = make_config(args)
     except ValueError as e:
         fail(str(e).splitlines()[0])
-    try:
-        with blas_threads(args.blas_threads) as policy:  # decided once: the two loops run at the same count
-            return compare(cfg, args, policy.threads)
-    except UsageError as e:
-        fail(str(e))
+    def run():
+        try:
+            with blas_threads(args.blas_threads) as policy:  # decided once: the two loops run at the same count
+                return [compare(cfg, args, policy.threads)]
+        except UsageError as e:
+            fail(str(e))
+
+    def summary(r):
+        ratio = r["numpy_over_torch"]
+        threads = f"{r['threads']} BLAS thread{'s' if r['threads'] > 1 else ''}"
+        return f"numpy/torch {ratio:.2f} at {threads}" if ratio else f"numpy alone at {threads}: no PyTorch run"
+    return kernel_runs(args, run, summary)
 
 
 def compare(cfg, args, threads):
-    """The three measurements at `threads` BLAS (and torch) threads; prints the rows and the JSON line."""
+    """The three measurements at `threads` BLAS (and torch) threads; prints the rows and the JSON line,
+    and returns its dict."""
+    blas = blas_kernel()
     print(f"PPO on {cfg.game} ({cfg.network} network, {cfg.num_envs} envs x {cfg.num_steps} steps, {cfg.epochs} "
-          f"epochs of {cfg.minibatches} minibatches), {args.rounds} rounds timed; BLAS threads {threads}")
+          f"epochs of {cfg.minibatches} minibatches), {args.rounds} rounds timed; BLAS threads {threads}, "
+          f"OpenBLAS kernel {blas['kernel']}")
     rows = [{"name": "envs alone, random actions", "steps_per_s": round(env_steps_per_second(cfg), 1)}]
     total, rollout, update = numpy_loop(cfg)
     rows.append({"name": "numpy PPO training", "steps_per_s": round(1 / total, 1),
@@ -198,6 +211,7 @@ def compare(cfg, args, threads):
     if torch_total:
         ratio = round(total / torch_total, 3)
         print(f"  numpy/torch time per training step: {ratio:.2f}")
-    print(json.dumps({"bench": "ppo", "game": cfg.game, "network": cfg.network, "threads": threads, "rows": rows,
-                      "numpy_over_torch": ratio if ratio is None or math.isfinite(ratio) else None}))
-    return 0
+    result = {"bench": "ppo", "game": cfg.game, "network": cfg.network, "threads": threads, "rows": rows,
+              "numpy_over_torch": ratio if ratio is None or math.isfinite(ratio) else None, "blas": blas}
+    print(json.dumps(result), flush=True)
+    return result

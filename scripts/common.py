@@ -8,8 +8,10 @@ import functools
 import importlib.util
 import inspect
 import io
+import json
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -85,6 +87,7 @@ class ThreadPolicy:
             self._set(int(fixed))
 
     def _decide(self):
+        self._looked = time.monotonic()  # poll()'s own stamp: cpu_clock() may be another clock (a test's)
         now = cpu_clock()
         others = others_cpu(self._since, now)
         self._since = now
@@ -105,7 +108,7 @@ class ThreadPolicy:
     def poll(self):
         """With auto: look at the machine again if POLL_SECONDS have passed (safe between numpy calls
         only: call it from the thread that runs them). Returns the threads now in use."""
-        if self.auto and self._since is not None and time.monotonic() - self._since[2] >= self.POLL_SECONDS:
+        if self.auto and self._since is not None and time.monotonic() - self._looked >= self.POLL_SECONDS:
             self._set(self._decide())
         return self.threads
 
@@ -140,6 +143,63 @@ def add_blas_threads_flag(parser, default_text):
     parser.add_argument("--blas-threads", type=int, default=None, metavar="N",
                         help=f"OpenBLAS threads (default: {default_text}; an inherited OPENBLAS_NUM_THREADS "
                              f"counts as the flag)")
+
+
+# ----------------------------------------------------------------------------- the BLAS kernel, for benchmarks
+KERNEL_PINS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")  # OpenBLAS reads them once, when numpy loads
+
+
+def blas_kernel():
+    """{"kernel": the OpenBLAS kernel numpy's matmuls run ('Haswell', 'SkylakeX', ...), "pin": the
+    OPENBLAS_CORETYPE that chose it, or None where OpenBLAS chose for this CPU itself}."""
+    import numpy  # its own BLAS, not another library's (opencv brings an OpenBLAS of its own)
+    home = os.path.dirname(os.path.dirname(os.path.abspath(numpy.__file__)))
+    blas = [i for i in ThreadpoolController().info() if i.get("user_api") == "blas"]
+    blas.sort(key=lambda i: not os.path.abspath(i.get("filepath", "")).startswith(os.path.join(home, "numpy")))
+    return {"kernel": blas[0].get("architecture") if blas else None, "pin": os.environ.get("OPENBLAS_CORETYPE") or None}
+
+
+def add_kernel_flag(parser):
+    parser.add_argument("--kernel", choices=("as-set", "native", "both"), default="both",
+                        help="OpenBLAS kernel: as-set (as this environment loads it), native (OpenBLAS's own "
+                             "choice for this CPU, in a second process without " + " and ".join(KERNEL_PINS) +
+                             ") or both, one after the other (default; one run when nothing pins the kernel)")
+
+
+def kernel_runs(args, run, summary):
+    """A benchmark at the kernels --kernel asks for. run() measures in this process and returns its
+    results (dicts, each already printed as a JSON line); the native kernel is measured by the same
+    command with `--kernel as-set` in a child process without the pins. summary(result) -> a short
+    text of its figures; the figures of every run are printed last, side by side, and a final JSON
+    line holds both sets. Returns the exit code."""
+    pinned = any(os.environ.get(name) for name in KERNEL_PINS)
+    runs = []
+    if args.kernel != "native" or not pinned:
+        runs.append((blas_kernel(), run()))
+    if args.kernel != "as-set" and pinned:
+        cmd = [sys.executable, "-m", "scripts.bench", *getattr(args, "argv", sys.argv[1:]), "--kernel", "as-set"]
+        print(f"\nagain with OpenBLAS's own kernel for this CPU: {' '.join(cmd[1:])}, without "
+              f"{' and '.join(KERNEL_PINS)}", flush=True)
+        env = {k: v for k, v in os.environ.items() if k not in KERNEL_PINS}
+        results, kernel = [], {"kernel": None, "pin": None}
+        with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) as child:
+            for line in child.stdout:
+                print(line, end="", flush=True)
+                if line.startswith("{"):
+                    results.append(json.loads(line))
+                    kernel = results[-1].get("blas", kernel)
+        if child.returncode != 0:
+            return child.returncode
+        runs.append((kernel, results))
+    if len(runs) > 1:
+        print("\nby OpenBLAS kernel (the same command, one run after the other):")
+        for kernel, results in runs:
+            how = f"OPENBLAS_CORETYPE={kernel['pin']}" if kernel["pin"] else "OpenBLAS's own choice"
+            for result in results:
+                print(f"  {kernel['kernel']} ({how}): {summary(result)}")
+        print(json.dumps({"bench": "kernels", "runs": [{**kernel, "results": results} for kernel, results in runs]}))
+    return 0
 
 
 def load_agent(path, seed):

@@ -534,7 +534,7 @@ def test_atari_quantile_network_saves_and_loads(tmp_path, quantiles):
 def test_bench_dqn_vs_torch_times_both_loops_part_by_part():
     pytest.importorskip("torch")
     proc = script("scripts.bench", "dqn", "--vs-torch", "--recipe", "cleanrl", "--warmup", "300", "--updates", "2",
-                  "--chunk", "1", "--threads", "1")
+                  "--chunk", "1", "--threads", "1", "--kernel", "as-set")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["bench"] == "dqn-vs-torch" and result["recipe"] == "cleanrl" and result["n_step"] == 1
     parts = result["threads"]["1"]["ms_per_update"]

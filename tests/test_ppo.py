@@ -219,6 +219,25 @@ def test_atari_network_acts_saves_and_loads(tmp_path):
     assert "env_state" not in header  # ale-py's vector env cannot be saved mid-game
 
 
+def test_bench_ppo_runs_again_with_openblas_own_kernel_where_the_environment_pins_one():
+    """With OPENBLAS_CORETYPE set, `bench ppo` measures as set, then the same command in a child process
+    without the pin (OpenBLAS reads it once, when numpy loads), and prints both runs' figures together."""
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OPENBLAS_CORETYPE": "Haswell"}
+    proc = subprocess.run([sys.executable, "-m", "scripts.bench", "ppo", "--game", "CartPole-v1", "--rounds", "1",
+                           "--num-envs", "2", "--num-steps", "16", "--no-torch"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    runs = json.loads(lines[-1])["runs"]
+    assert [run["pin"] for run in runs] == ["Haswell", None]  # as set, then OpenBLAS's own choice
+    assert runs[0]["kernel"] == "Haswell" and runs[1]["kernel"]
+    for run in runs:
+        (result,) = run["results"]
+        assert result["bench"] == "ppo" and result["blas"]["pin"] == run["pin"]
+        assert result["rows"][1]["name"] == "numpy PPO training" and result["rows"][1]["steps_per_s"] > 0
+    assert "  Haswell (OPENBLAS_CORETYPE=Haswell): numpy alone at 1 BLAS thread: no PyTorch run" in lines
+
+
 def test_train_and_evaluate_scripts(tmp_path):
     run_dir = tmp_path / "cp"
     out = script("scripts.train", "--agent", "ppo", "--game", "CartPole-v1", "--total-steps", "2048",

@@ -34,6 +34,7 @@ def machine(monkeypatch):
     monkeypatch.setattr(common, "cpu_clock", fake.clock)
     monkeypatch.setattr(common, "usable_cpus", lambda: 2)
     monkeypatch.setattr(ThreadPolicy, "START_SECONDS", 0.0)
+    monkeypatch.setattr(ThreadPolicy, "POLL_SECONDS", 0.0)  # every poll looks (the fake clock is not time.monotonic)
     return fake
 
 
