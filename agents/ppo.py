@@ -39,8 +39,9 @@ class Config:
     sticky: bool = True  # ALE v5 sticky actions (0.25), the default protocol; False: NoFrameskip-v4
     seed: int = 0  # seeds the network, action sampling, minibatch order and the envs
     total_steps: int = 6_500_000  # stop after this many agent steps; the learning rate anneals to 0 over them (0: no limit).
-    # 6.5M fills 3 hours here (2.87 h with the space-to-depth first conv). Pong, sticky, seed 0, 30 fresh
-    # games: 4M (2.07 h) +10.53; 5.8M (2.91 h, the older conv) +13.13; 6.5M (2.87 h) +14.83
+    # 6.5M fills 3 hours here (2.87 h with the space-to-depth first conv on a slower machine, 2.00 h on a
+    # faster one). Pong, sticky, seed 0, 30 fresh games: 4M (2.07 h) +10.53; 5.8M (2.91 h, the older conv)
+    # +13.13; 6.5M (2.87 h) +14.83, and +15.70 with anneal_ent
     hours: float = 0.0  # stop after this many hours of wall clock (0: no limit)
     num_envs: int = 8  # envs stepped together (CleanRL ppo_atari: 8; ppo on CartPole: 4)
     num_steps: int = 128  # steps per env in each rollout (CleanRL: 128)
@@ -60,8 +61,10 @@ class Config:
     clip_vloss: bool = False  # clip the value update around the rollout's values as well (CleanRL: on). Off here:
     # Pong, sticky, seed 1: the running mean of 100 games reached -10 at 586k steps, against 687k with it
     ent_coef: float = 0.01  # entropy bonus (CleanRL: 0.01)
-    anneal_ent: bool = False  # anneal the entropy bonus linearly to 0 over total_steps, as the learning rate
-    # (CleanRL keeps it): a late policy as sharp as its most likely action
+    anneal_ent: bool = True  # anneal the entropy bonus linearly to 0 over total_steps, as the learning rate
+    # (CleanRL keeps it at 0.01). Pong, sticky, seed 0, 6.5M steps, 30 fresh games each: +15.70 sticky and
+    # +20.70 without, against +14.83 and +19.30 keeping it; running mean of 100 games at the end +15.70
+    # against +14.45; the policy's entropy 0.79 nats over the last 50 rounds against ~1.05
     vf_coef: float = 0.5  # value loss weight (CleanRL: 0.5)
     max_grad_norm: float = 0.5  # clip the gradient's global norm (CleanRL: 0.5)
     norm_adv: bool = True  # normalize advantages in each minibatch (CleanRL)

@@ -100,6 +100,8 @@ def test_each_shipped_agent_has_its_recipe(name):
                 "epochs", "minibatches", "clip", "clip_vloss", "ent_coef", "num_steps"):
         if key in shipped:
             assert getattr(cfg, key) == shipped[key], key
+    if hasattr(cfg, "anneal_ent"):  # a file trained before the flag existed kept its entropy bonus
+        assert cfg.anneal_ent == shipped.get("anneal_ent", False)
     before = header.get("trained_before", {}).get("step", 0)
     # PPO stops at the end of the round that reaches total_steps (8 envs x 128 steps a round)
     assert cfg.total_steps <= header["step"] + before < cfg.total_steps + getattr(cfg, "num_steps", 0) * cfg.num_envs + 1
