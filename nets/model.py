@@ -97,7 +97,7 @@ class Sequential(Layer):
 
 
 def forward_shared_input(models, x):
-    """[model.forward(x) for model in models], the same numbers, with the first layers sharing their
+    """[model.forward(x) for model in models], the same numbers up to float rounding, with the first layers sharing their
     work when they are Conv2d layers of one shape and every model is in eval mode (no backward to
     come: the shared layers cache nothing): one im2col and one matmul (nets.conv). Double DQN's
     target and online networks both read s'."""
