@@ -152,10 +152,10 @@ KERNEL_PINS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")  # OpenBLAS reads them o
 def blas_kernel():
     """{"kernel": the OpenBLAS kernel numpy's matmuls run ('Haswell', 'SkylakeX', ...), "pin": the
     OPENBLAS_CORETYPE that chose it, or None where OpenBLAS chose for this CPU itself}."""
-    import numpy  # its own BLAS, not another library's (opencv brings an OpenBLAS of its own)
-    home = os.path.dirname(os.path.dirname(os.path.abspath(numpy.__file__)))
+    import numpy  # its own BLAS (numpy.libs/), not another library's: opencv brings an OpenBLAS of its own
+    numpy_dir = os.path.dirname(os.path.abspath(numpy.__file__))  # .../numpy, a prefix of .../numpy.libs too
     blas = [i for i in ThreadpoolController().info() if i.get("user_api") == "blas"]
-    blas.sort(key=lambda i: not os.path.abspath(i.get("filepath", "")).startswith(os.path.join(home, "numpy")))
+    blas = [i for i in blas if os.path.abspath(i.get("filepath", "")).startswith(numpy_dir)] or blas
     return {"kernel": blas[0].get("architecture") if blas else None, "pin": os.environ.get("OPENBLAS_CORETYPE") or None}
 
 
@@ -168,37 +168,37 @@ def add_kernel_flag(parser):
 
 def kernel_runs(args, run, summary):
     """A benchmark at the kernels --kernel asks for. run() measures in this process and returns its
-    results (dicts, each already printed as a JSON line); the native kernel is measured by the same
-    command with `--kernel as-set` in a child process without the pins. summary(result) -> a short
-    text of its figures; the figures of every run are printed last, side by side, and a final JSON
-    line holds both sets. Returns the exit code."""
+    results (dicts, each already printed as a JSON line, each with its "blas": blas_kernel()); the
+    native kernel is measured by the same command with `--kernel as-set` in a child process without
+    the pins. summary(result) -> a short text of its figures; the figures of every run are printed
+    last, side by side, and a final JSON line holds both sets. Returns the exit code."""
     pinned = any(os.environ.get(name) for name in KERNEL_PINS)
-    runs = []
+    runs = []  # one list of results per kernel
     if args.kernel != "native" or not pinned:
-        runs.append((blas_kernel(), run()))
+        runs.append(run())
     if args.kernel != "as-set" and pinned:
-        cmd = [sys.executable, "-m", "scripts.bench", *getattr(args, "argv", sys.argv[1:]), "--kernel", "as-set"]
+        cmd = [sys.executable, "-m", "scripts.bench", *args.argv, "--kernel", "as-set"]
         print(f"\nagain with OpenBLAS's own kernel for this CPU: {' '.join(cmd[1:])}, without "
               f"{' and '.join(KERNEL_PINS)}", flush=True)
         env = {k: v for k, v in os.environ.items() if k not in KERNEL_PINS}
-        results, kernel = [], {"kernel": None, "pin": None}
+        results = []
         with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True,
                               cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) as child:
             for line in child.stdout:
                 print(line, end="", flush=True)
                 if line.startswith("{"):
                     results.append(json.loads(line))
-                    kernel = results[-1].get("blas", kernel)
         if child.returncode != 0:
             return child.returncode
-        runs.append((kernel, results))
+        runs.append(results)
     if len(runs) > 1:
         print("\nby OpenBLAS kernel (the same command, one run after the other):")
-        for kernel, results in runs:
+        for result in (result for results in runs for result in results):
+            kernel = result["blas"]
             how = f"OPENBLAS_CORETYPE={kernel['pin']}" if kernel["pin"] else "OpenBLAS's own choice"
-            for result in results:
-                print(f"  {kernel['kernel']} ({how}): {summary(result)}")
-        print(json.dumps({"bench": "kernels", "runs": [{**kernel, "results": results} for kernel, results in runs]}))
+            print(f"  {kernel['kernel']} ({how}): {summary(result)}")
+        print(json.dumps({"bench": "kernels", "runs": [{**results[0]["blas"], "results": results}
+                                                       for results in runs if results]}))
     return 0
 
 
