@@ -97,10 +97,10 @@ class Sequential(Layer):
 
 
 def forward_shared_input(models, x):
-    """[model.forward(x) for model in models], the same numbers up to float rounding, with the first layers sharing their
-    work when they are Conv2d layers of one shape and every model is in eval mode (no backward to
-    come: the shared layers cache nothing): one im2col and one matmul (nets.conv). Double DQN's
-    target and online networks both read s'."""
+    """[model.forward(x) for model in models], the same numbers up to float rounding, with the first
+    layers sharing their work when they are Conv2d layers of one shape and every model is in eval
+    mode (no backward to come: the shared layers cache nothing): one im2col and one matmul
+    (nets.conv). Double DQN's target and online networks both read s'."""
     firsts = [m.layers[0] if isinstance(m, Sequential) and m.layers and not m.training else None for m in models]
     if len(models) < 2 or not all(isinstance(f, Conv2d) and f.config() == firsts[0].config()
                                   and f.dtype == firsts[0].dtype for f in firsts):
