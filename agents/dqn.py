@@ -47,7 +47,7 @@ class Config:
     sticky: bool = False  # ALE v5 sticky actions; False: NoFrameskip-v4, the protocol CleanRL and SB3 report
     seed: int = 0  # seeds the network, exploration, replay sampling and the envs
     total_steps: int = 0  # stop after this many agent steps (0: no limit; the Pong target: 1.5M)
-    hours: float = 0.0  # stop after this many hours of wall clock (0: no limit)
+    hours: float = 0.0  # stop after this many hours of wall clock in all, a resumed run's included (0: no limit)
     num_envs: int = 1  # envs stepped together (CleanRL: 1)
     network: str = "auto"  # nature (conv, Atari) or mlp (classic); auto: by preset
     hidden: int = 0  # fully connected units; 0: 512 for nature (Nature), 128 for mlp (own choice)
@@ -729,7 +729,7 @@ def train(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
     next_update = run.step + cfg.train_freq
     next_sync = next_multiple(run.step, cfg.target_update)
     next_log = next_multiple(run.step, cfg.log_every)
-    last, stop_at = {}, deadline(cfg.hours)
+    last, stop_at = {}, deadline(cfg.hours, run)
     try:
         source.start(run, learner, resume is not None, callback)
         clock.mark("setup")

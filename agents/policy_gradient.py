@@ -39,7 +39,7 @@ class Config:
     sticky: bool = True  # ALE v5 sticky actions (0.25); False: the NoFrameskip-v4 protocol
     seed: int = 0  # seeds the network, the action sampling and the envs
     total_steps: int = 0  # stop after this many agent steps (0: no limit)
-    hours: float = 0.0  # stop after this many hours of wall clock (0: no limit)
+    hours: float = 0.0  # stop after this many hours of wall clock in all, a resumed run's included (0: no limit)
     num_envs: int = 8  # envs stepped together with one batched forward pass
     hidden: int = 200  # hidden units (Karpathy: 200)
     head: str = "auto"  # sigmoid (two actions, Karpathy) or softmax; auto: sigmoid on karpathy preset
@@ -452,7 +452,7 @@ def train(cfg, run, callback=None, init=None, resume=None):
 
     side = SideGames(run, player, cfg.eval_every, cfg.eval_episodes, 10_000_000 + 1000 * cfg.seed, cfg.sticky,
                      explore=True, callback=callback)
-    stop_at = deadline(cfg.hours)
+    stop_at = deadline(cfg.hours, run)
     learner.model.eval()
     try:
         source.start(run, learner, callback)

@@ -21,7 +21,7 @@ import numpy as np
 
 import envs
 from agents.evaluation import SideGames
-from agents.run import NumericalError
+from agents.run import NumericalError, deadline
 from nets import Adam, Conv2d, Flatten, Linear, Parallel, ReLU, Sequential, Tanh, log_softmax, softmax
 from nets.init import orthogonal_init
 
@@ -42,7 +42,7 @@ class Config:
     # 6.5M took 2.87 h on a slower machine of this kind, 2.00 h on this one. Pong, sticky, seed 0, 30 fresh games: 4M (2.07 h) +10.53; 5.8M (2.91 h, the older conv)
     # +13.13; 6.5M (2.87 h) +14.83, and +15.70 with anneal_ent; 8.5M (2.34 h here) +16.43 sticky but +20.40
     # without it against 6.5M's +20.70, greedy a tie: not worth 17% more time
-    hours: float = 0.0  # stop after this many hours of wall clock (0: no limit)
+    hours: float = 0.0  # stop after this many hours of wall clock in all, a resumed run's included (0: no limit)
     num_envs: int = 8  # envs stepped together (CleanRL ppo_atari: 8; ppo on CartPole: 4)
     num_steps: int = 128  # steps per env in each rollout (CleanRL: 128)
     network: str = "auto"  # nature (Nature DQN's torso), small (Mnih et al. 2013's: conv 16 8x8/4, conv 32
@@ -429,11 +429,11 @@ def train(cfg, run, callback=None, init=None, resume=None):
             game_length[:] = resume[2]["envstate.game_length"]
         except (KeyError, TypeError, ValueError):
             run.message("the saved env state does not fit: the resumed run starts new episodes")
-    deadline = time.monotonic() + cfg.hours * 3600 if cfg.hours > 0 else math.inf
+    stop_at = deadline(cfg.hours, run)
     model = learner.model.eval()
     try:
         while not run.stop_requested:
-            if cfg.total_steps and run.step >= cfg.total_steps or time.monotonic() >= deadline:
+            if cfg.total_steps and run.step >= cfg.total_steps or time.monotonic() >= stop_at:
                 break
             started = time.perf_counter()
             for t in range(T):

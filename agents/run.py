@@ -95,9 +95,10 @@ class Stopwatch:
         self.last = now
 
 
-def deadline(hours):
-    """time.monotonic() at which a run of `hours` stops (inf for 0: no limit)."""
-    return time.monotonic() + hours * 3600 if hours > 0 else math.inf
+def deadline(hours, run):
+    """time.monotonic() at which a run of `hours` of wall clock stops (inf for 0: no limit). The hours
+    are the run's in all: a resumed run counts the wall seconds it had trained before."""
+    return time.monotonic() + hours * 3600 - run.wall_seconds() if hours > 0 else math.inf
 
 
 def finished(cfg, run, stop_at):

@@ -116,9 +116,10 @@ class ProgressBar:
     first time the agent beats the built-in AI, each on a line of its own. A terminal that went away
     (SIGHUP, a closed pipe) silences it; training goes on to its save."""
 
-    def __init__(self, total_steps, hours, initial, quiet, env_id):
+    def __init__(self, total_steps, hours, initial, quiet, env_id, trained_seconds=0.0):
         self.seconds = hours * 3600.0 if hours > 0 and not total_steps else 0.0
         self.started, self.first_step = time.monotonic(), initial
+        self.trained = float(trained_seconds)  # a resumed run's hours count what it had trained before
         self.env_id, self.beaten, self.gone = env_id, False, False
         if self.seconds:
             self.bar = tqdm(total=self.seconds, disable=quiet, dynamic_ncols=True, mininterval=1.0,
@@ -141,7 +142,7 @@ class ProgressBar:
             return
         if self.seconds:
             elapsed = time.monotonic() - self.started
-            self.bar.update(min(elapsed, self.seconds) - self.bar.n)
+            self.bar.update(min(self.trained + elapsed, self.seconds) - self.bar.n)
             rate = (m["step"] - self.first_step) / max(elapsed, 1e-9)
             self.postfix.update(step=f"{m['step']:,}", rate=f"{rate:.0f}/s")
         else:
@@ -358,7 +359,7 @@ def discard_unstarted(run_dir, existed):
 def train(p, threads):
     """Make the run dir and train in it; the exit code."""
     cfg, run_dir, resume = p["cfg"], p["run_dir"], p["resume"]
-    step = resume[1].get("step", 0) if resume else 0
+    step, trained = (resume[1].get("step", 0), resume[1].get("wall_seconds", 0.0)) if resume else (0, 0.0)
     existed = os.path.exists(run_dir)
     try:
         run = Run(run_dir, config_dict(cfg), p["env"], cfg.checkpoint_minutes, keep_snapshots=cfg.keep_snapshots,
@@ -370,7 +371,7 @@ def train(p, threads):
     say(f"run dir: {run.dir}")  # before the bar, on a line of its own
     say(f"{cfg.agent} on {p['env']['env_id']} ({p['env']['preset']}, {p['env']['protocol']}), {plan(cfg)}")
     say(f"on {machine_text(machine())}, BLAS threads {threads.describe()} (recorded in config.json)")
-    bar = ProgressBar(cfg.total_steps, cfg.hours, step, p["quiet"], p["env"]["env_id"])
+    bar = ProgressBar(cfg.total_steps, cfg.hours, step, p["quiet"], p["env"]["env_id"], trained)
     run.message = bar.write
     try:
         with run:

@@ -258,6 +258,31 @@ def test_the_bar_knows_its_total_and_says_when_pong_is_won(capsys):
     assert "evaluation at step 1,000: mean return +2.50 (std 1.00) over 10 games" in err
     timed = train.ProgressBar(total_steps=0, hours=2.0, initial=0, quiet=True, env_id="CartPole-v1")
     assert timed.bar.total == 7200.0
+    resumed = train.ProgressBar(total_steps=0, hours=2.0, initial=500, quiet=False, env_id="CartPole-v1",
+                                trained_seconds=3600.0)  # half the hours were trained before the resume
+    resumed({"event": "update", "step": 600})
+    assert 3600.0 <= resumed.bar.n < 3660.0
+    resumed.close()
+
+
+@pytest.mark.parametrize("agent", list(AGENTS))
+def test_hours_are_the_runs_in_all_a_resumed_run_counts_its_trained_time(agent, tmp_path, monkeypatch):
+    extra = {"pg": ["--batch-steps", "200"], "dqn": ["--learning-starts", "200", "--buffer-size", "1000"],
+             "ppo": ["--num-steps", "32"]}[agent]
+    assert run_main(["--agent", agent, "--game", "CartPole-v1", "--total-steps", "600", "--eval-every", "0",
+                     "--run-dir", "r", "--quiet", *extra], tmp_path, monkeypatch) == 0
+    saved = checkpoint_header(str(tmp_path / "r" / "checkpoint.npz"))
+    assert saved["step"] >= 600 and saved["wall_seconds"] > 0
+    # an hour budget the run has already used up: the resumed run stops at once, without a step more
+    # (it used to start a new budget at every resume); a budget twice as long lets it go on
+    used = saved["wall_seconds"] / 3600
+    assert run_main(["--resume", "r", "--hours", f"{used:.9f}", "--total-steps", "1000000", "--quiet"],
+                    tmp_path, monkeypatch) == 0
+    assert checkpoint_header(str(tmp_path / "r" / "checkpoint.npz"))["step"] == saved["step"]
+    assert run_main(["--resume", "r", "--hours", f"{2 * used + 1 / 3600:.9f}", "--total-steps", "1000000",
+                     "--quiet"], tmp_path, monkeypatch) == 0
+    again = checkpoint_header(str(tmp_path / "r" / "checkpoint.npz"))
+    assert again["step"] > saved["step"] and again["wall_seconds"] >= 2 * saved["wall_seconds"]
 
 
 @pytest.mark.parametrize("agent", list(AGENTS))
