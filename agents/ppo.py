@@ -21,7 +21,7 @@ import numpy as np
 
 import envs
 from agents.evaluation import SideGames
-from agents.run import NumericalError, deadline
+from agents.run import NumericalError, deadline, finished
 from nets import Adam, Conv2d, Flatten, Linear, Parallel, ReLU, Sequential, Tanh, log_softmax, softmax
 from nets.init import orthogonal_init
 
@@ -432,9 +432,7 @@ def train(cfg, run, callback=None, init=None, resume=None):
     stop_at = deadline(cfg.hours, run)
     model = learner.model.eval()
     try:
-        while not run.stop_requested:
-            if cfg.total_steps and run.step >= cfg.total_steps or time.monotonic() >= stop_at:
-                break
+        while not finished(cfg, run, stop_at):
             started = time.perf_counter()
             for t in range(T):
                 logits, values = policy_and_value(model, obs, obs_scale)  # (N, A), (N,)
