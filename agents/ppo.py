@@ -39,9 +39,10 @@ class Config:
     sticky: bool = True  # ALE v5 sticky actions (0.25), the default protocol; False: NoFrameskip-v4
     seed: int = 0  # seeds the network, action sampling, minibatch order and the envs
     total_steps: int = 6_500_000  # stop after this many agent steps; the learning rate anneals to 0 over them (0: no limit).
-    # 6.5M took 2.87 h on a slower machine of this kind, 2.00 h on this one. Pong, sticky, seed 0, 30 fresh games: 4M (2.07 h) +10.53; 5.8M (2.91 h, the older conv)
-    # +13.13; 6.5M (2.87 h) +14.83, and +15.70 with anneal_ent; 8.5M (2.34 h here) +16.43 sticky but +20.40
-    # without it against 6.5M's +20.70, greedy a tie: not worth 17% more time
+    # 6.5M took 2.87 h on a slower machine of this kind, 2.00 h on this one. Pong, sticky, seed 0, 30 fresh
+    # games: 4M (2.07 h) +10.53; 5.8M (2.91 h, the older conv) +13.13; 6.5M (2.87 h) +14.83, and +15.70
+    # with anneal_ent; 8.5M (2.34 h here) +16.43 sticky but +20.40 without it against 6.5M's +20.70,
+    # greedy a tie: not worth 17% more time
     hours: float = 0.0  # stop after this many hours of wall clock in all, a resumed run's included (0: no limit)
     num_envs: int = 8  # envs stepped together (CleanRL ppo_atari: 8; ppo on CartPole: 4)
     num_steps: int = 128  # steps per env in each rollout (CleanRL: 128)

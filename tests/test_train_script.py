@@ -243,6 +243,10 @@ def test_help_without_an_agent_lists_every_agent(tmp_path, monkeypatch, capsys):
 
 # ----------------------------------------------------------------------------- the progress bar
 
+# flags that make each agent's CartPole run of a few hundred steps learn and save quickly
+SMALL_RUN = {"pg": ["--batch-steps", "200"], "dqn": ["--learning-starts", "200", "--buffer-size", "1000"],
+             "ppo": ["--num-steps", "32"]}
+
 def test_the_bar_knows_its_total_and_says_when_pong_is_won(capsys):
     bar = train.ProgressBar(total_steps=1000, hours=0, initial=0, quiet=False, env_id="ALE/Pong-v5")
     assert bar.bar.total == 1000
@@ -267,8 +271,7 @@ def test_the_bar_knows_its_total_and_says_when_pong_is_won(capsys):
 
 @pytest.mark.parametrize("agent", list(AGENTS))
 def test_hours_are_the_runs_in_all_a_resumed_run_counts_its_trained_time(agent, tmp_path, monkeypatch):
-    extra = {"pg": ["--batch-steps", "200"], "dqn": ["--learning-starts", "200", "--buffer-size", "1000"],
-             "ppo": ["--num-steps", "32"]}[agent]
+    extra = SMALL_RUN[agent]
     assert run_main(["--agent", agent, "--game", "CartPole-v1", "--total-steps", "600", "--eval-every", "0",
                      "--run-dir", "r", "--quiet", *extra], tmp_path, monkeypatch) == 0
     saved = checkpoint_header(str(tmp_path / "r" / "checkpoint.npz"))
@@ -287,8 +290,7 @@ def test_hours_are_the_runs_in_all_a_resumed_run_counts_its_trained_time(agent, 
 
 @pytest.mark.parametrize("agent", list(AGENTS))
 def test_every_agent_evaluates_whole_games_into_eval_csv(agent, tmp_path, monkeypatch, capsys):
-    extra = {"pg": ["--batch-steps", "200"], "dqn": ["--learning-starts", "200", "--buffer-size", "1000"],
-             "ppo": ["--num-steps", "32"]}[agent]
+    extra = SMALL_RUN[agent]
     assert run_main(["--agent", agent, "--game", "CartPole-v1", "--total-steps", "1200", "--eval-every", "500",
                      "--eval-episodes", "2", "--run-dir", "r", *extra], tmp_path, monkeypatch) == 0
     rows = (tmp_path / "r" / "eval.csv").read_text().splitlines()
