@@ -106,8 +106,10 @@ def resolved(cfg):
             raise ValueError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
     if not cfg.lr > 0 or not math.isfinite(cfg.lr):
         raise ValueError(f"lr must be > 0, got {cfg.lr}")
-    if not 0.0 < cfg.clip < 1.0 or not cfg.lr > 0 or not math.isfinite(cfg.lr) or not cfg.adam_eps > 0:
-        raise ValueError(f"clip must be in (0, 1), lr and adam_eps > 0, got {cfg.clip}, {cfg.lr}, {cfg.adam_eps}")
+    if not 0.0 < cfg.clip < 1.0:
+        raise ValueError(f"clip must be in (0, 1), got {cfg.clip}")
+    if not cfg.adam_eps > 0 or not math.isfinite(cfg.adam_eps):
+        raise ValueError(f"adam_eps must be > 0, got {cfg.adam_eps}")
     if cfg.workers:
         raise ValueError("--workers is not built for ppo yet: its envs run in this process (use --num-envs)")
     return dataclasses.replace(cfg, preset=preset, network=network, hidden=hidden)
