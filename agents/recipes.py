@@ -69,7 +69,7 @@ def typed(field, value, path):
     """value as field's type (bool, int, float or str), or a ValueError naming the key."""
     kind = field.type if isinstance(field.type, type) else {"bool": bool, "int": int, "float": float}.get(
         str(field.type), str)
-    what = {bool: "true or false", int: "a whole number", float: "a number"}.get(kind, "text")
+    what = {bool: "true or false", int: "a whole number", float: "a finite number"}.get(kind, "text")
     bad = ValueError(f"{path}: {field.name} must be {what}, got {value!r}")
     if kind is bool:
         if not isinstance(value, bool):
@@ -87,8 +87,10 @@ def typed(field, value, path):
         number = float(value.replace("_", "")) if isinstance(value, str) else value
     except ValueError:
         raise bad from None
+    if not math.isfinite(number):
+        raise bad
     if kind is int:
-        if not math.isfinite(number) or number != int(number):
+        if number != int(number):
             raise bad
         return int(number)
     return float(number)

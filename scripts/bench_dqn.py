@@ -15,7 +15,7 @@ import warnings
 import envs
 from agents import dqn
 from agents.run import Run, Stopwatch, config_dict
-from scripts.common import UsageError, add_blas_threads_flag, add_kernel_flag, blas_threads, fail
+from scripts.common import UsageError, add_blas_threads_flag, add_kernel_flag, blas_threads, fail, finite_float
 
 PARTS = ("act", "env", "replay_add", "replay_sample", "update", "eval", "other")
 
@@ -28,7 +28,7 @@ def add_arguments(parser):
     parser.add_argument("--dueling", action="store_true", help="time the dueling head")
     parser.add_argument("--prioritized", action="store_true", help="time prioritized replay (its sum tree)")
     parser.add_argument("--quantiles", type=int, default=0, help="time QR-DQN with this many quantiles (default 0: off)")
-    parser.add_argument("--target-epsilon", type=float, default=0.0,
+    parser.add_argument("--target-epsilon", type=finite_float, default=0.0,
                         help="time Expected SARSA targets for this epsilon (with --quantiles: the mixture's atoms)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the network, the envs and sampling")
     add_blas_threads_flag(parser, "auto, as scripts.train runs dqn; --vs-torch sets its own, --threads")
@@ -38,7 +38,7 @@ def add_arguments(parser):
                     help="cleanrl: Double DQN, 1-step; shipped: the Pong agent's dueling 3-step (default both)")
     vs.add_argument("--updates", type=int, default=300, help="updates timed per thread count (default 300)")
     vs.add_argument("--chunk", type=int, default=25, help="updates per alternating chunk (default 25)")
-    vs.add_argument("--epsilon", type=float, default=0.01,
+    vs.add_argument("--epsilon", type=finite_float, default=0.01,
                     help="exploration while learning (default 0.01, where a run spends most of its steps)")
     vs.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="BLAS and torch threads (default 1 2)")
     add_kernel_flag(vs)

@@ -19,14 +19,14 @@ import time
 
 import numpy as np
 
-from scripts.common import fail
+from scripts.common import fail, finite_float
 
 WORKLOADS = {"update": "auto", "act": "auto"}  # workload -> the default of the commands that do it
 SETTINGS = ("default", "1", "2", "2 timeout")
 
 
 def add_arguments(parser):
-    parser.add_argument("--seconds", type=float, default=3.0, help="seconds each timed process runs (default 3)")
+    parser.add_argument("--seconds", type=finite_float, default=3.0, help="seconds each timed process runs (default 3)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all settings per condition (default 3)")
     parser.add_argument("--no-burner", action="store_true", help="only the machine as it is")
     parser.add_argument("--worker", choices=list(WORKLOADS), help=argparse.SUPPRESS)  # one timed process

@@ -326,7 +326,7 @@ def add_greedy_flag(parser):
 
 def add_epsilon_flag(parser):
     """--epsilon of the scripts that score or show a DQN checkpoint (agents.evaluation.play_rule)."""
-    parser.add_argument("--epsilon", type=float, default=None, metavar="E",
+    parser.add_argument("--epsilon", type=finite_float, default=None, metavar="E",
                         help="DQN: a random move with probability E each step instead of the checkpoint's "
                              "evaluation epsilon (Nature's 0.05); 0.01 is the final exploration that SB3's "
                              "zoo evaluates Atari DQN at and CleanRL's training curves report")
@@ -400,11 +400,30 @@ def add_config_flags(parser, cls, skip=(), choices=None, title=None, names=None,
         if f.type in (bool, "bool"):
             group.add_argument(flag, dest=f.name, type=parse_bool, default=None, metavar="{true,false}", help=text)
         else:
-            kind = {"int": int, "float": float, "str": str}.get(getattr(f.type, "__name__", f.type), str)
-            metavar = None if f.name in choices else {int: "N", float: "X"}.get(kind, "TEXT")
+            kind = {"int": int, "float": finite_float, "str": str}.get(getattr(f.type, "__name__", f.type), str)
+            metavar = None if f.name in choices else {int: "N", finite_float: "X"}.get(kind, "TEXT")
             group.add_argument(flag, dest=f.name, type=kind, default=None, choices=choices.get(f.name), metavar=metavar,
                                help=text)
     return group
+
+
+def finite_float(text):
+    """A flag's number: nan and inf are refused in argparse's one line, as any other bad value."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def fps_value(text):
+    """--fps of the windows: steps per second >= 0, 0 as fast as it can."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected steps per second >= 0 (0: as fast as it can), got {text!r}")
+    return value
 
 
 def parse_bool(text):

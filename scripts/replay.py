@@ -25,7 +25,7 @@ from envs.atari import readable_action_names
 from envs import recording as single
 from envs.recording import RecordingError
 from envs.versus import ACTION_MEANINGS
-from scripts.common import (Parser, UsageError, cannot_write, check_window, check_window_flags, fail,
+from scripts.common import (Parser, UsageError, cannot_write, check_window, check_window_flags, fail, fps_value,
                             quietly_interrupted, writable_folder)
 from scripts.viewer import NoDisplayError, Viewer, run
 
@@ -39,7 +39,7 @@ def build_parser():
                    help="write the recordings as OUT.mp4 or OUT.gif (several: OUT's name plus each recording's), "
                         "or as mp4 files into the folder OUT/; no window")
     p.add_argument("--info", action="store_true", help="print the metadata of each recording and exit")
-    p.add_argument("--fps", type=float, default=None,
+    p.add_argument("--fps", type=fps_value, default=None,
                    help="steps per second (default real time; for --export the video's frame rate)")
     p.add_argument("--scale", type=int, default=None, help="zoom (default 3 in the window, 1 for --export)")
     return p

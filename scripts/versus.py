@@ -22,7 +22,7 @@ from agents.evaluation import play_rule
 from envs.versus import ACTION_MEANINGS, VersusUnavailable, require
 from envs.versus_match import AgentPlayer, Match, match_stem, round_robin, side_seed, summary
 from scripts.common import (Parser, UsageError, add_blas_threads_flag, add_greedy_flag, blas_threads, check_folder,
-                            check_window, check_window_flags, fail, load_agent)
+                            check_window, check_window_flags, fail, fps_value, load_agent)
 from scripts.play import action_for
 from scripts.viewer import NoDisplayError, Viewer, run
 from scripts.watch import action_bars, network_view, shipped_checkpoint
@@ -50,7 +50,7 @@ def build_parser():
                    help="idle frames before a game starts, drawn from 0..N (default 30; 0 with --human)")
     add_greedy_flag(p)
     add_blas_threads_flag(p, "1: one thread keeps up with the window's frame rate")
-    p.add_argument("--fps", type=float, default=None,
+    p.add_argument("--fps", type=fps_value, default=None,
                    help="steps per second (default 15, real time; 0: as fast as possible)")
     p.add_argument("--scale", type=int, default=3, help="zoom of the game frame (default 3)")
     return p

@@ -25,9 +25,9 @@ from agents.ship import scores_in
 from envs.atari import readable_action_names
 from envs.recording import Recorder
 from nets import CheckpointError
-from scripts.common import (Parser, UsageError, add_blas_threads_flag, add_epsilon_flag, add_greedy_flag, blas_threads,
-                            check_record_dir, check_window, check_window_flags, fail, load_agent, parse_bool,
-                            play_rule_from_flags, quietly_interrupted)
+from scripts.common import (Parser, UsageError, add_blas_threads_flag, add_epsilon_flag, add_greedy_flag,
+                            blas_threads, check_record_dir, check_window, check_window_flags, fail, fps_value,
+                            load_agent, parse_bool, play_rule_from_flags, quietly_interrupted)
 from scripts.viewer import NoDisplayError, Viewer, run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def build_parser():
     p = Parser(prog="python -m scripts.watch", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", nargs="?", help="an agent checkpoint (.npz); default: the best shipped Pong agent")
     p.add_argument("--episodes", type=int, default=3, help="whole games to play (default 3)")
-    p.add_argument("--fps", type=float, default=None,
+    p.add_argument("--fps", type=fps_value, default=None,
                    help="agent steps per second (default real time: 15 on Atari; 0: as fast as possible)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first game; game k uses seed+k")
     p.add_argument("--record", metavar="DIR", help="save every game as a recording in DIR")

@@ -49,7 +49,8 @@ def files(tmp_path_factory):
     made["game"] = str(root / "game.npz")
     for name, text in (("unknown-key", "agent: dqn\nlearning_rate: 0.1\n"), ("bad-value", "agent: dqn\nlr: fast\n"),
                        ("bad-bool", "agent: dqn\ndueling: 3\n"), ("not-yaml", "lr: [1\n"), ("a-list", "- 1\n"),
-                       ("pg-recipe", "agent: pg\nlr: 1.0e-3\n"), ("bad-schedule", "lr_schedule: 0:1e-3,5:-1\n")):
+                       ("pg-recipe", "agent: pg\nlr: 1.0e-3\n"), ("bad-schedule", "lr_schedule: 0:1e-3,5:-1\n"),
+                       ("nan-value", "agent: ppo\nent_coef: .nan\n")):
         (root / f"{name}.yml").write_text(text)
         made[name.replace("-", "_")] = str(root / f"{name}.yml")
     return made
@@ -101,6 +102,8 @@ for agent in ("pg", "dqn", "ppo"):  # refused by every agent, not only the defau
     case(M, "--agent", agent, "--lr", "0", says="lr must be > 0")
     case(M, "--agent", agent, "--total-steps", "-5", says="total_steps must be >= 0")
     case(M, "--agent", agent, "--hours", "-1", says="hours must be >= 0")
+    case(M, "--agent", agent, "--hours", "nan", says="--hours: expected a finite number, got 'nan'")
+    case(M, "--agent", agent, "--lr", "inf", says="--lr: expected a finite number, got 'inf'")
     case(M, "--agent", agent, "--game", "PongNoFrameskip-v4", "--sticky", "true", says="no sticky actions")
     case(M, "--agent", agent, "--game", "ALE/Pong-v5", "--sticky", "false", says="means sticky actions")
     case(M, "--agent", agent, "--optimizer" if agent != "ppo" else "--network", "sgd", says="invalid choice")
@@ -111,8 +114,9 @@ case(M, "--agent", "pg", "--lr-schedule", "100:1e-3,50:1e-4", says="increasing")
 case(M, "--agent", "pg", "--batch-schedule", "0:0.5", says="batch_schedule")
 case(M, "--config", "/nonexistent/recipe.yml", says="no such file")
 case(M, "--config", "{unknown_key}", says="unknown key 'learning_rate' for agent dqn; did you mean lr?")
-case(M, "--config", "{bad_value}", says="lr must be a number")
+case(M, "--config", "{bad_value}", says="lr must be a finite number, got 'fast'")
 case(M, "--config", "{bad_bool}", says="dueling must be true or false")
+case(M, "--config", "{nan_value}", says="ent_coef must be a finite number, got nan")
 case(M, "--config", "{not_yaml}", says="not valid YAML")
 case(M, "--config", "{a_list}", says="mapping")
 case(M, "--config", "{bad_schedule}", says="lr_schedule")
@@ -133,6 +137,7 @@ case(M, "{cartpole}", "--record", "games", says="Atari")
 case(M, "{pong}", "--record", "{text}", says="not a directory")
 case(M, "{pong}", "--epsilon", "0.01", says="DQN agent")
 case(M, "{pong}", "--epsilon", "some", says="--epsilon")
+case(M, "{pong}", "--epsilon", "nan", says="--epsilon: expected a finite number")
 case(M, "{pong}", "--record", "/proc/games", "--episodes", "1", says="--record /proc/games: cannot write")
 case(M, "{pong}", "--blas-threads", "0", says="--blas-threads")
 case(M, says="checkpoint")
@@ -142,6 +147,8 @@ case(M, "{corrupt}", says="not a valid .npz")
 case(M, "{dir}", says="directory")
 case(M, "{pong}", "--scale", "0", says="scale")
 case(M, "{pong}", "--fps", "fast", says="--fps")
+case(M, "{pong}", "--fps", "nan", says="--fps: expected a finite number")
+case(M, "{pong}", "--fps", "-5", says="--fps: expected steps per second >= 0")
 case(M, "{pong}", "--epsilon", "0.1", says="DQN agent")
 case(M, "{pong}", says="SDL_VIDEODRIVER", display=False)
 M = "scripts.replay"
