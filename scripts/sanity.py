@@ -13,16 +13,13 @@ import sys
 
 from nets.data import DataError
 from nets.tasks import TaskError, digits, sentiment, shakespeare
-from scripts.common import Parser, UsageError, blas_threads, fail
+from scripts.common import Parser, UsageError, blas_threads, fail, finite_float
 
 QUERY_WORDS = 3000  # --similar and --analogy answer from the most frequent words only
 
 
 def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    value = finite_float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value

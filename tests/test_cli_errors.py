@@ -175,6 +175,7 @@ M = "scripts.sanity"
 case(M, "chess", says="invalid choice")
 case(M, "digits", "--data-dir", "/nonexistent/data", says="/nonexistent/data")
 case(M, "digits", "--epochs", "-1", says="epochs")
+case(M, "shakespeare", "--temperature", "inf", says="--temperature: expected a finite number")
 M = "scripts.versus"
 case(M, "/nonexistent.npz", "--human", says="no such")
 case(M, "{pong}", "{pong}", "--games", "0", says="--games")
