@@ -115,7 +115,7 @@ def resolved(cfg):
         value = hidden if name == "hidden" else getattr(cfg, name)
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    for name in ("total_steps", "learning_starts", "epsilon_steps", "eval_every", "hours", "max_grad_norm",
+    for name in ("seed", "total_steps", "learning_starts", "epsilon_steps", "eval_every", "hours", "max_grad_norm",
                  "lr_steps", "lr_end", "keep_snapshots", "quantiles"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")

@@ -79,7 +79,7 @@ def resolved(cfg):
     for name in ("num_envs", "hidden", "batch_steps", "eval_episodes"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    for name in ("total_steps", "hours", "keep_snapshots", "eval_every", "max_grad_norm"):
+    for name in ("seed", "total_steps", "hours", "keep_snapshots", "eval_every", "max_grad_norm"):
         if not getattr(cfg, name) >= 0 or not math.isfinite(getattr(cfg, name)):
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
     if not cfg.lr > 0 or not math.isfinite(cfg.lr):

@@ -94,7 +94,7 @@ def resolved(cfg):
     for name in ("num_envs", "num_steps", "epochs", "minibatches", "eval_episodes", "max_bad_updates"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    for name in ("total_steps", "hours", "eval_every", "keep_snapshots", "ent_coef", "vf_coef", "max_grad_norm",
+    for name in ("seed", "total_steps", "hours", "eval_every", "keep_snapshots", "ent_coef", "vf_coef", "max_grad_norm",
                  "target_kl", "checkpoint_minutes"):
         if not getattr(cfg, name) >= 0 or not math.isfinite(getattr(cfg, name)):
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")

@@ -15,7 +15,8 @@ import warnings
 import envs
 from agents import dqn
 from agents.run import Run, Stopwatch, config_dict
-from scripts.common import UsageError, add_blas_threads_flag, add_kernel_flag, blas_threads, fail, finite_float
+from scripts.common import (UsageError, add_blas_threads_flag, add_kernel_flag, blas_threads, fail, finite_float,
+                            seed_value)
 
 PARTS = ("act", "env", "replay_add", "replay_sample", "update", "eval", "other")
 
@@ -30,7 +31,7 @@ def add_arguments(parser):
     parser.add_argument("--quantiles", type=int, default=0, help="time QR-DQN with this many quantiles (default 0: off)")
     parser.add_argument("--target-epsilon", type=finite_float, default=0.0,
                         help="time Expected SARSA targets for this epsilon (with --quantiles: the mixture's atoms)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the network, the envs and sampling")
+    parser.add_argument("--seed", type=seed_value, default=0, help="seed for the network, the envs and sampling")
     add_blas_threads_flag(parser, "auto, as scripts.train runs dqn; --vs-torch sets its own, --threads")
     vs = parser.add_argument_group("--vs-torch: the act + sample + update loop of a recipe in numpy and PyTorch")
     vs.add_argument("--vs-torch", action="store_true", help="time the loop against the same loop in PyTorch")

@@ -14,14 +14,14 @@ import gymnasium as gym
 import numpy as np
 
 import envs
-from scripts.common import finite_float
+from scripts.common import finite_float, seed_value
 
 VECTOR_SIZES = (1, 2, 4, 8)
 
 
 def add_arguments(parser):
     parser.add_argument("--seconds", type=finite_float, default=2.0, help="timed seconds per row")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the envs and the random actions")
+    parser.add_argument("--seed", type=seed_value, default=0, help="seed for the envs and the random actions")
 
 
 def time_single(env, seconds, rng):

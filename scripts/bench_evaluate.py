@@ -19,7 +19,7 @@ import numpy as np
 import agents
 from agents.evaluation import make_eval_env, play_game, play_rule
 from scripts.bench_threads import start_burner, stop_burner
-from scripts.common import UsageError, add_blas_threads_flag, blas_threads, fail
+from scripts.common import UsageError, add_blas_threads_flag, blas_threads, fail, seed_value
 
 SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints", "pong-dqn.npz")
 
@@ -28,7 +28,7 @@ def add_arguments(parser):
     parser.add_argument("checkpoint", nargs="?", default=SHIPPED, help="an agent checkpoint (default: the shipped "
                                                                         "Pong DQN)")
     parser.add_argument("--games", type=int, default=3, help="games per condition (default 3)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first game")
+    parser.add_argument("--seed", type=seed_value, default=0, help="seed of the first game")
     parser.add_argument("--no-sticky", action="store_true", help="NoFrameskip-v4 protocol instead of ALE v5's")
     parser.add_argument("--no-burner", action="store_true", help="only the machine as it is")
     add_blas_threads_flag(parser, "auto, as scripts.evaluate")

@@ -16,14 +16,14 @@ import numpy as np
 import envs
 from agents import policy_gradient as pg
 from agents.run import Run, config_dict
-from scripts.common import UsageError, add_blas_threads_flag, blas_threads, fail
+from scripts.common import UsageError, add_blas_threads_flag, blas_threads, fail, seed_value
 
 
 def add_arguments(parser):
     parser.add_argument("--game", default="pong")
     parser.add_argument("--num-envs", type=int, default=8)
     parser.add_argument("--steps", type=int, default=40_000, help="agent steps timed per row")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_value, default=0)
     parser.add_argument("--batch-steps", type=int, default=None, help="steps per update (default: the agent's)")
     add_blas_threads_flag(parser, "1, as scripts.train runs pg")
 

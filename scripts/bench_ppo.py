@@ -22,7 +22,8 @@ import numpy as np
 import envs
 from agents import ppo
 from agents.run import Run, config_dict
-from scripts.common import UsageError, add_blas_threads_flag, add_kernel_flag, blas_kernel, blas_threads, fail, kernel_runs
+from scripts.common import (UsageError, add_blas_threads_flag, add_kernel_flag, blas_kernel, blas_threads, fail,
+                            kernel_runs, seed_value)
 
 
 def add_arguments(parser):
@@ -34,7 +35,7 @@ def add_arguments(parser):
     parser.add_argument("--epochs", type=int, default=ppo.Config.epochs,
                         help=f"passes over each rollout (default {ppo.Config.epochs}, the agent's)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch loop")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_value, default=0)
     add_blas_threads_flag(parser, "auto, decided once at the start; torch gets as many threads")
     add_kernel_flag(parser)
 

@@ -18,7 +18,7 @@ import numpy as np
 from agents import policy_gradient as pg
 from agents.distributed import Fleet, start_ray
 from agents.policy_gradient import PGWorker
-from scripts.common import UsageError, add_blas_threads_flag, blas_threads, fail
+from scripts.common import UsageError, add_blas_threads_flag, blas_threads, fail, seed_value
 
 
 def add_arguments(parser):
@@ -28,7 +28,7 @@ def add_arguments(parser):
     parser.add_argument("--workers", default="1,2,4", help="actor counts, comma-separated")
     parser.add_argument("--broadcasts", type=int, default=10, help="weight broadcasts timed per row")
     parser.add_argument("--ray-address", default="", help="join this Ray cluster (default: a local Ray)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_value, default=0)
     add_blas_threads_flag(parser, "1, as scripts.train runs pg")
 
 

@@ -418,6 +418,17 @@ def finite_float(text):
     return value
 
 
+def seed_value(text):
+    """--seed: a whole number >= 0 (numpy's generators and the envs take no negative seed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a seed >= 0, got {text!r}")
+    return value
+
+
 def fps_value(text):
     """--fps of the windows: steps per second >= 0, 0 as fast as it can."""
     value = finite_float(text)

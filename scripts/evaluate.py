@@ -9,14 +9,14 @@ from agents.evaluation import action_rule
 from envs import env_spec
 from scripts.common import (Parser, UsageError, add_blas_threads_flag, add_epsilon_flag, add_greedy_flag,
                             add_worker_flags, blas_threads, check_record_dir, check_scoring_flags, fail, load_agent,
-                            play_games, play_rule_from_flags, writable_folder)
+                            play_games, play_rule_from_flags, seed_value, writable_folder)
 
 
 def build_parser():
     p = Parser(prog="python -m scripts.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="an agent checkpoint (.npz)")
     p.add_argument("--episodes", type=int, default=10, help="whole games to play (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first game; game k uses seed+k")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of the first game; game k uses seed+k")
     p.add_argument("--no-sticky", action="store_true",
                    help="NoFrameskip-v4 protocol (no sticky actions) instead of ALE v5's")
     p.add_argument("--record", metavar="DIR", help="save every game as a recording in DIR")

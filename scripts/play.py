@@ -17,7 +17,7 @@ import envs
 from envs.atari import UP_IS_RIGHT, readable_action_names
 from envs.recording import Recorder
 from scripts.common import (Parser, UsageError, check_window, check_window_flags, fail, fps_value, parse_bool,
-                            quietly_interrupted, writable_folder)
+                            quietly_interrupted, seed_value, writable_folder)
 from scripts.viewer import NoDisplayError, Viewer, run
 
 
@@ -27,7 +27,7 @@ def build_parser():
     p.add_argument("--game", default="pong", help="an Atari game (default pong)")
     p.add_argument("--out", default="recordings", metavar="DIR", help="where games are saved (default recordings/)")
     p.add_argument("--episodes", type=int, default=0, help="games to play (default 0: until you quit)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the first game (default: a random one)")
+    p.add_argument("--seed", type=seed_value, default=None, help="seed of the first game (default: a random one)")
     p.add_argument("--fps", type=fps_value, default=None, help="steps per second (default 15, real time)")
     p.add_argument("--scale", type=int, default=3, help="zoom of the game frame (default 3)")
     p.add_argument("--sticky", type=parse_bool, default=False, metavar="{true,false}",

@@ -13,7 +13,7 @@ import sys
 
 from nets.data import DataError
 from nets.tasks import TaskError, digits, sentiment, shakespeare
-from scripts.common import Parser, UsageError, blas_threads, fail, finite_float
+from scripts.common import Parser, UsageError, blas_threads, fail, finite_float, seed_value
 
 QUERY_WORDS = 3000  # --similar and --analogy answer from the most frequent words only
 
@@ -46,7 +46,7 @@ def shared_flags(defaults):
     shared.add_argument("--quick", action="store_true", default=default(False),
                         help="small fast versions with a lower bar (what the tests run)")
     shared.add_argument("--epochs", type=count, default=default(None), help="override each task's epochs")
-    shared.add_argument("--seed", type=int, default=default(None), help="training seed (default 0)")
+    shared.add_argument("--seed", type=seed_value, default=default(None), help="training seed (default 0)")
     shared.add_argument("--blas-threads", type=count, default=default(None),
                         help="OpenBLAS threads (default 1: more threads than free cores wait on each other's "
                              "time slices)")

@@ -17,7 +17,7 @@ from agents.run import CheckpointError, read_run_record
 from agents.ship import CHECKPOINTS, Staged, comparison, play_rules, shipped_scores
 from envs import env_spec
 from scripts.common import (Parser, UsageError, add_blas_threads_flag, add_worker_flags, blas_threads,
-                            check_scoring_flags, fail, load_agent, play_games)
+                            check_scoring_flags, fail, load_agent, play_games, seed_value)
 
 
 def build_parser():
@@ -25,7 +25,7 @@ def build_parser():
     p.add_argument("run_dir", help="a run dir holding checkpoint.npz, config.json and progress.csv")
     p.add_argument("--name", required=True, help="shipped name, e.g. pong-pg (checkpoints/<name>.npz)")
     p.add_argument("--episodes", type=int, default=30, help="evaluation games (default 30)")
-    p.add_argument("--seed", type=int, default=1000, help="seed of the first evaluation game")
+    p.add_argument("--seed", type=seed_value, default=1000, help="seed of the first evaluation game")
     p.add_argument("--no-sticky", action="store_true",
                    help="also report the NoFrameskip-v4 protocol (always done for an agent trained on it)")
     p.add_argument("--out-dir", default=CHECKPOINTS, help="where to ship (default checkpoints/)")

@@ -22,7 +22,7 @@ from agents.evaluation import play_rule
 from envs.versus import ACTION_MEANINGS, VersusUnavailable, require
 from envs.versus_match import AgentPlayer, Match, match_stem, round_robin, side_seed, summary
 from scripts.common import (Parser, UsageError, add_blas_threads_flag, add_greedy_flag, blas_threads, check_folder,
-                            check_window, check_window_flags, fail, fps_value, load_agent)
+                            check_window, check_window_flags, fail, fps_value, load_agent, seed_value)
 from scripts.play import action_for
 from scripts.viewer import NoDisplayError, Viewer, run
 from scripts.watch import action_bars, network_view, shipped_checkpoint
@@ -39,7 +39,7 @@ def build_parser():
     p.add_argument("--human", action="store_true", help="you play the left paddle with the arrow keys")
     p.add_argument("--games", type=int, default=None,
                    help="games to play (default: until you quit with --human, else 5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first game; game k uses seed+k")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of the first game; game k uses seed+k")
     p.add_argument("--record", metavar="DIR", help="save every game as a two-player recording in DIR "
                    "(with --human always, default recordings/)")
     p.add_argument("--no-window", action="store_true", help="agent against agent without a window")

@@ -27,7 +27,7 @@ from envs.recording import Recorder
 from nets import CheckpointError
 from scripts.common import (Parser, UsageError, add_blas_threads_flag, add_epsilon_flag, add_greedy_flag,
                             blas_threads, check_record_dir, check_window, check_window_flags, fail, fps_value,
-                            load_agent, parse_bool, play_rule_from_flags, quietly_interrupted)
+                            load_agent, parse_bool, play_rule_from_flags, quietly_interrupted, seed_value)
 from scripts.viewer import NoDisplayError, Viewer, run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def build_parser():
     p.add_argument("--episodes", type=int, default=3, help="whole games to play (default 3)")
     p.add_argument("--fps", type=fps_value, default=None,
                    help="agent steps per second (default real time: 15 on Atari; 0: as fast as possible)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first game; game k uses seed+k")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of the first game; game k uses seed+k")
     p.add_argument("--record", metavar="DIR", help="save every game as a recording in DIR")
     p.add_argument("--scale", type=int, default=None, help="zoom of the game frame (default 3 on Atari, 1 otherwise)")
     p.add_argument("--sticky", type=parse_bool, default=None, metavar="{true,false}",
