@@ -400,8 +400,8 @@ def add_config_flags(parser, cls, skip=(), choices=None, title=None, names=None,
         if f.type in (bool, "bool"):
             group.add_argument(flag, dest=f.name, type=parse_bool, default=None, metavar="{true,false}", help=text)
         else:
-            kind = {"int": int, "float": finite_float, "str": str}.get(getattr(f.type, "__name__", f.type), str)
-            metavar = None if f.name in choices else {int: "N", finite_float: "X"}.get(kind, "TEXT")
+            kind = {"int": whole_number, "float": finite_float, "str": str}.get(getattr(f.type, "__name__", f.type), str)
+            metavar = None if f.name in choices else {whole_number: "N", finite_float: "X"}.get(kind, "TEXT")
             group.add_argument(flag, dest=f.name, type=kind, default=None, choices=choices.get(f.name), metavar=metavar,
                                help=text)
     return group
@@ -418,12 +418,24 @@ def finite_float(text):
     return value
 
 
+def whole_number(text):
+    """A flag's whole number, also as people write step counts: 6_500_000, 1e6, 6.5e6."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value != int(value):
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(value)
+
+
 def seed_value(text):
     """--seed: a whole number >= 0 (numpy's generators and the envs take no negative seed)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = whole_number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a seed >= 0, got {text!r}")
     return value

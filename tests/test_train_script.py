@@ -48,6 +48,17 @@ def test_env_ids_of_sb3_cleanrl_and_gymnasium_map_to_a_game_and_a_protocol(typed
 
 
 @pytest.mark.parametrize("agent", list(AGENTS))
+def test_step_counts_as_people_write_them(agent):
+    """CleanRL's 10000000, Python's 10_000_000 and the zoo's 1e7 are the same budget; 1.5 is no count."""
+    parser = train.build_parser(AGENTS[agent])
+    for text in ("10000000", "10_000_000", "1e7", "1.0e7"):
+        assert parser.parse_args(["--total-steps", text]).total_steps == 10_000_000
+    for text in ("1.5", "1e7x", "nan", "inf", ""):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--total-steps", text])
+
+
+@pytest.mark.parametrize("agent", list(AGENTS))
 def test_an_id_sets_the_protocol_and_config_json_says_which(agent, tmp_path, monkeypatch):
     """PongNoFrameskip-v4 trains without sticky actions (it crashed before: a 94 GiB replay buffer
     for dqn, a ValueError for pg); config.json keeps the id typed and where the protocol came from."""
