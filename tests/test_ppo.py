@@ -193,7 +193,9 @@ def test_nan_updates_are_skipped_then_stop_the_run(tmp_path):
 
 def test_resolved_defaults_and_bad_values():
     atari = ppo.resolved(ppo.Config())
-    assert (atari.preset, atari.network, atari.hidden, atari.sticky) == ("deepmind", "small", 256, True)
+    assert (atari.preset, atari.network, atari.hidden, atari.sticky) == ("deepmind", "nature", 512, True)
+    small = ppo.resolved(ppo.Config(network="small"))
+    assert small.hidden == 256
     nature = ppo.resolved(ppo.Config(network="nature"))
     assert nature.hidden == 512
     classic = ppo.resolved(ppo.Config(game="CartPole-v1"))
