@@ -47,7 +47,7 @@ class Config:
     preset: str = ""  # the agent's preset; empty: pg the game's default (Pong: karpathy), dqn and ppo deepmind
     epochs: int = 10  # passes over the training samples
     hidden: int = 0  # hidden units; 0: the agent's default (pg 200, dqn 512, ppo 256 small / 512 nature)
-    network: str = "auto"  # ppo only: small or nature torso (auto: small, as ppo trains)
+    network: str = "auto"  # ppo only: small or nature torso (auto: nature, as ppo trains)
     dueling: bool = False  # dqn only: a dueling head, to --init a `--dueling true` DQN run
     lr: float = 1e-3  # Adam's learning rate
     batch_size: int = 0  # samples per update; 0: the agent's default (pg 128, dqn and ppo 32)
