@@ -13,7 +13,7 @@ import sys
 
 from nets.data import DataError
 from nets.tasks import TaskError, digits, sentiment, shakespeare
-from scripts.common import Parser, UsageError, blas_threads, fail, finite_float, seed_value
+from scripts.common import Parser, UsageError, blas_threads, fail, finite_float, seed_value, whole_number
 
 QUERY_WORDS = 3000  # --similar and --analogy answer from the most frequent words only
 
@@ -26,10 +26,7 @@ def positive_float(text):
 
 
 def count(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = whole_number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
