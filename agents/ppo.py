@@ -21,7 +21,7 @@ import numpy as np
 
 import envs
 from agents.evaluation import SideGames
-from agents.run import NumericalError, deadline, finished
+from agents.run import NumericalError, Stopwatch, deadline, finished
 from nets import Adam, Conv2d, Flatten, Linear, Parallel, ReLU, Sequential, Tanh, log_softmax, softmax
 from nets.init import orthogonal_init
 
@@ -307,26 +307,32 @@ class Learner:
     def lr_at(self, step):
         return self.annealed(self.cfg.lr, self.cfg.anneal_lr, step)
 
-    def minibatch_step(self, obs, actions, logp, adv, returns, values):
-        """One gradient step; returns stats, or None when the loss or gradient was NaN/inf (skipped)."""
+    def minibatch_step(self, obs, actions, logp, adv, returns, values, clock):
+        """One gradient step; returns stats, or None when the loss or gradient was NaN/inf (skipped).
+        clock: a Stopwatch charged with forward (the loss's too), backward and optimizer."""
         out = self.model.train().forward(network_input(obs, self.obs_scale))  # (B, A+1)
         loss, dout, stats = ppo_loss(out, actions, logp, adv, returns, values, self.loss_cfg)
+        clock.mark("forward")
         self.model.backward(dout)
+        clock.mark("backward")
         grads = [g for _, _, g in self.model.parameters()]
         norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads))
         if not (math.isfinite(loss) and math.isfinite(norm)):
             self.bad_in_a_row += 1
             self.bad_total += 1
+            clock.mark("optimizer")
             return None
         if 0 < self.cfg.max_grad_norm < norm:  # nets.clip_grad_norm, without computing the norm twice
             for g in grads:
                 g *= self.cfg.max_grad_norm / (norm + 1e-6)
         self.opt.step()
+        clock.mark("optimizer")
         self.bad_in_a_row = 0
         return {**stats, "loss": loss, "grad_norm": norm}
 
-    def update(self, ro, adv, returns, rng, step, on_bad):
-        """epochs passes of shuffled minibatches over the rollout; returns the mean stats."""
+    def update(self, ro, adv, returns, rng, step, on_bad, clock=None):
+        """epochs passes of shuffled minibatches over the rollout; returns the mean stats. clock: a
+        Stopwatch charged with forward (the minibatch's gathering too), backward and optimizer."""
         cfg = self.cfg
         self.opt.lr = self.lr_at(step)
         self.loss_cfg = dataclasses.replace(cfg, ent_coef=self.annealed(cfg.ent_coef, cfg.anneal_ent, step))
@@ -335,12 +341,14 @@ class Learner:
         flat = [a.reshape(n) for a in (ro.actions, ro.logp, adv, returns, ro.values)]
         size = n // cfg.minibatches
         totals, count, epochs_done = {}, 0, 0
+        clock = clock or Stopwatch()
+        clock.mark("other")
         for _ in range(cfg.epochs):
             order = rng.permutation(n)
             kls = []
             for start in range(0, n, size):
                 idx = order[start:start + size]
-                stats = self.minibatch_step(obs[idx], *(a[idx] for a in flat))
+                stats = self.minibatch_step(obs[idx], *(a[idx] for a in flat), clock=clock)
                 if stats is None:
                     on_bad(self)
                     continue
@@ -353,6 +361,7 @@ class Learner:
                 break
         self.model.eval()
         self.updates += 1
+        clock.mark("other")
         metrics = {k: v / max(count, 1) for k, v in totals.items()}
         var = float(np.var(flat[3]))
         metrics["explained_variance"] = float("nan") if var == 0 else 1.0 - float(np.var(flat[3] - flat[4])) / var
@@ -437,13 +446,16 @@ def train(cfg, run, callback=None, init=None, resume=None):
     try:
         while not finished(cfg, run, stop_at):
             started = time.perf_counter()
+            clock = Stopwatch()  # the round's seconds per part, into metrics.csv (and scripts.bench ppo)
             for t in range(T):
                 logits, values = policy_and_value(model, obs, obs_scale)  # (N, A), (N,)
                 actions = sample_actions(logits, rng)
                 ro.obs[t] = obs
                 ro.actions[t], ro.values[t] = actions, values
                 ro.logp[t] = log_softmax(logits)[np.arange(N), actions]
+                clock.mark("act")
                 obs, rewards, terminated, truncated, info = venv.step(actions)
+                clock.mark("env")
                 ended = terminated | truncated
                 terminal = terminated.copy()
                 if lives is not None and "lives" in info:
@@ -458,13 +470,15 @@ def train(cfg, run, callback=None, init=None, resume=None):
                 game_length += 1
                 run.count(N, [(float(game_return[i]), int(game_length[i])) for i in np.flatnonzero(ended)], callback)
                 game_return[ended], game_length[ended] = 0.0, 0
+                clock.mark("other")
             _, last_values = policy_and_value(model, obs, obs_scale)
+            clock.mark("act")
             ro.finish(last_values)
             adv, returns = gae(ro.rewards, ro.values, ro.next_values, ro.terminal, ro.boundary,
                                cfg.gamma, cfg.gae_lambda)
             acted = time.perf_counter()
-            metrics = learner.update(ro, adv, returns, rng, run.step - T * N, on_bad)
-            metrics["seconds"] = {"rollout": acted - started, "update": time.perf_counter() - acted}
+            metrics = learner.update(ro, adv, returns, rng, run.step - T * N, on_bad, clock)
+            metrics["seconds"] = {"rollout": acted - started, "update": time.perf_counter() - acted, **clock.totals}
             run.log_update(metrics, callback)
             side()
             if run.due():

@@ -1,11 +1,13 @@
 """python -m scripts.bench ppo: PPO's real rollout + update loop, its envs alone, and PyTorch beside it.
 
 Three measurements in one run, on the same vector env settings: (1) the envs alone, random actions;
-(2) agents.ppo.train for --rounds rounds after one warm-up round (rollout and update seconds come
-from its metrics); (3) where torch is importable, the same loop written with torch (same network
+(2) agents.ppo.train for --rounds rounds after one warm-up round (its seconds per part come from its
+metrics: PARTS below); (3) where torch is importable, the same loop written with torch (same network
 shape, rollout length, epochs, minibatches, Adam, gradient clipping; GAE is the project's numpy
-function in both), with as many torch threads as numpy has BLAS threads (--blas-threads). The last row is the
-numpy/torch time ratio per training step (below 1: numpy is faster). Trust ratios, not seconds.
+function in both), with as many torch threads as numpy has BLAS threads (--blas-threads), timed by
+the same parts. A table gives each part's milliseconds per training step side by side with their
+ratio; the last row is the numpy/torch time ratio per training step (below 1: numpy is faster).
+Trust ratios, not seconds.
 Where the environment pins OpenBLAS's kernel (OPENBLAS_CORETYPE), it all runs again with OpenBLAS's
 own choice for this CPU (--kernel).
 """
@@ -21,7 +23,7 @@ import numpy as np
 
 import envs
 from agents import ppo
-from agents.run import Run, config_dict
+from agents.run import Run, Stopwatch, config_dict
 from scripts.common import (UsageError, add_blas_threads_flag, add_kernel_flag, blas_kernel, blas_threads, fail,
                             kernel_runs, seed_value)
 
@@ -63,18 +65,28 @@ def env_steps_per_second(cfg, seconds=3.0):
     return rate
 
 
+# Where a training step's time goes: the rollout's network forward and sampling (act), the envs
+# (env), the rollout's bookkeeping, GAE and the update's shuffling (other), then the minibatches'
+# forward (their gathering and the loss included), backward and optimizer (gradient norm, clipping
+# and Adam). agents.ppo.train logs the same parts (seconds_act, ... in metrics.csv).
+PARTS = ("act", "env", "other", "forward", "backward", "optimizer")
+
+
+def per_step(rounds, cfg):
+    """[{part: seconds} per round] -> (seconds per training step, {part: seconds per step})."""
+    steps = len(rounds) * cfg.num_envs * cfg.num_steps
+    parts = {part: sum(r.get(part, 0.0) for r in rounds) / steps for part in PARTS}
+    return sum(parts.values()), parts
+
+
 def numpy_loop(cfg):
-    """(seconds per training step, rollout share) of agents.ppo.train, the warm-up round left out."""
+    """per_step() of agents.ppo.train's rounds, the warm-up round left out."""
     rows = []
     with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a curve with no finished games
         run = Run(os.path.join(folder, "run"), config_dict(cfg), {}, cfg.checkpoint_minutes, message=lambda t: None)
         ppo.train(cfg, run, callback=lambda m: rows.append(m["seconds"]) if m["event"] == "update" else None)
-    timed = rows[1:]
-    rollout = sum(r["rollout"] for r in timed)
-    update = sum(r["update"] for r in timed)
-    steps = len(timed) * cfg.num_envs * cfg.num_steps
-    return (rollout + update) / steps, rollout / steps, update / steps
+    return per_step(rows[1:], cfg)
 
 
 def torch_network(torch, obs_shape, n_actions, network, hidden):
@@ -104,7 +116,7 @@ def torch_network(torch, obs_shape, n_actions, network, hidden):
 
 
 def torch_loop(cfg, rounds, threads):
-    """The same rollout + update in PyTorch; (seconds per training step, rollout and update shares)."""
+    """The same rollout + update in PyTorch; per_step() of its rounds after a warm-up one."""
     import torch
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
@@ -121,23 +133,27 @@ def torch_loop(cfg, rounds, threads):
                                                                           np.float32, np.float32))
     times = []
     for _ in range(rounds + 1):
-        start = time.perf_counter()
+        clock = Stopwatch()
         with torch.no_grad():
             for t in range(T):
                 out = net(torch.from_numpy(np.asarray(obs, np.float32) * np.float32(scale)))
                 dist = torch.distributions.Categorical(logits=out[:, :-1])
                 a = dist.sample()
                 buf_obs[t], actions[t], logp[t], values[t] = obs, a.numpy(), dist.log_prob(a).numpy(), out[:, -1].numpy()
+                clock.mark("act")
                 obs, r, term, trunc, _ = venv.step(a.numpy())
+                clock.mark("env")
                 rewards[t], dones[t] = np.sign(r), term | trunc
+                clock.mark("other")
             last = net(torch.from_numpy(np.asarray(obs, np.float32) * np.float32(scale)))[:, -1].numpy()
+            clock.mark("act")
         next_values = np.concatenate([values[1:], last[None]])
         adv, returns = ppo.gae(rewards, values, next_values, dones, dones, cfg.gamma, cfg.gae_lambda)
-        acted = time.perf_counter()
         n = T * N
         b_obs = torch.from_numpy(buf_obs.reshape(n, *space.shape))
         b = [torch.from_numpy(x.reshape(n)) for x in (actions, logp, adv, returns, values)]
         size = n // cfg.minibatches
+        clock.mark("other")
         for _ in range(cfg.epochs):
             order = torch.randperm(n)
             for s in range(0, n, size):
@@ -152,16 +168,17 @@ def torch_loop(cfg, rounds, threads):
                 v_clip = b[4][idx] + (v - b[4][idx]).clamp(-cfg.clip, cfg.clip)
                 v_loss = 0.5 * torch.max((v - b[3][idx]) ** 2, (v_clip - b[3][idx]) ** 2).mean()
                 loss = pg - cfg.ent_coef * dist.entropy().mean() + cfg.vf_coef * v_loss
+                clock.mark("forward")
                 opt.zero_grad()
                 loss.backward()
+                clock.mark("backward")
                 torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm)
                 opt.step()
-        times.append((acted - start, time.perf_counter() - acted))
+                clock.mark("optimizer")
+            clock.mark("other")
+        times.append(clock.totals)
     venv.close()
-    timed = times[1:]
-    steps = len(timed) * T * N
-    rollout, update = sum(t[0] for t in timed), sum(t[1] for t in timed)
-    return (rollout + update) / steps, rollout / steps, update / steps
+    return per_step(times[1:], cfg)
 
 
 def main(args):
@@ -191,26 +208,32 @@ def compare(cfg, args, threads):
           f"epochs of {cfg.minibatches} minibatches), {args.rounds} rounds timed; BLAS threads {threads}, "
           f"OpenBLAS kernel {blas['kernel']}")
     rows = [{"name": "envs alone, random actions", "steps_per_s": round(env_steps_per_second(cfg), 1)}]
-    total, rollout, update = numpy_loop(cfg)
-    rows.append({"name": "numpy PPO training", "steps_per_s": round(1 / total, 1),
-                 "rollout_ms_per_step": round(1e3 * rollout, 3), "update_ms_per_step": round(1e3 * update, 3)})
-    torch_total = None
+    loops = {"numpy": numpy_loop(cfg)}
     if not args.no_torch:
         if importlib.util.find_spec("torch") is None:  # optional: only this comparison needs it
             print("  (torch is not installed: no PyTorch comparison)")
         else:
-            torch_total, t_rollout, t_update = torch_loop(cfg, args.rounds, threads)
-            rows.append({"name": "PyTorch PPO training", "steps_per_s": round(1 / torch_total, 1),
-                         "rollout_ms_per_step": round(1e3 * t_rollout, 3),
-                         "update_ms_per_step": round(1e3 * t_update, 3)})
+            loops["torch"] = torch_loop(cfg, args.rounds, threads)
+    for name, (total, parts) in loops.items():
+        rows.append({"name": f"{'numpy' if name == 'numpy' else 'PyTorch'} PPO training",
+                     "steps_per_s": round(1 / total, 1),
+                     "rollout_ms_per_step": round(1e3 * sum(parts[p] for p in PARTS[:3]), 3),
+                     "update_ms_per_step": round(1e3 * sum(parts[p] for p in PARTS[3:]), 3),
+                     "ms_per_step": {p: round(1e3 * parts[p], 3) for p in PARTS}})
     for row in rows:
         extra = ""
         if "rollout_ms_per_step" in row:
             extra = f"   rollout {row['rollout_ms_per_step']:.3f} ms/step, update {row['update_ms_per_step']:.3f} ms/step"
         print(f"  {row['name']:<28} {row['steps_per_s']:>9,.1f} steps/s{extra}")
+    names = list(loops)
+    print("  ms per training step   " + "".join(f"{n:>9}" for n in names) + ("   numpy/torch" if len(names) > 1 else ""))
+    for part in PARTS + ("total",):
+        ms = [1e3 * (loops[n][0] if part == "total" else loops[n][1][part]) for n in names]
+        ratio = f"   {ms[0] / ms[1]:11.2f}" if len(ms) > 1 and ms[1] > 0 else ""
+        print(f"    {part:<20}" + "".join(f"{v:9.3f}" for v in ms) + ratio)
     ratio = None
-    if torch_total:
-        ratio = round(total / torch_total, 3)
+    if "torch" in loops:
+        ratio = round(loops["numpy"][0] / loops["torch"][0], 3)
         print(f"  numpy/torch time per training step: {ratio:.2f}")
     result = {"bench": "ppo", "game": cfg.game, "network": cfg.network, "threads": threads, "rows": rows,
               "numpy_over_torch": ratio if ratio is None or math.isfinite(ratio) else None, "blas": blas}

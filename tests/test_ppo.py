@@ -222,6 +222,24 @@ def test_atari_network_acts_saves_and_loads(tmp_path):
     assert "env_state" not in header  # ale-py's vector env cannot be saved mid-game
 
 
+def test_rounds_log_their_seconds_per_part(tmp_path):
+    """metrics.csv splits each round's seconds into the parts scripts.bench ppo compares with PyTorch,
+    and the parts add up to the round."""
+    cfg = ppo.resolved(ppo.Config(game="CartPole-v1", num_envs=2, num_steps=32, total_steps=192, minibatches=2,
+                                  epochs=2))
+    run = Run(tmp_path / "run", config_dict(cfg), {})
+    ppo.train(cfg, run)
+    with open(run.metrics_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3
+    for row in rows:
+        sec = {k[len("seconds_"):]: float(v) for k, v in row.items() if k.startswith("seconds_")}
+        assert min(sec.values()) >= 0 and sec["env"] > 0 and sec["forward"] > 0 and sec["optimizer"] > 0
+        parts = sum(sec[k] for k in ("act", "env", "other", "forward", "backward", "optimizer"))
+        assert parts == pytest.approx(sec["rollout"] + sec["update"], rel=0.01, abs=1e-4)
+        assert sec["act"] + sec["env"] < sec["rollout"] and sec["forward"] + sec["optimizer"] < sec["update"]
+
+
 def test_bench_ppo_runs_again_with_openblas_own_kernel_where_the_environment_pins_one():
     """With OPENBLAS_CORETYPE set, `bench ppo` measures as set, then the same command in a child process
     without the pin (OpenBLAS reads it once, when numpy loads), and prints both runs' figures together."""
@@ -237,7 +255,13 @@ def test_bench_ppo_runs_again_with_openblas_own_kernel_where_the_environment_pin
     for run in runs:
         (result,) = run["results"]
         assert result["bench"] == "ppo" and result["blas"]["pin"] == run["pin"]
-        assert result["rows"][1]["name"] == "numpy PPO training" and result["rows"][1]["steps_per_s"] > 0
+        numpy_row = result["rows"][1]
+        assert numpy_row["name"] == "numpy PPO training" and numpy_row["steps_per_s"] > 0
+        parts = numpy_row["ms_per_step"]  # where a training step's time goes, adding up to the whole
+        assert list(parts) == ["act", "env", "other", "forward", "backward", "optimizer"]
+        assert min(parts.values()) >= 0 and parts["forward"] > 0 and parts["optimizer"] > 0
+        assert sum(parts.values()) == pytest.approx(1e3 / numpy_row["steps_per_s"], rel=0.01, abs=0.002)
+    assert any(line.split()[:1] == ["optimizer"] for line in lines)  # the table of parts
     assert "  Haswell (OPENBLAS_CORETYPE=Haswell): numpy alone at 1 BLAS thread: no PyTorch run" in lines
 
 
