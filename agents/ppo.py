@@ -12,6 +12,10 @@ life done here as in agents/dqn.py: a lost life ends the learner's episode (no b
 advantage across it) while the game goes on, so progress.csv holds whole-game scores. Rewards are
 clipped to [-1, 1] for learning (CleanRL's ClipRewardEnv); a time-limit truncation bootstraps from
 the value of the episode's real last observation (info["final_obs"]).
+
+The envs play in this process (Players) or, with workers, on Ray actors (RayPlayers): each actor
+plays the round on its own envs with the newest weights and the learner puts the rollouts side by
+side before GAE and the update, as if one vector env of workers x num_envs had played it.
 """
 import dataclasses
 import math
@@ -20,6 +24,7 @@ import time
 import numpy as np
 
 import envs
+from agents.distributed import Fleet, lost_reporter, report_rollout, shut_down, start_ray, worker_seed
 from agents.evaluation import SideGames
 from agents.run import NumericalError, Stopwatch, deadline, finished
 from nets import Adam, Conv2d, Flatten, Linear, Parallel, ReLU, Sequential, Tanh, log_softmax, softmax
@@ -76,7 +81,7 @@ class Config:
     max_bad_updates: int = 5  # stop after this many NaN/inf minibatch updates in a row
     checkpoint_minutes: float = 5.0  # write checkpoint.npz this often (at the end of a round)
     keep_snapshots: int = 0  # also keep the playing weights of the last K saves in snapshots/ (ship --average)
-    workers: int = 0  # Ray actors stepping the envs: not built for PPO yet (0: all in this process)
+    workers: int = 0  # Ray actors playing the rounds, num_envs envs each (RayPlayers below); 0: all in this process
     ray_address: str = ""  # with workers: join this Ray cluster
 
 
@@ -98,9 +103,10 @@ def resolved(cfg):
                  "target_kl", "checkpoint_minutes"):
         if not getattr(cfg, name) >= 0 or not math.isfinite(getattr(cfg, name)):
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
-    if (cfg.num_envs * cfg.num_steps) % cfg.minibatches:
-        raise ValueError(f"num_envs x num_steps ({cfg.num_envs * cfg.num_steps}) must split into "
-                         f"{cfg.minibatches} equal minibatches")
+    envs_in_all = cfg.num_envs * max(cfg.workers, 1)  # num_envs on each actor, with workers
+    if (envs_in_all * cfg.num_steps) % cfg.minibatches:
+        raise ValueError(f"num_envs x num_steps{' x workers' if cfg.workers else ''} ({envs_in_all * cfg.num_steps}) "
+                         f"must split into {cfg.minibatches} equal minibatches")
     for name in ("gamma", "gae_lambda"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
@@ -110,8 +116,8 @@ def resolved(cfg):
         raise ValueError(f"clip must be in (0, 1), got {cfg.clip}")
     if not cfg.adam_eps > 0 or not math.isfinite(cfg.adam_eps):
         raise ValueError(f"adam_eps must be > 0, got {cfg.adam_eps}")
-    if cfg.workers:
-        raise ValueError("--workers is not built for ppo yet: its envs run in this process (use --num-envs)")
+    if cfg.workers < 0:
+        raise ValueError(f"workers must be >= 0, got {cfg.workers}")
     return dataclasses.replace(cfg, preset=preset, network=network, hidden=hidden)
 
 
@@ -382,18 +388,178 @@ class Learner:
 
 # ----------------------------------------------------------------------------- training
 
+# ----------------------------------------------------------------------------- experience sources
+
+class Players:
+    """num_envs envs in this process with their games in progress, played a round at a time."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.venv = envs.make_vector(cfg.game, cfg.preset, cfg.num_envs, sticky=cfg.sticky, training=False)
+        self.spec = self.venv.grok_spec
+        space = self.venv.single_observation_space
+        self.obs_shape, self.obs_dtype = space.shape, space.dtype
+        self.n_actions = int(self.venv.single_action_space.n)
+        self.obs_scale = 1.0 / 255.0 if space.dtype == np.uint8 else 1.0
+        self.clip = cfg.preset == "deepmind"  # CleanRL clips Atari rewards to [-1, 1]; classic tasks keep theirs
+        self.obs, self.lives = None, None
+        self.game_return, self.game_length = np.zeros(cfg.num_envs), np.zeros(cfg.num_envs, np.int64)
+
+    def start(self, seed):
+        self.obs, info = self.venv.reset(seed=seed)
+        self.lives = info.get("lives") if self.cfg.life_loss_terminal else None
+
+    def play(self, model, ro, rng, clock, count):
+        """num_steps steps of every env, actions sampled from model's policy with rng, into ro (then
+        ro.finish); count(n, games) after every step with the (return, length) of the games that ended
+        on it. clock: a Stopwatch charged with act, env and other. Returns True: the round is whole."""
+        T, N, obs_scale = self.cfg.num_steps, self.cfg.num_envs, self.obs_scale
+        obs = self.obs
+        for t in range(T):
+            logits, values = policy_and_value(model, obs, obs_scale)  # (N, A), (N,)
+            actions = sample_actions(logits, rng)
+            ro.obs[t] = obs
+            ro.actions[t], ro.values[t] = actions, values
+            ro.logp[t] = log_softmax(logits)[np.arange(N), actions]
+            clock.mark("act")
+            obs, rewards, terminated, truncated, info = self.venv.step(actions)
+            clock.mark("env")
+            ended = terminated | truncated
+            terminal = terminated.copy()
+            if self.lives is not None and "lives" in info:
+                terminal |= (info["lives"] < self.lives) & ~ended  # a lost life: the game goes on
+                self.lives = info["lives"]
+            ro.rewards[t] = np.sign(rewards) if self.clip else rewards
+            ro.terminal[t], ro.boundary[t] = terminal, terminal | ended
+            for i in np.flatnonzero(truncated & ~terminated):  # bootstrap from the real last observation
+                _, v = policy_and_value(model, info["final_obs"][i][None], obs_scale)
+                ro.truncated_values[(t, i)] = float(v[0])
+            self.game_return += rewards
+            self.game_length += 1
+            count(N, [(float(self.game_return[i]), int(self.game_length[i])) for i in np.flatnonzero(ended)])
+            self.game_return[ended], self.game_length[ended] = 0.0, 0
+            clock.mark("other")
+        self.obs = obs
+        _, last_values = policy_and_value(model, obs, obs_scale)
+        clock.mark("act")
+        ro.finish(last_values)
+        return True
+
+    def saved_state(self):
+        """(header fields, arrays) that let a resumed run go on mid-episode, or None where the envs
+        cannot be saved (ale-py's AtariVectorEnv keeps its emulators in C++)."""
+        env_state = envs.atari.vector_state(self.venv)
+        if env_state is None:
+            return None
+        return {"env_state": env_state}, {"envstate.obs": np.asarray(self.obs), "envstate.game_return": self.game_return,
+                                          "envstate.game_length": self.game_length}
+
+    def restore(self, header, rest):
+        """Go on from a saved_state(); ValueError (or KeyError, TypeError) when it does not fit."""
+        envs.atari.restore_vector_state(self.venv, header["env_state"])
+        self.obs = rest["envstate.obs"].astype(self.obs.dtype)
+        self.game_return[:] = rest["envstate.game_return"]
+        self.game_length[:] = rest["envstate.game_length"]
+
+    def close(self):
+        self.venv.close()
+
+
+ROLLOUT_FIELDS = ("obs", "actions", "logp", "values", "rewards", "terminal", "boundary", "next_values")
+
+
+class PPOWorker:
+    """A Ray actor (agents/distributed.py starts it): num_envs envs (Players) and a copy of the
+    network; play() returns one round played with the weights set last."""
+
+    def __init__(self, cfg, index, seed):
+        self.cfg, self.index = Config(**cfg), index
+        self.rng = np.random.default_rng(seed)
+        self.players = Players(self.cfg)
+        self.players.start(seed % (2**31))
+        p = self.players
+        self.model = build_network(p.obs_shape, p.n_actions, self.cfg.network, self.cfg.hidden, self.rng).eval()
+        self.ro = Rollout(self.cfg.num_steps, self.cfg.num_envs, p.obs_shape, p.obs_dtype)
+        self.version = -1
+
+    def set_weights(self, version, weights):
+        self.model.load_state_dict(weights)
+        self.version = version
+
+    def play(self):
+        games = []
+        self.players.play(self.model, self.ro, self.rng, Stopwatch(), lambda n, ended: games.extend(ended))
+        return {"worker": self.index, "version": self.version, "steps": self.ro.actions.size, "episodes": games,
+                **{name: getattr(self.ro, name) for name in ROLLOUT_FIELDS}}
+
+
+class RayPlayers:
+    """Players on `workers` PPOWorker actors, num_envs envs each: every round the newest weights go
+    to all of them and each plays num_steps steps; their rollouts side by side, in worker order, are
+    the round's (T, workers x num_envs). PPO learns on-policy, so a round waits for its slowest actor;
+    an actor lost mid-round is replaced and plays the round again."""
+
+    def __init__(self, cfg, run, callback):
+        self.cfg, self.run, self.callback = cfg, run, callback
+        probe = Players(dataclasses.replace(cfg, num_envs=1))
+        self.spec, self.obs_shape, self.obs_dtype = probe.spec, probe.obs_shape, probe.obs_dtype
+        self.n_actions, self.obs_scale = probe.n_actions, probe.obs_scale
+        probe.close()
+        self.ray, self.started, self.fleet = None, False, None
+
+    def start(self, seed):
+        cfg = self.cfg
+        self.ray, self.started = start_ray(cfg.ray_address, cfg.workers)
+        config = dataclasses.asdict(cfg)
+        self.fleet = Fleet(self.ray, PPOWorker, lambda i, g: (config, i, worker_seed(seed, i, g)), cfg.workers,
+                           lost_reporter(self.run, self.callback))
+
+    def play(self, model, ro, rng, clock, count):
+        """As Players.play, the actors' rounds in ro's columns (the waiting charged to env); False when
+        a stop was asked for before every actor had answered (the round is dropped, nothing counted)."""
+        fleet, n = self.fleet, self.cfg.num_envs
+        fleet.broadcast(model.state_dict())
+        for i in range(self.cfg.workers):
+            fleet.call(i, "play")
+        results = {}
+        while len(results) < self.cfg.workers:
+            if self.run.stop_requested:
+                return False
+            got = fleet.next(timeout=1.0)
+            if got is not None:
+                i, result = got
+                if result is None:  # lost and replaced (with the current weights): play the round again
+                    fleet.call(i, "play")
+                else:
+                    results[i] = result
+        clock.mark("env")
+        for i in sorted(results):  # worker order: arrival order must not change the round
+            for name in ROLLOUT_FIELDS:
+                getattr(ro, name)[:, i * n:(i + 1) * n] = results[i][name]
+            report_rollout(self.run, self.callback, results[i], fleet.generation[i])
+        clock.mark("other")
+        return True
+
+    def saved_state(self):
+        return None  # the actors' envs stay where they are: a resumed run starts new games
+
+    def close(self):
+        shut_down(self.ray, self.fleet, self.started)
+
+
+# ----------------------------------------------------------------------------- training
+
 def train(cfg, run, callback=None, init=None, resume=None):
     """Train until total_steps, hours, or a stop request. cfg: a resolved Config.
 
     init: (models, header) of a checkpoint to start the weights from; resume: the same for the run's
     own checkpoint (weights, optimizer, counters and random state). callback(metrics) gets "episode"
-    events after every finished game, "update" after every round and "eval" after evaluations."""
+    events after every finished game, "update" after every round and "eval" after evaluations (and
+    with workers, "rollout" for every actor's round and "worker_lost")."""
     rng = np.random.default_rng(cfg.seed)
-    venv = envs.make_vector(cfg.game, cfg.preset, cfg.num_envs, sticky=cfg.sticky, training=False)
-    run.env = venv.grok_spec  # what checkpoints record is the env this run really plays
-    obs_space = venv.single_observation_space
-    obs_shape, n_actions = obs_space.shape, int(venv.single_action_space.n)
-    obs_scale = 1.0 / 255.0 if obs_space.dtype == np.uint8 else 1.0
+    players = RayPlayers(cfg, run, callback) if cfg.workers > 0 else Players(cfg)
+    run.env = players.spec  # what checkpoints record is the env this run really plays
+    obs_shape, n_actions, obs_scale = players.obs_shape, players.n_actions, players.obs_scale
     learner = Learner(cfg, obs_shape, n_actions, obs_scale, rng)
     if init is not None:
         learner.model.load_state_dict(init[0]["model"].state_dict())
@@ -412,11 +578,10 @@ def train(cfg, run, callback=None, init=None, resume=None):
         models, fields, extra = learner.checkpoint()
         header = {"agent": "ppo", "obs_shape": list(obs_shape), "n_actions": n_actions, "obs_scale": obs_scale,
                   "rng": rng.bit_generator.state, **fields}
-        env_state = envs.atari.vector_state(venv)
-        if env_state is not None:
-            header["env_state"] = env_state
-            extra.update({"envstate.obs": np.asarray(obs), "envstate.game_return": game_return,
-                          "envstate.game_length": game_length})
+        saved = players.saved_state()
+        if saved is not None:
+            header.update(saved[0])
+            extra.update(saved[1])
         return run.save(models, header, extra, final=final)
 
     def on_bad(lrn):
@@ -426,54 +591,24 @@ def train(cfg, run, callback=None, init=None, resume=None):
             raise NumericalError(f"{lrn.bad_in_a_row} updates in a row produced NaN/inf; stopped without "
                                  f"overwriting {run.checkpoint_path}")
 
-    T, N = cfg.num_steps, cfg.num_envs
-    ro = Rollout(T, N, obs_shape, obs_space.dtype)
-    clip = cfg.preset == "deepmind"  # CleanRL clips Atari rewards to [-1, 1]; classic tasks keep theirs
-    # envs are re-seeded from (seed, step) so a resumed run does not replay the same games
-    obs, info = venv.reset(seed=int(cfg.seed * 1_000_003 + run.step) % (2**31))
-    lives = info.get("lives") if cfg.life_loss_terminal else None
-    game_return, game_length = np.zeros(N), np.zeros(N, np.int64)
-    if resume is not None and "env_state" in resume[1]:  # the envs go on from where they were saved
-        try:
-            envs.atari.restore_vector_state(venv, resume[1]["env_state"])
-            obs = resume[2]["envstate.obs"].astype(obs.dtype)
-            game_return[:] = resume[2]["envstate.game_return"]
-            game_length[:] = resume[2]["envstate.game_length"]
-        except (KeyError, TypeError, ValueError):
-            run.message("the saved env state does not fit: the resumed run starts new episodes")
-    stop_at = deadline(cfg.hours, run)
-    model = learner.model.eval()
+    T, N = cfg.num_steps, cfg.num_envs * max(cfg.workers, 1)
+    ro = Rollout(T, N, obs_shape, players.obs_dtype)
+    count = lambda n, games: run.count(n, games, callback)  # noqa: E731
     try:
+        # envs are re-seeded from (seed, step) so a resumed run does not replay the same games
+        players.start(int(cfg.seed * 1_000_003 + run.step) % (2**31))
+        if resume is not None and "env_state" in resume[1]:  # the envs go on from where they were saved
+            try:
+                players.restore(resume[1], resume[2])
+            except (KeyError, TypeError, ValueError):
+                run.message("the saved env state does not fit: the resumed run starts new episodes")
+        stop_at = deadline(cfg.hours, run)
+        model = learner.model.eval()
         while not finished(cfg, run, stop_at):
             started = time.perf_counter()
             clock = Stopwatch()  # the round's seconds per part, into metrics.csv (and scripts.bench ppo)
-            for t in range(T):
-                logits, values = policy_and_value(model, obs, obs_scale)  # (N, A), (N,)
-                actions = sample_actions(logits, rng)
-                ro.obs[t] = obs
-                ro.actions[t], ro.values[t] = actions, values
-                ro.logp[t] = log_softmax(logits)[np.arange(N), actions]
-                clock.mark("act")
-                obs, rewards, terminated, truncated, info = venv.step(actions)
-                clock.mark("env")
-                ended = terminated | truncated
-                terminal = terminated.copy()
-                if lives is not None and "lives" in info:
-                    terminal |= (info["lives"] < lives) & ~ended  # a lost life: the game goes on
-                    lives = info["lives"]
-                ro.rewards[t] = np.sign(rewards) if clip else rewards
-                ro.terminal[t], ro.boundary[t] = terminal, terminal | ended
-                for i in np.flatnonzero(truncated & ~terminated):  # bootstrap from the real last observation
-                    _, v = policy_and_value(model, info["final_obs"][i][None], obs_scale)
-                    ro.truncated_values[(t, i)] = float(v[0])
-                game_return += rewards
-                game_length += 1
-                run.count(N, [(float(game_return[i]), int(game_length[i])) for i in np.flatnonzero(ended)], callback)
-                game_return[ended], game_length[ended] = 0.0, 0
-                clock.mark("other")
-            _, last_values = policy_and_value(model, obs, obs_scale)
-            clock.mark("act")
-            ro.finish(last_values)
+            if not players.play(model, ro, rng, clock, count):
+                break
             adv, returns = gae(ro.rewards, ro.values, ro.next_values, ro.terminal, ro.boundary,
                                cfg.gamma, cfg.gae_lambda)
             acted = time.perf_counter()
@@ -485,5 +620,5 @@ def train(cfg, run, callback=None, init=None, resume=None):
                 save()
         save(final=True)
     finally:
-        venv.close()
+        players.close()
     return learner

@@ -1,5 +1,5 @@
-"""Ray actors (agents/distributed.py, and the actors of agents/dqn.py and agents/policy_gradient.py):
-rollouts, transitions and evaluations.
+"""Ray actors (agents/distributed.py, and the actors of agents/dqn.py, agents/policy_gradient.py and
+agents/ppo.py): rollouts, transitions and evaluations.
 
 One local Ray (2 CPUs) serves the whole module; the trainings run in this process and find it
 already started. Without Ray installed, only the checks that need no Ray run.
@@ -23,6 +23,8 @@ import agents
 import envs
 from agents import dqn
 from agents import policy_gradient as pg
+from agents import ppo
+from agents.evaluation import evaluate
 from agents.replay import ReplayBuffer, SharedReplay
 from agents.run import Run, config_dict, load_checkpoint
 
@@ -33,6 +35,8 @@ INSTALL_LINE = 'error: --workers needs Ray: pip install -e ".[distributed]"'
 # tests/test_policy_gradient.py's CartPole settings, its 8 envs as 2 workers of 4
 PG_CARTPOLE = dict(game="CartPole-v1", num_envs=4, batch_steps=2000, optimizer="adam", lr=0.01, hidden=64,
                    workers=2)
+# tests/test_ppo.py's CartPole settings, its 4 envs as 2 workers of 2
+PPO_CARTPOLE = dict(game="CartPole-v1", num_envs=2, clip=0.2, lr=1e-3, epochs=4, minibatches=4, workers=2)
 DQN_CARTPOLE = dict(game="CartPole-v1", seed=0, num_envs=2, hidden=64, n_step=3, lr=5e-4, adam_eps=1e-8,
                     buffer_size=10_000, learning_starts=500, batch_size=64, train_freq=2, target_update=250,
                     epsilon_steps=1000, total_steps=3000, eval_every=0, log_every=500, workers=2)
@@ -146,6 +150,54 @@ def test_stop_request_saves_and_ends_the_actors(ray_session, tmp_path):
     pg.train(cfg, run, callback=events)
     _, header, _ = load_checkpoint(run.checkpoint_path)
     assert header["step"] == run.step > 0 and header["optim"]["t"] == 1
+    assert no_actors_left(ray_session)
+
+
+# ----------------------------------------------------------------------------- PPO
+
+@needs_ray
+def test_ppo_with_two_workers_learns_cartpole_on_policy(ray_session, tmp_path):
+    """Each round both actors play with the weights of every update so far, and the learner puts
+    their rollouts side by side: CartPole is learned as with the 4 envs in one process."""
+    cfg = ppo.resolved(ppo.Config(**PPO_CARTPOLE, total_steps=200_000, seed=0))
+    run = make_run(tmp_path / "run", cfg)
+    events = Events()
+    ppo.train(cfg, run, callback=events)
+    result = evaluate(agents.load(run.checkpoint_path, seed=1), 20, seed=1000, explore=True)
+    assert result["mean_return"] >= 475, result
+    rounds = len(events.of("update"))
+    assert rounds == math.ceil(200_000 / (2 * 2 * cfg.num_steps))
+    for versions in versions_by_worker(events).values():  # round k: the weights after k updates
+        assert versions == list(range(rounds))
+    assert sorted(versions_by_worker(events)) == [0, 1]
+    assert sum(m["steps"] for m in events.of("rollout")) == run.step == rounds * 2 * 2 * cfg.num_steps
+    _, header, _ = load_checkpoint(run.checkpoint_path)
+    assert header["step"] == run.step and header["updates"] == rounds and "env_state" not in header
+    assert no_actors_left(ray_session)
+
+
+@needs_ray
+def test_ppo_lost_actor_plays_its_round_again_and_a_stop_saves(ray_session, tmp_path):
+    cfg = ppo.resolved(ppo.Config(**PPO_CARTPOLE, seed=1))  # no step limit: only the stop ends it
+
+    def on_update(m):
+        if len(events.of("update")) == 2:
+            name = next(n for n in our_actors(ray_session) if n.endswith("-0-0"))
+            ray_session.kill(ray_session.get_actor(name))
+        if len(events.of("update")) == 4:
+            run.stop_requested = True
+
+    run = make_run(tmp_path / "run", cfg)
+    events = Events(update=on_update)
+    ppo.train(cfg, run, callback=events)
+    assert [m["worker"] for m in events.of("worker_lost")] == [0]
+    rollouts = events.of("rollout")
+    assert [(m["worker"], m["generation"], m["version"]) for m in rollouts if m["worker"] == 0] == \
+        [(0, 0, 0), (0, 0, 1), (0, 1, 2), (0, 1, 3)]  # the replacement plays round 3 with its weights
+    assert sum(m["steps"] for m in rollouts) == run.step == 4 * 2 * 2 * cfg.num_steps
+    _, header, _ = load_checkpoint(run.checkpoint_path)
+    assert header["step"] == run.step and header["updates"] == 4
+    assert header["episode"] == run.episode == len(progress_rows(run.dir))
     assert no_actors_left(ray_session)
 
 

@@ -201,7 +201,8 @@ def test_resolved_defaults_and_bad_values():
     classic = ppo.resolved(ppo.Config(game="CartPole-v1"))
     assert (classic.preset, classic.network, classic.hidden) == ("classic", "mlp", 64)
     for bad in (dict(minibatches=3), dict(clip=0.0), dict(lr=-1.0), dict(gamma=1.5), dict(network="mlp"),
-                dict(preset="karpathy"), dict(num_steps=0), dict(workers=2), dict(clip=1.0), dict(adam_eps=0.0),
+                dict(preset="karpathy"), dict(num_steps=0), dict(workers=-1),
+                dict(workers=3, num_envs=1, minibatches=256), dict(clip=1.0), dict(adam_eps=0.0),
                 dict(adam_eps=float("inf"))):
         with pytest.raises(ValueError):
             ppo.resolved(ppo.Config(**bad))
