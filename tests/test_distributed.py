@@ -206,9 +206,16 @@ def test_ppo_lost_actor_plays_its_round_again_and_a_stop_saves(ray_session, tmp_
 
 @needs_ray
 def test_dqn_with_two_actors_fills_the_replay_and_trains(ray_session, tmp_path):
-    cfg = dqn.resolved(dqn.Config(**DQN_CARTPOLE))
+    cfg = dqn.resolved(dqn.Config(**{**DQN_CARTPOLE, "total_steps": 0}))  # no step limit: stopped below
     run = make_run(tmp_path / "run", cfg)
-    events = Events()
+
+    def stop_once_both_have_played(m):  # on a busy machine one actor can start seconds after the other
+        versions = versions_by_worker(events).values()
+        both = len(versions) == 2 and all(v[-1] > v[0] for v in versions)
+        if (run.step >= 3000 and both) or run.step >= 60_000:  # (the asserts below say which)
+            run.stop_requested = True
+
+    events = Events(update=stop_once_both_have_played)
     learner = dqn.train(cfg, run, callback=events)
     reports = events.of("update")
     assert [m["step"] for m in reports] == sorted(m["step"] for m in reports)
