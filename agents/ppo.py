@@ -85,6 +85,18 @@ class Config:
     ray_address: str = ""  # with workers: join this Ray cluster
 
 
+# Where a round's time goes (metrics.csv's seconds_*, and scripts.bench ppo's rows): the rollout's
+# network forward and sampling (act), the envs (env), the rollout's bookkeeping, GAE and the update's
+# shuffling (other), then the minibatches' forward (their gathering and the loss included), backward
+# and optimizer (gradient norm, clipping and Adam).
+PARTS = ("act", "env", "other", "forward", "backward", "optimizer")
+
+
+def envs_per_round(cfg):
+    """The envs side by side in a round: num_envs, on each actor with workers."""
+    return cfg.num_envs * max(cfg.workers, 1)
+
+
 def resolved(cfg):
     """Config with derived values filled in (preset, network, hidden); ValueError on bad values."""
     env_id = envs.resolve(cfg.game)
@@ -103,7 +115,7 @@ def resolved(cfg):
                  "target_kl", "checkpoint_minutes"):
         if not getattr(cfg, name) >= 0 or not math.isfinite(getattr(cfg, name)):
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
-    envs_in_all = cfg.num_envs * max(cfg.workers, 1)  # num_envs on each actor, with workers
+    envs_in_all = envs_per_round(cfg)
     if (envs_in_all * cfg.num_steps) % cfg.minibatches:
         raise ValueError(f"num_envs x num_steps{' x workers' if cfg.workers else ''} ({envs_in_all * cfg.num_steps}) "
                          f"must split into {cfg.minibatches} equal minibatches")
@@ -591,7 +603,7 @@ def train(cfg, run, callback=None, init=None, resume=None):
             raise NumericalError(f"{lrn.bad_in_a_row} updates in a row produced NaN/inf; stopped without "
                                  f"overwriting {run.checkpoint_path}")
 
-    T, N = cfg.num_steps, cfg.num_envs * max(cfg.workers, 1)
+    T, N = cfg.num_steps, envs_per_round(cfg)
     ro = Rollout(T, N, obs_shape, players.obs_dtype)
     count = lambda n, games: run.count(n, games, callback)  # noqa: E731
     try:

@@ -2,7 +2,7 @@
 
 Three measurements in one run, on the same vector env settings: (1) the envs alone, random actions;
 (2) agents.ppo.train for --rounds rounds after one warm-up round (its seconds per part come from its
-metrics: PARTS below); (3) where torch is importable, the same loop written with torch (same network
+metrics: agents.ppo.PARTS); (3) where torch is importable, the same loop written with torch (same network
 shape, rollout length, epochs, minibatches, Adam, gradient clipping; GAE is the project's numpy
 function in both), with as many torch threads as numpy has BLAS threads (--blas-threads), timed by
 the same parts. A table gives each part's milliseconds per training step side by side with their
@@ -65,11 +65,7 @@ def env_steps_per_second(cfg, seconds=3.0):
     return rate
 
 
-# Where a training step's time goes: the rollout's network forward and sampling (act), the envs
-# (env), the rollout's bookkeeping, GAE and the update's shuffling (other), then the minibatches'
-# forward (their gathering and the loss included), backward and optimizer (gradient norm, clipping
-# and Adam). agents.ppo.train logs the same parts (seconds_act, ... in metrics.csv).
-PARTS = ("act", "env", "other", "forward", "backward", "optimizer")
+PARTS = ppo.PARTS  # where a training step's time goes, as agents.ppo.train logs it
 
 
 def per_step(rounds, cfg):
