@@ -325,6 +325,9 @@ class PGWorker:
                 "actions": np.concatenate([b[1] for b in pieces]),  # (B,)
                 "returns": np.concatenate([b[2] for b in pieces])}  # (B,)
 
+    def close(self):
+        self.venv.close()
+
 
 # ----------------------------------------------------------------------------- experience sources
 

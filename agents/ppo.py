@@ -504,6 +504,9 @@ class PPOWorker:
         return {"worker": self.index, "version": self.version, "steps": self.ro.actions.size, "episodes": games,
                 **{name: getattr(self.ro, name) for name in ROLLOUT_FIELDS}}
 
+    def close(self):
+        self.players.close()
+
 
 class RayPlayers:
     """Players on `workers` PPOWorker actors, num_envs envs each: every round the newest weights go

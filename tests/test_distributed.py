@@ -304,6 +304,23 @@ def test_ship_with_workers_scores_the_same_games(ray_session, cartpole_checkpoin
 
 
 @needs_ray
+@pytest.mark.parametrize("agent", ["pg", "ppo"])
+def test_bench_scale_times_each_agents_actors_in_rounds(ray_session, agent, capsys):
+    """bench scale: the agent's own rollout code in process, then on 1 and 2 actors, each row with its
+    speed and (for actors) its broadcast time; every actor is gone after its row."""
+    from scripts import bench
+    argv = ["scale", "--agent", agent, "--game", "CartPole-v1", "--num-envs", "2", "--steps", "600",
+            "--workers", "1,2", "--broadcasts", "2"]
+    assert bench.main(argv) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (out["bench"], out["agent"], out["game"]) == ("scale", agent, "CartPole-v1")
+    assert [r["workers"] for r in out["rows"]] == [0, 1, 2]
+    assert all(r["steps_per_s"] > 0 for r in out["rows"])
+    assert all(r["broadcast_ms"] > 0 for r in out["rows"][1:]) and "broadcast_ms" not in out["rows"][0]
+    assert no_actors_left(ray_session)
+
+
+@needs_ray
 def test_train_script_with_workers_saves_on_sigterm(tmp_path):
     """The command line end to end, with its own local Ray: SIGTERM stops, saves, shuts Ray down."""
     run_dir = tmp_path / "run"
