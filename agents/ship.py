@@ -203,6 +203,14 @@ def compared_lines(compare):
     return lines + [""]
 
 
+def shipped_path(out_dir, name):
+    """The shipped file as its card and evaluation lines name it: checkpoints/<name>.npz in the repo's
+    own folder (a path that holds on every clone), else under out_dir as given."""
+    if os.path.abspath(out_dir) == os.path.abspath(CHECKPOINTS):
+        return f"checkpoints/{name}.npz"
+    return os.path.join(out_dir, f"{name}.npz")
+
+
 def card(name, config, header, results, curve_name, seed, workers=0, scored=None, earlier=None, progress=None,
          compare=()):
     """The markdown card; earlier: the --init checkpoint's own commands (earlier_commands)."""
@@ -233,7 +241,7 @@ def card(name, config, header, results, curve_name, seed, workers=0, scored=None
              compact_json(config.get("config", {})), "```", "",
              "## Evaluation", "",
              "Whole games on fresh seeds, printed by `python -m scripts.evaluate "
-             f"checkpoints/{name}.npz --episodes {results[0]['episodes']} --seed {seed}"
+             f"{results[0]['checkpoint']} --episodes {results[0]['episodes']} --seed {seed}"
              f"{f' --workers {workers}' if workers else ''}` (`--no-sticky` for NoFrameskip-v4, `--greedy` for the "
              "best action every step: a policy-gradient agent's most likely one, DQN's argmax without the "
              f"evaluation epsilon's random moves; `--epsilon {SB3_EPSILON:g}` for DQN's random moves at SB3's zoo's "

@@ -109,7 +109,10 @@ def resolve(game):
     if alias is not None:
         return alias[0]
     if game in gym.registry:
-        return game
+        if any(game == row[1] for row in playable_games()):
+            return game
+        raise UnknownGameError(f"{game} is a Gymnasium env no agent here plays: they play ALE games and the "
+                               f"classic-control tasks with discrete actions (python -m scripts.train --list-games)")
     for env_id in games.values():  # 'Pong'
         if env_id.lower() == f"ale/{key}-v5":
             return env_id

@@ -14,13 +14,13 @@ import gymnasium as gym
 import numpy as np
 
 import envs
-from scripts.common import finite_float, seed_value
+from scripts.common import positive_float, seed_value
 
 VECTOR_SIZES = (1, 2, 4, 8)
 
 
 def add_arguments(parser):
-    parser.add_argument("--seconds", type=finite_float, default=2.0, help="timed seconds per row")
+    parser.add_argument("--seconds", type=positive_float, default=2.0, help="timed seconds per row")
     parser.add_argument("--seed", type=seed_value, default=0, help="seed for the envs and the random actions")
 
 

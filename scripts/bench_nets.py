@@ -19,8 +19,8 @@ import numpy as np
 from threadpoolctl import threadpool_info
 
 import nets
-from scripts.common import (UsageError, add_blas_threads_flag, add_kernel_flag, blas_kernel, blas_threads, fail,
-                            kernel_runs, seed_value)
+from scripts.common import (UsageError, add_blas_threads_flag, add_kernel_flag, at_least_one, blas_kernel, blas_threads,
+                            fail, kernel_runs, seed_value)
 
 # the speed targets for numpy/PyTorch (time ratios), by row name
 TARGETS = {"mlp fwd+bwd b4096": 1.0, "dqn fwd b1": 1.0, "dqn fwd b32": 1.5, "dqn fwd+bwd b32": 1.0,
@@ -28,10 +28,10 @@ TARGETS = {"mlp fwd+bwd b4096": 1.0, "dqn fwd b1": 1.0, "dqn fwd b32": 1.5, "dqn
 
 
 def add_arguments(parser):
-    parser.add_argument("--repeats", type=int, default=15, help="timed samples per row (median is reported)")
+    parser.add_argument("--repeats", type=at_least_one, default=15, help="timed samples per row (median is reported)")
     parser.add_argument("--no-torch", action="store_true", help="time numpy only, even if PyTorch is importable")
     parser.add_argument("--seed", type=seed_value, default=0, help="seed for weights and inputs")
-    parser.add_argument("--torch-threads", type=int, default=2,
+    parser.add_argument("--torch-threads", type=at_least_one, default=2,
                         help="PyTorch threads (on a busy machine compare 1 against --blas-threads 1)")
     parser.add_argument("--layers", action="store_true",
                         help="also time the Nature-DQN forward at batch 32 layer by layer (numpy, its matmul alone, PyTorch)")

@@ -418,6 +418,22 @@ def finite_float(text):
     return value
 
 
+def positive_float(text):
+    """A flag's number > 0 (seconds, a temperature): 0, negatives, nan and inf in argparse's one line."""
+    value = finite_float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def at_least_one(text):
+    """A flag's count of 1 or more (epochs, repeats): 0 would run nothing and report it."""
+    value = whole_number(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
 def whole_number(text):
     """A flag's whole number, also as people write step counts: 6_500_000, 1e6, 6.5e6."""
     try:

@@ -17,6 +17,7 @@ The title counts every step behind the weights, those of the file an --init run 
 """
 import csv
 import json
+import math
 import os
 import sys
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from agents.curve import at_equal, compare_figure, milestones, read_progress
 from agents.run import CheckpointError, load_checkpoint
+from nets.model import Sequential
 from nets.npzfile import atomic_write
 from scripts.common import Parser, UsageError, cannot_write, fail
 
@@ -51,6 +53,8 @@ def build_parser():
 
 def run_progress(path):
     """progress.csv of a run dir, or of the run dir a checkpoint sits in; UsageError otherwise."""
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such file or directory")
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     progress = os.path.join(folder, "progress.csv")
     if not os.path.exists(progress):
@@ -65,8 +69,10 @@ def run_progress(path):
 def parse_levels(text):
     try:
         levels = [float(v) for v in text.split(",") if v.strip()]
+        if not all(math.isfinite(v) for v in levels):
+            raise ValueError
     except ValueError:
-        raise UsageError(f"--levels {text}: give numbers separated by commas, e.g. -10,0,10,18") from None
+        raise UsageError(f"--levels {text}: give finite numbers separated by commas, e.g. -10,0,10,18") from None
     if not levels:
         raise UsageError("--levels: give at least one level")
     return levels
@@ -129,6 +135,10 @@ def check_out(out):
 def first_layer_tiles(models, header):
     """(tiles (K, h, w) float, what they are): one normalized tile per unit or filter of the first layer."""
     layer = models["model"].layers[0]
+    while isinstance(layer, Sequential):  # PPO's actor and critic towers side by side (Parallel): the actor's
+        layer = layer.layers[0]
+    if "W" not in layer.params:
+        raise UsageError(f"the first layer ({type(layer).__name__}) has no weights: nothing to draw")
     W = np.asarray(layer.params["W"], np.float64)
     preset = header["env"].get("preset")
     if W.ndim == 4:  # conv (out, in, kh, kw): the in-channels side by side

@@ -13,16 +13,10 @@ import sys
 
 from nets.data import DataError
 from nets.tasks import TaskError, digits, sentiment, shakespeare
-from scripts.common import Parser, UsageError, blas_threads, fail, finite_float, seed_value, whole_number
+from scripts.common import (Parser, UsageError, at_least_one, blas_threads, fail, positive_float, seed_value,
+                            whole_number)
 
 QUERY_WORDS = 3000  # --similar and --analogy answer from the most frequent words only
-
-
-def positive_float(text):
-    value = finite_float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def count(text):
@@ -42,7 +36,7 @@ def shared_flags(defaults):
                         help="folder with mnist/, fashion-mnist/, shakespeare/, sentiment/ (default $GROK_ARCADE_DATA)")
     shared.add_argument("--quick", action="store_true", default=default(False),
                         help="small fast versions with a lower bar (what the tests run)")
-    shared.add_argument("--epochs", type=count, default=default(None), help="override each task's epochs")
+    shared.add_argument("--epochs", type=at_least_one, default=default(None), help="override each task's epochs")
     shared.add_argument("--seed", type=seed_value, default=default(None), help="training seed (default 0)")
     shared.add_argument("--blas-threads", type=count, default=default(None),
                         help="OpenBLAS threads (default 1: more threads than free cores wait on each other's "

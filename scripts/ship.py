@@ -14,7 +14,7 @@ import sys
 
 from agents.evaluation import action_rule, play_rule
 from agents.run import CheckpointError, read_run_record
-from agents.ship import CHECKPOINTS, Staged, comparison, play_rules, shipped_scores
+from agents.ship import CHECKPOINTS, Staged, comparison, play_rules, shipped_path, shipped_scores
 from envs import env_spec
 from scripts.common import (Parser, UsageError, add_blas_threads_flag, add_worker_flags, blas_threads,
                             check_scoring_flags, fail, load_agent, play_games, seed_value)
@@ -96,7 +96,7 @@ def main(argv=None):
                     staged.drop()
                     fail(str(e))
                 protocol = env_spec(agent.env["env_id"], agent.env["preset"], sticky)["protocol"]
-                results.append({"checkpoint": f"checkpoints/{args.name}.npz", "game": agent.env["env_id"],
+                results.append({"checkpoint": shipped_path(args.out_dir, args.name), "game": agent.env["env_id"],
                                 "protocol": protocol, "actions": action_rule(fresh, explore),
                                 "episodes": args.episodes,
                                 **{k: summary[k] for k in ("mean_return", "std_return", "min_return", "max_return")}})

@@ -293,6 +293,9 @@ def prepare(argv, first):
     env = envs.env_spec(cfg.game, cfg.preset, cfg.sticky)
     video_every = check_logging(args, env)
     init = resume = init_record = None
+    if first.resume and args.run_dir and os.path.abspath(args.run_dir) != os.path.abspath(first.resume):
+        raise UsageError(f"--resume {first.resume} goes on writing there; --run-dir {args.run_dir} does not apply "
+                         f"(copy the run dir first to go on elsewhere)")
     run_dir = first.resume or args.run_dir
     try:
         if args.init:

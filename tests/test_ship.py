@@ -29,6 +29,7 @@ def test_ship_exports_playing_weights_with_a_card_and_refuses_worse(tmp_path):
     results = [json.loads(line) for line in r.stdout.strip().splitlines()]
     assert [x["actions"] for x in results] == ["sampled", "greedy"]  # a PG agent is scored both ways
     result = results[0]
+    assert result["checkpoint"] == str(out / "cp.npz")  # where it was shipped, as the card's command says
     models, header, rest = load_checkpoint(out / "cp.npz")
     assert rest == {} and list(models) == ["model"] and "rng" not in header and "optim" not in header
     assert models["model"].dtype.name == "float32"
@@ -36,6 +37,7 @@ def test_ship_exports_playing_weights_with_a_card_and_refuses_worse(tmp_path):
     assert agent.env["env_id"] == "CartPole-v1"
     text = (out / "cp.md").read_text()
     assert "--total-steps 3000" in text and "--resume" in text and all(json.dumps(x) in text for x in results)
+    assert f"`python -m scripts.evaluate {out / 'cp.npz'} --episodes 2 --seed" in text
     stopped = json.loads((run_dir / "config.json").read_text())["resumes"][0]["step"]
     assert stopped >= 3000 and f"# then, after a stop at step {stopped:,}:\n" in text
     assert (out / "cp.png").exists()
@@ -155,7 +157,7 @@ def test_a_card_without_the_init_file_still_names_it():
     assert earlier_commands(init) is None
     header = {"agent": "dqn", "env": {"env_id": "CartPole-v1", "preset": "none"}, "step": 50, "episode": 2,
               "wall_seconds": 3600.0}
-    result = {"protocol": "gymnasium", "episodes": 2, "mean_return": 9.0}
+    result = {"checkpoint": "checkpoints/x.npz", "protocol": "gymnasium", "episodes": 2, "mean_return": 9.0}
     text = card("x", config, header, [result], "x.png", 1000)
     assert "trained for 150 agent steps and 5 episodes in 3.00 hours" in text
     assert f"# from the weights of /nowhere/x.npz (sha256 {'ab' * 32})" in text

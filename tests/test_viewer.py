@@ -285,6 +285,25 @@ def test_inspect_dqn_conv1_filters(dqn_checkpoint):
     assert np.array_equal(tiles[3][:, 9:17], W[3, 1]) and np.isnan(tiles[3][:, 8]).all()
 
 
+def test_inspect_ppo_mlp_draws_the_actor_towers_first_layer(tmp_path, capsys):
+    """PPO on a classic task runs actor and critic towers side by side (a Parallel first layer):
+    inspect draws the actor's first Linear, one row per unit."""
+    from agents import ppo
+    cfg = ppo.resolved(ppo.Config(game="CartPole-v1", num_envs=2, num_steps=16, minibatches=2, total_steps=32,
+                                  eval_every=0))
+    run = agents.run.Run(str(tmp_path / "run"), config_dict(cfg), envs.env_spec(cfg.game, cfg.preset, cfg.sticky),
+                         message=lambda text: None)
+    run.write_config()
+    ppo.train(cfg, run)
+    out = tmp_path / "model.png"
+    assert inspect_script.main([run.checkpoint_path, "--out", str(out)]) == 0
+    assert f"{cfg.hidden} tiles" in capsys.readouterr().out and out.exists()
+    models, header, _ = agents.run.load_checkpoint(run.checkpoint_path)
+    tiles, what = inspect_script.first_layer_tiles(models, header)
+    actor_first = models["model"].layers[0].layers[0].layers[0]
+    assert tiles.shape == (cfg.hidden, 1, 4) and np.array_equal(tiles[:, 0, :], actor_first.params["W"].T)
+
+
 # ----------------------------------------------------------------------------- errors
 
 def one_line_exit_2(capsys, fn, *args, **kwargs):
