@@ -96,7 +96,7 @@ class Match:
         return path
 
     def cut_short(self):
-        """The game in progress ends here (the person quit): recorded and counted as it stands."""
+        """The game in progress ends here (the person quit): recorded, not scored (summary)."""
         if not self.over and self.steps > 0:
             self._finish("quit")
 
@@ -112,11 +112,13 @@ class Match:
 
 
 def summary(left, right, results):
-    """The head-to-head of finished games (a game cut short by quitting counts as it stands)."""
-    diff = np.array([r["left"] - r["right"] for r in results], np.float64)
-    return {"left": left, "right": right, "games": len(results),
+    """The head-to-head of the games played out (to 21 points, or to --max-steps); a game the person
+    quit is recorded but not scored (0-8 when they quit is nobody's win): cut_short counts them."""
+    played = [r for r in results if r["end"] != "quit"]
+    diff = np.array([r["left"] - r["right"] for r in played], np.float64)
+    return {"left": left, "right": right, "games": len(played),
             "left_wins": int((diff > 0).sum()), "right_wins": int((diff < 0).sum()), "draws": int((diff == 0).sum()),
-            "mean_point_diff": float(diff.mean()) if len(diff) else 0.0}
+            "mean_point_diff": float(diff.mean()) if len(diff) else 0.0, "cut_short": len(results) - len(played)}
 
 
 def match_stem(left, right):

@@ -359,6 +359,18 @@ def discard_unstarted(run_dir, existed):
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def end_reason(cfg, run):
+    """Why the run ended, for its last line: a resumed run keeps its --total-steps and --hours."""
+    if run.stop_requested:
+        return "stopped by signal"
+    if cfg.total_steps and run.step >= cfg.total_steps:
+        return f"finished (--total-steps {cfg.total_steps:,} reached)"
+    if cfg.hours and run.wall_seconds() >= cfg.hours * 3600 - 1:
+        return (f"finished (--hours {cfg.hours:g} of training reached; to go on: --resume {run.dir} --hours 0 "
+                f"or more hours)")
+    return "finished"
+
+
 def train(p, threads):
     """Make the run dir and train in it; the exit code."""
     cfg, run_dir, resume = p["cfg"], p["run_dir"], p["resume"]
@@ -401,8 +413,7 @@ def train(p, threads):
         discard_unstarted(run.dir, existed)
         raise
     bar.close()
-    why = "stopped by signal" if run.stop_requested else "finished"
-    say(f"{why}: step {run.step}, episode {run.episode}; saved {run.checkpoint_path}")
+    say(f"{end_reason(cfg, run)}: step {run.step}, episode {run.episode}; saved {run.checkpoint_path}")
     return 0
 
 

@@ -92,7 +92,8 @@ def table(s):
     lines = [f"{'side':<6}{'agent':<{width + 2}}{'wins':>6}{'points':>8}"]
     for side in ("left", "right"):
         lines.append(f"{side:<6}{s[side]:<{width + 2}}{s[side + '_wins']:>6}{points.get(side, ''):>8}")
-    lines.append(f"{s['games']} games, {s['draws']} drawn, mean point difference (left - right) "
+    cut = f" (and {s['cut_short']} cut short, not scored)" if s.get("cut_short") else ""
+    lines.append(f"{s['games']} games{cut}, {s['draws']} drawn, mean point difference (left - right) "
                  f"{s['mean_point_diff']:+.2f}")
     return "\n".join(lines)
 

@@ -327,3 +327,16 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_run_dir(tmp_path
     monkeypatch.setattr(dqn, "train", broken)
     code = run_main(["--agent", "dqn", "--game", "CartPole-v1", "--run-dir", "r"], tmp_path, monkeypatch)
     assert code == 2 and not (tmp_path / "r").exists()
+
+
+def test_the_last_line_says_why_the_run_ended(tmp_path, monkeypatch, capsys):
+    """A run ends on its --total-steps, or on its --hours (kept by a resume, so the line says how to go on)."""
+    run_dir = str(tmp_path / "run")
+    argv = ["--game", "CartPole-v1", "--num-envs", "2", "--num-steps", "64", "--minibatches", "2", "--quiet",
+            "--run-dir", run_dir, "--total-steps", "256"]
+    assert run_main(argv, tmp_path, monkeypatch) == 0
+    assert "finished (--total-steps 256 reached): step 256" in capsys.readouterr().err
+    assert run_main(["--resume", run_dir, "--total-steps", "100000", "--hours", "1e-9", "--quiet"],
+                    tmp_path, monkeypatch) == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"finished (--hours 1e-09 of training reached; to go on: --resume {run_dir} --hours 0")

@@ -192,6 +192,18 @@ def test_two_player_frames_and_the_left_view():
 # ----------------------------------------------------------------------------- a person and agents
 
 @needs_extra
+def test_a_game_the_person_quits_is_recorded_but_not_scored(pg_checkpoint, tmp_path, capsys):
+    from scripts import versus as script
+    assert script.main([pg_checkpoint, "--human", "--record", str(tmp_path), "--fps", "0", "--scale", "1"],
+                       max_frames=40) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert (result["games"], result["cut_short"], result["left_wins"], result["right_wins"]) == (0, 1, 0, 0)
+    assert "0 games (and 1 cut short, not scored)" in out and "(cut short)" in out
+    assert len(os.listdir(tmp_path)) == 1  # recorded all the same
+
+
+@needs_extra
 def test_scripted_person_against_an_agent_replays_bit_exactly(pg_checkpoint, tmp_path, capsys):
     from scripts import replay, versus as script
     shots = []
