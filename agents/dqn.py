@@ -691,10 +691,6 @@ def side_games(cfg, agent, run, callback):
 
 # ----------------------------------------------------------------------------- training
 
-def next_multiple(step, every):
-    return (step // every + 1) * every
-
-
 def train(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
     """Train until total_steps, hours, or a stop request. cfg: a resolved Config.
 
@@ -728,8 +724,8 @@ def train(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
             source.saved(run)
 
     next_update = run.step + cfg.train_freq
-    next_sync = next_multiple(run.step, cfg.target_update)
-    next_log = next_multiple(run.step, cfg.log_every)
+    next_sync = evaluation.next_multiple(run.step, cfg.target_update)
+    next_log = evaluation.next_multiple(run.step, cfg.log_every)
     last, stop_at = {}, deadline(cfg.hours, run)
     try:
         source.start(run, learner, resume is not None, callback)
@@ -743,13 +739,13 @@ def train(cfg, run, callback=None, init=None, resume=None, stopwatch=None):
                         last = learner.learn(source.replay, run, clock)
                         source.updated(learner)
                 if run.step >= next_sync:
-                    next_sync = next_multiple(run.step, cfg.target_update)
+                    next_sync = evaluation.next_multiple(run.step, cfg.target_update)
                     if learning:
                         learner.sync_target()
                 if side():
                     clock.mark("eval")
                 if run.step >= next_log:
-                    next_log = next_multiple(run.step, cfg.log_every)
+                    next_log = evaluation.next_multiple(run.step, cfg.log_every)
                     run.log_update({"updates": learner.updates, **source.status(), **last,
                                     "seconds": dict(clock.totals)}, callback)
             if run.due():

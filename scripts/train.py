@@ -55,7 +55,8 @@ def add_run_flags(p):
                    help="also write TensorBoard event files into the run dir: every scalar of progress.csv, "
                         "metrics.csv and eval.csv (needs the tensorboard extra)")
     p.add_argument("--capture-video", action="store_true",
-                   help="record one evaluation game every --video-every episodes into videos/ as mp4 (Atari)")
+                   help="record one evaluation game at the start, then every --video-every episodes, into "
+                        "videos/ as mp4 (Atari)")
     p.add_argument("--video-every", type=int, default=None, metavar="N",
                    help=f"episodes between recorded games with --capture-video (default {VIDEO_EVERY})")
     add_blas_threads_flag(p, "1 for pg, whose envs use the cores; for dqn and ppo auto: both cores of an idle "

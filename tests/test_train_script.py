@@ -227,6 +227,14 @@ def test_capture_video_records_evaluation_games_into_videos(tmp_path, monkeypatc
     assert "video of a game at episode" in capsys.readouterr().err
 
 
+def test_capture_video_records_the_untrained_agent_first(tmp_path, monkeypatch, capsys):
+    """With the default --video-every (100 episodes) a short run still has its first video: the game
+    played at the start, as CleanRL's first video."""
+    assert run_main(["--agent", "pg", "--game", "pong", "--num-envs", "2", "--hidden", "8", "--total-steps", "1000",
+                     "--batch-steps", "500", "--capture-video", "--run-dir", "r", "--quiet"], tmp_path, monkeypatch) == 0
+    assert sorted(os.listdir(tmp_path / "r" / "videos")) == ["episode-0000000.mp4"]
+
+
 # ----------------------------------------------------------------------------- help
 
 @pytest.mark.parametrize("agent", list(AGENTS))
