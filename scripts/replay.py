@@ -4,7 +4,8 @@ Every recording in a directory plays in name order. Each game is re-simulated on
 read from its stored frames when it has them, as envs.recording.export does) and every screen's
 CRC32 is checked as it plays; a mismatch stops the replay with a one-line error.
 Keys: Space pause, Left/Right seek 10 s of game time (one step while paused), N/P next and previous
-game, + and - speed, Esc or Q quit. At the end of the last game the window waits for a key.
+game, + and - speed, Esc or Q quit. At the end of the last game the window waits for a key (with
+SDL_VIDEODRIVER=dummy, where nobody sees it, the command ends there).
 --export writes the recordings as videos without opening a window: one recording as OUT, several
 (a directory) as OUT's name plus each recording's (game.mp4: game-game-000000.mp4, ...), or each into
 the folder DIR/ under its own name; --info prints each recording's metadata as one JSON line.

@@ -124,6 +124,8 @@ class Viewer:
         if pg.display.get_driver() == "offscreen" and os.environ.get("SDL_VIDEODRIVER") != "offscreen":
             pg.display.quit()
             raise NoDisplayError(NO_DISPLAY)
+        # nobody can press a key in a window nothing shows (SDL's dummy or offscreen driver)
+        self.headless = pg.display.get_driver() in ("dummy", "offscreen")
         self.mode, self.scale = mode, int(scale)
         self.keymap = {pg.key.key_code(name): cmd for name, cmd in KEYMAPS[mode].items()}
         self.held_names = {pg.key.key_code(name): name for name in HELD_KEYS.get(mode, ())}
@@ -305,8 +307,8 @@ def _loop(viewer, session, fps, max_frames, keys, on_frame):
                     say(reply)
         if not paused or step:
             if not session.advance(viewer.held):
-                if not session.hold_at_end:
-                    return "done"
+                if not session.hold_at_end or (viewer.headless and keys is None and max_frames is None):
+                    return "done"  # (a window nobody sees would wait for a key forever)
                 paused = True
                 say("the end: Left goes back, Q quits")
         if count >= message_until:

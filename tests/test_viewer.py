@@ -204,6 +204,14 @@ def test_replay_shows_each_game_seeks_and_switches(recordings):
     assert at[-1] == (1, 40)  # holds on the last screen of the last game
 
 
+def test_replay_in_a_window_nobody_sees_ends_after_the_last_game(recordings):
+    """A real window holds the last screen until a key; with SDL's dummy driver there is nobody to
+    press one, so the command ends (in a child process, so a regression fails instead of hanging)."""
+    r = subprocess.run([sys.executable, "-m", "scripts.replay", str(recordings), "--fps", "0"], cwd=ROOT,
+                       env={**os.environ, "SDL_VIDEODRIVER": "dummy"}, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
 def test_replay_export_and_info(recordings, tmp_path, capsys):
     out = tmp_path / "game.gif"
     assert replay.main([str(recordings / "game-1.npz"), "--export", str(out)]) == 0
