@@ -220,6 +220,9 @@ def first_flags(argv):
     if known.resume and known.config:
         raise UsageError("--config starts a new run; --resume continues one with its own settings (flags given "
                          "override them)")
+    if known.resume and "--init" in [a.split("=")[0] for a in argv]:
+        raise UsageError("--init starts a new run from a checkpoint's weights; --resume continues a run from its "
+                         "own checkpoint: give one of them")
     if known.resume:
         try:
             known.saved = load_run_config(known.resume)

@@ -95,6 +95,7 @@ case(M, "--agent", "pg", "--game", "CartPole-v1", "--init", "{pong}", says="is f
 case(M, "--agent", "dqn", "--init", "{pong}", says="is a pg checkpoint")
 case(M, "--run-dir", "{run}", says="already holds a run")
 case(M, "--resume", "{run}", "--run-dir", "{dir}", says="does not apply")
+case(M, "--resume", "{run}", "--init", "{pong}", says="give one of them")
 case(M, "--agent", "pg", "--init", "{pong}", "--hidden", "64", says="does not fit")
 case(M, "--total-steps", "ten", says="--total-steps")
 case(M, "--agent", "dqn", "--game", "CartPole-v1", "--quantiles", "-1", says="quantiles")
