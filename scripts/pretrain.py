@@ -31,6 +31,8 @@ def build_parser(config_cls):
 def check_out(path):
     if os.path.isdir(path):
         raise UsageError(f"--out {path}: is a directory; give a file name such as pong-pg-pretrained.npz")
+    if not path.lower().endswith(".npz"):
+        raise UsageError(f"--out {path}: a checkpoint is an .npz file; give a name such as pong-pg-pretrained.npz")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UsageError(f"--out {path}: folder {folder} does not exist")
@@ -56,12 +58,12 @@ def percent(x):
 def main(argv=None):
     args = build_parser(pretrain.Config).parse_args(argv)
     try:
+        check_out(args.out)  # before any env is made (ALE's banner would come first)
         cfg = config_from_args(pretrain.Config, args, pretrain.Config(agent=args.agent))
         try:
             target = pretrain.resolved(cfg)
         except ValueError as e:  # unknown game, bad preset or value
             raise UsageError(str(e).splitlines()[0]) from None
-        check_out(args.out)
     except UsageError as e:
         fail(str(e))
 

@@ -204,6 +204,7 @@ case(M, "--from", "{dir}", "--out", "x.npz", says="no recordings")
 case(M, "--from", "{corrupt}", "--out", "x.npz", says="not a valid .npz")
 case(M, "--from", "{pong}", "--out", "x.npz", says="not a grok-arcade recording")
 case(M, "--from", "{dir}", "--out", "x.npz", "--epochs", "0", says="epochs")
+case(M, "--from", "{dir}", "--out", "c.txt", says="a checkpoint is an .npz file")
 case(M, "--from", "{dir}", "--out", "x.npz", "--agent", "a2c", says="invalid choice")
 case(M, "--from", "{dir}", says="--out")
 M = "scripts.bench"
