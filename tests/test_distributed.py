@@ -295,7 +295,9 @@ def test_ship_with_workers_scores_the_same_games(ray_session, cartpole_checkpoin
     assert ship.main(argv + ["--out-dir", str(tmp_path / "spread"), "--workers", "2"]) == 0
     spread = capsys.readouterr().out.strip().splitlines()
     # greedy games agree game for game; sampled ones draw from per-game streams (agents/distributed.py)
-    assert [json.loads(line)["actions"] for line in spread] == ["sampled", "greedy"] and spread[1] == alone[1]
+    scores = lambda line: {k: v for k, v in json.loads(line).items() if k != "checkpoint"}  # noqa: E731 (two out dirs)
+    assert [json.loads(line)["actions"] for line in spread] == ["sampled", "greedy"]
+    assert scores(spread[1]) == scores(alone[1])
     assert json.loads(spread[0])["episodes"] == 4
     text = (tmp_path / "spread" / "cp.md").read_text()
     assert "--episodes 4 --seed 5 --workers 2" in text and all(line in text for line in spread)
