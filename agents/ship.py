@@ -5,12 +5,13 @@ decides what a card says and whether a new agent beats the one already shipped, 
 trained on: every committed checkpoint stays in every clone forever.
 """
 import json
+import math
 import os
 import re
 import shutil
 import tempfile
 
-from agents.curve import compare_figure, milestones
+from agents.curve import compare_figure, milestones, read_progress
 from agents.evaluation import REFERENCE_SCORES, human_normalized
 from agents.run import (CheckpointError, checkpoint_header, export_for_playing, home_relative, machine_text,
                         read_run_record, snapshot_paths)
@@ -159,13 +160,32 @@ def where(config):
     return f"{text}, BLAS threads {threads}" if threads else text
 
 
-def milestone_lines(progress, continued=False):
-    """The card's table of when the running mean of 100 games first reached -10, 0, +10 and +18."""
-    rows = milestones(progress)
+PONG_LEVELS = (-10.0, 0.0, 10.0, 18.0)  # Pong's: off the floor, level with the built-in AI, well ahead, near 21
+
+
+def run_levels(progress, window=100):
+    """Levels for a game without Pong's: a quarter, half and three quarters of the way from the run's
+    first running mean of `window` games to its best, and (a little under) its best; () before that."""
+    cols = read_progress(progress)
+    means = [m for e, m in zip(cols.get("episode", []), cols.get("running_mean", [])) if e >= window]
+    if not means:
+        return ()
+    lo, hi = means[0], max(means)
+    return tuple(dict.fromkeys(math.floor(10 * (lo + f * (hi - lo))) / 10 for f in (0.25, 0.5, 0.75, 1.0)))
+
+
+def milestone_lines(progress, continued=False, env_id="ALE/Pong-v5"):
+    """The card's table of when the running mean of 100 games first reached each level: Pong's -10, 0,
+    +10 and +18, another game's run_levels."""
+    pong = env_id == "ALE/Pong-v5"
+    rows = milestones(progress, PONG_LEVELS if pong else run_levels(progress))
     which = "its last run (the one continued from the `--init` weights)" if continued else "the run"
+    levels = "" if pong else (" (a quarter, half and three quarters of the way from its first running mean "
+                              "to its best, and its best)")
+    flag = "" if pong else " --levels " + ",".join(format(r["level"], "g") for r in rows)
     lines = ["## Time to a winning agent", "",
-             f"When the running mean of the last 100 training games first reached each level, in {which}; "
-             "`python -m scripts.inspect RUN_DIR --milestones` prints it:", "",
+             f"When the running mean of the last 100 training games first reached each level{levels}, in {which}; "
+             f"`python -m scripts.inspect RUN_DIR --milestones{flag}` prints it:", "",
              "| running mean | agent steps | games | wall clock |", "|---|---|---|---|"]
     for r in rows:
         if r["step"] is None:
@@ -242,7 +262,8 @@ def card(name, config, header, results, curve_name, seed, workers=0, scored=None
              "## Evaluation", "",
              "Whole games on fresh seeds, printed by `python -m scripts.evaluate "
              f"{results[0]['checkpoint']} --episodes {results[0]['episodes']} --seed {seed}"
-             f"{f' --workers {workers}' if workers else ''}` (`--no-sticky` for NoFrameskip-v4, `--greedy` for the "
+             f"{f' --workers {workers}' if workers else ''}` ("
+             f"{'`--no-sticky` for NoFrameskip-v4, ' if header['env']['env_id'].startswith('ALE/') else ''}`--greedy` for the "
              "best action every step: a policy-gradient agent's most likely one, DQN's argmax without the "
              f"evaluation epsilon's random moves; `--epsilon {SB3_EPSILON:g}` for DQN's random moves at SB3's zoo's "
              "final exploration)"
@@ -251,7 +272,7 @@ def card(name, config, header, results, curve_name, seed, workers=0, scored=None
     lines += ["```json"] + [json.dumps(r) for r in results] + ["```", ""]
     lines += references(header["env"]["env_id"], scored or results[:1])
     if progress and os.path.exists(progress):
-        lines += milestone_lines(progress, bool(init))
+        lines += milestone_lines(progress, bool(init), header["env"]["env_id"])
     lines += ["## Learning curve", "", f"![learning curve]({curve_name})", ""] + compared_lines(compare)
     if init:
         lines[-1:-1] = ["", "The curve is of the last run, the one continued from the `--init` weights."]

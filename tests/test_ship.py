@@ -6,6 +6,7 @@ import sys
 
 import agents
 from agents.run import load_checkpoint
+from agents.ship import run_levels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,6 +44,10 @@ def test_ship_exports_playing_weights_with_a_card_and_refuses_worse(tmp_path):
     assert (out / "cp.png").exists()
     assert "Beside it on the picture" in text and "- other: `python -m scripts.train --agent pg" in text
     assert "| running mean | agent steps | games | wall clock |" in text  # time to each level, from progress.csv
+    # CartPole's levels are the run's own (Pong's -10 to +18 mean nothing there), and no Atari protocol
+    levels = ",".join(format(v, "g") for v in run_levels(str(run_dir / "progress.csv")))
+    assert levels and f"`python -m scripts.inspect RUN_DIR --milestones --levels {levels}`" in text
+    assert "| +18 |" not in text and "NoFrameskip" not in text
     assert "```json\n" + "\n".join(r.stdout.strip().splitlines()) + "\n```" in text  # every row in one block
     recorded = json.loads((run_dir / "config.json").read_text())["machine"]  # what ship says it trained on
     assert recorded["cores"] >= 1 and f"a {recorded['cores']}-core CPU machine ({recorded['cpu']})" in text
