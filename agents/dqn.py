@@ -106,8 +106,8 @@ def resolved(cfg):
     envs.env_spec(env_id, preset, cfg.sticky)  # raises on a preset that does not fit the game
     network = cfg.network if cfg.network != "auto" else ("nature" if preset == "deepmind" else "mlp")
     if network not in ("nature", "mlp") or (network == "nature") != (preset == "deepmind"):
-        raise ValueError(f"network must be auto, nature (deepmind preset) or mlp (classic); {cfg.network!r} does not fit "
-                         f"{env_id} on the {preset} preset")
+        raise ValueError(f"network must be auto, nature (deepmind preset) or mlp (classic); {cfg.network!r} "
+                         f"does not fit {env_id} on the {preset} preset")
     hidden = cfg.hidden or (512 if network == "nature" else 128)
     if cfg.optimizer not in ("adam", "rmsprop"):
         raise ValueError(f"optimizer must be adam or rmsprop, got {cfg.optimizer!r}")

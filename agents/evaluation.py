@@ -120,7 +120,8 @@ class SideGames:
         self.log = EvalLog(run)
         self.log.start(run.step)
         self.next_eval = next_multiple(run.step, self.every) if self.every > 0 else math.inf
-        # a new run's first video comes at its start (the untrained agent, as CleanRL's first video), then one every video_every episodes; a resumed run goes on with the next multiple
+        # a new run's first video comes at its start (the untrained agent, as CleanRL's first video), then
+        # one every video_every episodes; a resumed run goes on with the next multiple
         self.next_video = (0 if run.episode == 0 else next_multiple(run.episode, run.video_every)) \
             if run.video_every > 0 else math.inf
 

@@ -106,8 +106,8 @@ def resolved(cfg):
     envs.env_spec(env_id, preset, cfg.sticky)  # raises on a preset that does not fit the game
     network = cfg.network if cfg.network != "auto" else ("nature" if preset == "deepmind" else "mlp")
     if network not in ("nature", "small", "mlp") or (network == "mlp") != (preset == "classic"):
-        raise ValueError(f"network must be auto, nature or small (deepmind preset) or mlp (classic); {cfg.network!r} does not fit "
-                         f"{env_id} on the {preset} preset")
+        raise ValueError(f"network must be auto, nature or small (deepmind preset) or mlp (classic); "
+                         f"{cfg.network!r} does not fit {env_id} on the {preset} preset")
     hidden = cfg.hidden or {"nature": 512, "small": 256, "mlp": 64}[network]
     for name in ("num_envs", "num_steps", "epochs", "minibatches", "eval_episodes", "max_bad_updates"):
         if getattr(cfg, name) < 1:

@@ -20,7 +20,8 @@ SUBCOMMANDS = {
                                          "a CPU-burning process beside it"),
     "evaluate": ("scripts.bench_evaluate", "scripts.evaluate's time per step against its env alone plus one "
                                            "batch-1 act per step, with and without a CPU-burning process"),
-    "scale": ("scripts.bench_scale", "PG or PPO rollout steps/s on 1, 2, 4 Ray actors next to one process; broadcast ms"),
+    "scale": ("scripts.bench_scale", "PG or PPO rollout steps/s on 1, 2, 4 Ray actors next to one process; "
+                                     "broadcast ms"),
 }
 
 
