@@ -59,12 +59,13 @@ def main(argv=None):
     args = build_parser(pretrain.Config).parse_args(argv)
     try:
         check_out(args.out)  # before any env is made (ALE's banner would come first)
+        pretrain.find_recordings(args.sources)  # the same: a missing file or an empty folder, at once
         cfg = config_from_args(pretrain.Config, args, pretrain.Config(agent=args.agent))
         try:
             target = pretrain.resolved(cfg)
         except ValueError as e:  # unknown game, bad preset or value
             raise UsageError(str(e).splitlines()[0]) from None
-    except UsageError as e:
+    except (UsageError, pretrain.DemonstrationError) as e:
         fail(str(e))
 
     def said(text):
