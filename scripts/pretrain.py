@@ -59,8 +59,8 @@ def main(argv=None):
     args = build_parser(pretrain.Config).parse_args(argv)
     try:
         check_out(args.out)  # before any env is made (ALE's banner would come first)
-        pretrain.find_recordings(args.sources)  # the same: a missing file or an empty folder, at once
         cfg = config_from_args(pretrain.Config, args, pretrain.Config(agent=args.agent))
+        pretrain.find_recordings(args.sources)  # the same: a missing file or an empty folder, at once
         try:
             target = pretrain.resolved(cfg)
         except ValueError as e:  # unknown game, bad preset or value
