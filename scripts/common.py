@@ -418,22 +418,6 @@ def finite_float(text):
     return value
 
 
-def positive_float(text):
-    """A flag's number > 0 (seconds, a temperature): 0, negatives, nan and inf in argparse's one line."""
-    value = finite_float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def at_least_one(text):
-    """A flag's count of 1 or more (epochs, repeats): 0 would run nothing and report it."""
-    value = whole_number(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
 def whole_number(text):
     """A flag's whole number, also as people write step counts: 6_500_000, 1e6, 6.5e6."""
     try:
@@ -449,20 +433,23 @@ def whole_number(text):
     return int(value)
 
 
-def seed_value(text):
-    """--seed: a whole number >= 0 (numpy's generators and the envs take no negative seed)."""
-    value = whole_number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a seed >= 0, got {text!r}")
-    return value
+def bounded(parse, ok, expected):
+    """A flag type: parse(text) (finite_float, whole_number), then argparse's one line "{expected}, got
+    'text'" unless ok(value)."""
+    def check(text):
+        value = parse(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{expected}, got {text!r}")
+        return value
+    return check
 
 
-def fps_value(text):
-    """--fps of the windows: steps per second >= 0, 0 as fast as it can."""
-    value = finite_float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected steps per second >= 0 (0: as fast as it can), got {text!r}")
-    return value
+positive_float = bounded(finite_float, lambda v: v > 0, "must be > 0")  # seconds, a temperature
+at_least_one = bounded(whole_number, lambda v: v >= 1, "must be >= 1")  # epochs, repeats: 0 would run nothing
+# numpy's generators and the envs take no negative seed
+seed_value = bounded(whole_number, lambda v: v >= 0, "expected a seed >= 0")
+# --fps of the windows: 0 runs as fast as it can
+fps_value = bounded(finite_float, lambda v: v >= 0, "expected steps per second >= 0 (0: as fast as it can)")
 
 
 def parse_bool(text):

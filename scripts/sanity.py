@@ -13,17 +13,13 @@ import sys
 
 from nets.data import DataError
 from nets.tasks import TaskError, digits, sentiment, shakespeare
-from scripts.common import (Parser, UsageError, at_least_one, blas_threads, fail, positive_float, seed_value,
-                            whole_number)
+from scripts.common import (Parser, UsageError, at_least_one, blas_threads, bounded, fail, positive_float,
+                            seed_value, whole_number)
 
 QUERY_WORDS = 3000  # --similar and --analogy answer from the most frequent words only
 
 
-def count(text):
-    value = whole_number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+count = bounded(whole_number, lambda v: v >= 0, "must be >= 0")
 
 
 def shared_flags(defaults):
