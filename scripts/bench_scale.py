@@ -21,16 +21,16 @@ import numpy as np
 from agents import policy_gradient as pg
 from agents import ppo
 from agents.distributed import Fleet, start_ray
-from scripts.common import UsageError, add_blas_threads_flag, blas_threads, fail, seed_value
+from scripts.common import UsageError, add_blas_threads_flag, at_least_one, blas_threads, fail, seed_value
 
 
 def add_arguments(parser):
     parser.add_argument("--agent", choices=("pg", "ppo"), default="pg", help="whose rollout code (default pg)")
     parser.add_argument("--game", default="pong")
     parser.add_argument("--num-envs", type=int, default=8, help="envs per actor")
-    parser.add_argument("--steps", type=int, default=20_000, help="agent steps timed per row")
+    parser.add_argument("--steps", type=at_least_one, default=20_000, help="agent steps timed per row")
     parser.add_argument("--workers", default="1,2,4", help="actor counts, comma-separated")
-    parser.add_argument("--broadcasts", type=int, default=10, help="weight broadcasts timed per row")
+    parser.add_argument("--broadcasts", type=at_least_one, default=10, help="weight broadcasts timed per row")
     parser.add_argument("--ray-address", default="", help="join this Ray cluster (default: a local Ray)")
     parser.add_argument("--seed", type=seed_value, default=0)
     add_blas_threads_flag(parser, "1, as every actor has")
@@ -107,9 +107,6 @@ def main(args):
         fail(f"--workers {args.workers}: actor counts, comma-separated (1,2,4)")
     if not counts or min(counts) < 1:
         fail(f"--workers {args.workers}: actor counts must be >= 1")
-    for flag, value in (("--steps", args.steps), ("--broadcasts", args.broadcasts)):
-        if value < 1:
-            fail(f"{flag} must be >= 1, got {value}")
     try:
         r = rollouts(args.agent, args.game, args.num_envs, args.seed)
     except ValueError as e:  # a bad flag value or an unknown game: one line, exit 2

@@ -209,10 +209,10 @@ def say(text):
 
 
 def first_flags(argv):
-    """--agent, --config, --resume and --blas-threads, read before the agent's own flags exist; a
+    """--agent, --config, --resume, --init and --blas-threads, read before the agent's own flags exist; a
     resumed run keeps its own agent (and its settings: `saved`), a recipe names its agent."""
     pre = Parser(add_help=False)
-    for flag in ("--agent", "--config", "--resume"):
+    for flag in ("--agent", "--config", "--resume", "--init"):
         pre.add_argument(flag)
     pre.add_argument("--blas-threads", type=int)
     known, _ = pre.parse_known_args(argv)
@@ -220,7 +220,7 @@ def first_flags(argv):
     if known.resume and known.config:
         raise UsageError("--config starts a new run; --resume continues one with its own settings (flags given "
                          "override them)")
-    if known.resume and "--init" in [a.split("=")[0] for a in argv]:
+    if known.resume and known.init:
         raise UsageError("--init starts a new run from a checkpoint's weights; --resume continues a run from its "
                          "own checkpoint: give one of them")
     if known.resume:
