@@ -24,6 +24,10 @@ import numpy as np
 from ale_py.vector_env import AtariVectorEnv
 
 gym.register_envs(ale_py)
+# ALE's C++ side prints a two-line banner ("A.L.E: Arcade Learning Environment ...", "[Powered by
+# Stella]") the first time a game loads, which put it before a command's one-line error: warnings and
+# errors still print.
+ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Warning)
 
 PRESETS = ("karpathy", "deepmind", "classic")
 STICKY_PROB = 0.25

@@ -8,6 +8,7 @@ and on Ctrl-C, SIGTERM or SIGHUP) and curve.png; --tensorboard adds TensorBoard 
 checkpoint left it. With --workers N the agent's envs step on Ray actors (its train() picks the source).
 """
 import argparse
+import csv
 import dataclasses
 import importlib.util
 import os
@@ -20,6 +21,7 @@ from tqdm import tqdm
 import envs
 from agents import distributed, dqn, ppo
 from agents import policy_gradient as pg
+from agents.curve import read_progress
 from agents.recipes import read_recipe, recipe_changes
 from agents.run import (NETWORK_FIELDS, CheckpointError, NumericalError, Run, check_compatible, config_dict,
                         home_relative, init_summary, load_checkpoint, load_run_config, machine, machine_text,
@@ -117,11 +119,11 @@ class ProgressBar:
     first time the agent beats the built-in AI, each on a line of its own. A terminal that went away
     (SIGHUP, a closed pipe) silences it; training goes on to its save."""
 
-    def __init__(self, total_steps, hours, initial, quiet, env_id, trained_seconds=0.0):
+    def __init__(self, total_steps, hours, initial, quiet, env_id, trained_seconds=0.0, beaten=False):
         self.seconds = hours * 3600.0 if hours > 0 and not total_steps else 0.0
         self.started, self.first_step = time.monotonic(), initial
         self.trained = float(trained_seconds)  # a resumed run's hours count what it had trained before
-        self.env_id, self.beaten, self.gone = env_id, False, False
+        self.env_id, self.beaten, self.gone = env_id, beaten, False  # beaten: said before a resume
         if self.seconds:
             self.bar = tqdm(total=self.seconds, disable=quiet, dynamic_ncols=True, mininterval=1.0,
                             bar_format="{percentage:3.0f}%|{bar}| {elapsed}<{remaining} of --hours "
@@ -363,6 +365,17 @@ def discard_unstarted(run_dir, existed):
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def beaten_before(run_dir, step):
+    """Whether a run resumed at `step` had already beaten the built-in AI by then (its progress.csv has a
+    running mean of 100 games above 0), so that its bar does not say so a second time."""
+    try:
+        cols = read_progress(os.path.join(run_dir, "progress.csv"))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return any(s <= step and e >= 100 and mean > 0
+               for s, e, mean in zip(cols.get("step", []), cols.get("episode", []), cols.get("running_mean", [])))
+
+
 def end_reason(cfg, run):
     """Why the run ended, for its last line: a resumed run keeps its --total-steps and --hours."""
     if run.stop_requested:
@@ -390,7 +403,8 @@ def train(p, threads):
     say(f"run dir: {run.dir}")  # before the bar, on a line of its own
     say(f"{cfg.agent} on {p['env']['env_id']} ({p['env']['preset']}, {p['env']['protocol']}), {plan(cfg)}")
     say(f"on {machine_text(machine())}, BLAS threads {threads.describe()} (recorded in config.json)")
-    bar = ProgressBar(cfg.total_steps, cfg.hours, step, p["quiet"], p["env"]["env_id"], trained)
+    bar = ProgressBar(cfg.total_steps, cfg.hours, step, p["quiet"], p["env"]["env_id"], trained,
+                      beaten=bool(resume) and beaten_before(run_dir, step))
     run.message = bar.write
     try:
         with run:

@@ -288,6 +288,21 @@ def test_the_bar_knows_its_total_and_says_when_pong_is_won(capsys):
     resumed.close()
 
 
+def test_a_resumed_run_that_had_beaten_the_ai_does_not_say_it_again(tmp_path, capsys):
+    rows = ["step,episode,return,length,running_mean,wall_seconds"]
+    rows += [f"{10 * k},{k},1,10,{-0.5 if k < 120 else 0.3},{60.0 * k}" for k in range(1, 131)]
+    (tmp_path / "progress.csv").write_text("\n".join(rows) + "\n")
+    assert train.beaten_before(str(tmp_path), 1300) and train.beaten_before(str(tmp_path), 1200)
+    assert not train.beaten_before(str(tmp_path), 1190)  # a checkpoint from before it: say it when it comes
+    assert not train.beaten_before(str(tmp_path / "none"), 1300)
+    bar = train.ProgressBar(total_steps=2000, hours=0, initial=1300, quiet=False, env_id="ALE/Pong-v5",
+                            beaten=train.beaten_before(str(tmp_path), 1300))
+    bar({"event": "episode", "step": 1310, "episode": 131, "return": 1.0, "length": 10, "running_mean": 0.4,
+         "games": 100, "wall_seconds": 7900.0})
+    bar.close()
+    assert "beats the built-in AI" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("agent", list(AGENTS))
 def test_hours_are_the_runs_in_all_a_resumed_run_counts_its_trained_time(agent, tmp_path, monkeypatch):
     extra = SMALL_RUN[agent]
