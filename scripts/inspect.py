@@ -15,9 +15,9 @@ progress.csv (and eval.csv) when the checkpoint sits in one, else a shipped agen
 (checkpoints/<name>.png beside checkpoints/<name>.npz); without either it says why there is none.
 The title counts every step behind the weights, those of the file an --init run started from too.
 """
+import argparse
 import csv
 import json
-import math
 import os
 import sys
 
@@ -27,7 +27,7 @@ from agents.curve import at_equal, compare_figure, milestones, read_progress
 from agents.run import CheckpointError, load_checkpoint
 from nets.model import Sequential
 from nets.npzfile import atomic_write
-from scripts.common import Parser, UsageError, cannot_write, fail
+from scripts.common import Parser, UsageError, cannot_write, fail, finite_float
 
 GAP = 1  # pixels of NaN (drawn as the background) between tiles
 
@@ -68,10 +68,8 @@ def run_progress(path):
 
 def parse_levels(text):
     try:
-        levels = [float(v) for v in text.split(",") if v.strip()]
-        if not all(math.isfinite(v) for v in levels):
-            raise ValueError
-    except ValueError:
+        levels = [finite_float(v) for v in text.split(",") if v.strip()]
+    except argparse.ArgumentTypeError:
         raise UsageError(f"--levels {text}: give finite numbers separated by commas, e.g. -10,0,10,18") from None
     if not levels:
         raise UsageError("--levels: give at least one level")
